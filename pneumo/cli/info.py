@@ -1,0 +1,41 @@
+"""``python -m pneumo info PACK``: the split report and attributes of a pack."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``info``."""
+    p = sub.add_parser("info", help="show a pack's split report and attributes")
+    p.add_argument("pack", type=Path)
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report (no TensorFlow, no image data read)."""
+    from pneumo.pack import read_info
+
+    info = read_info(args.pack)
+    if args.json:
+        print(json.dumps({"path": str(info.path), "size": info.size, "counts": info.counts,
+                          "positive_fractions": info.positive_fractions,
+                          "attrs": {k: v for k, v in info.attrs.items() if k != "report"},
+                          "report": info.report}, indent=2, default=str))
+        return 0
+    print(f"{info.path}: {info.size}x{info.size} px, source {info.attrs.get('source')}, "
+          f"split seed {info.attrs.get('seed')}, created {info.attrs.get('created')}")
+    print(info.format_report())
+    report = info.report
+    skipped = report.get("skipped", [])
+    for key, value in sorted((report.get("info") or {}).items()):
+        print(f"{key}: {value}")
+    if skipped:
+        print(f"skipped ({len(skipped)}):")
+        for name, reason in skipped[:50]:
+            print(f"  {name}: {reason}")
+        if len(skipped) > 50:
+            print(f"  ... and {len(skipped) - 50} more (see --json)")
+    return 0

@@ -1,0 +1,292 @@
+"""``tf.data`` input pipelines from an HDF5 pack.
+
+One pipeline for every split, built from an index stream so that the in-memory and the
+streaming paths give exactly the same batches:
+
+1. indices ``0..N-1`` per epoch, permuted (stateless, from ``seed`` and the epoch
+   number) when shuffling, repeated forever when repeating;
+2. ``batch`` (the last partial batch is kept unless ``drop_remainder``);
+3. fetch: numpy indexing into the split held in memory (parallel), or a read from the
+   HDF5 file (one thread: h5py serialises access anyway; indices sorted for h5py, an
+   in-order batch read as one slice);
+4. augment, batched (one projective op per batch, per-sample parameters), with the
+   seed derived from ``(seed, batch number)``, in parallel;
+5. masks to float32 {0, 1}; ``prefetch``.
+
+Images stay ``uint8`` to the end: scaling and the gray-to-RGB step live in the model.
+
+Memory rule (``in_memory=None``): a split is loaded when its images and masks together
+take at most half of the memory available now (``MemAvailable`` in ``/proc/meminfo``,
+else free pages from ``os.sysconf``; if neither is known, up to 2 GiB). Otherwise it is
+streamed from the file.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import tensorflow as tf
+
+from .augment import augment_batch, check_config, is_identity
+from .config import AugmentConfig
+from .errors import InputError, PackFormatError
+
+SPLITS = ("train", "dev", "test")
+PACK_FORMAT = "pneumo-pack"
+
+# Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
+_SHUFFLE_TAG = 0x5348
+_AUGMENT_TAG = 0x4147
+_MEMORY_FRACTION = 0.5
+_FALLBACK_MEMORY = 2 * 1024**3
+
+__all__ = ["SPLITS", "make_dataset", "split_size", "split_shape", "memory_available", "fits_in_memory"]
+
+
+# --------------------------------------------------------------------------- pack access
+def _open_split(pack_path: str | os.PathLike, split: str) -> tuple[h5py.File, h5py.Dataset, h5py.Dataset]:
+    """Open ``pack_path`` read-only and return ``(file, X, Y)`` of ``split``, checked.
+
+    Raises :class:`InputError` for a missing file or unknown split and
+    :class:`PackFormatError` for anything that is not a well-formed pneumo pack.
+    """
+    path = Path(pack_path)
+    if split not in SPLITS:
+        raise InputError(f"{path}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    if not path.exists():
+        raise InputError(f"{path}: pack file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an HDF5 pack file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise PackFormatError(f"{path}: not an HDF5 file, so not a pneumo pack ({e})") from None
+    try:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", "replace")
+        if fmt != PACK_FORMAT:
+            raise PackFormatError(
+                f"{path}: not a pneumo pack (attribute format={fmt!r}, expected {PACK_FORMAT!r})"
+            )
+        missing = [name for name in (f"X_{split}", f"Y_{split}") if name not in f]
+        if missing:
+            raise PackFormatError(f"{path}: split {split!r} is missing (no dataset {', '.join(missing)})")
+        X, Y = f[f"X_{split}"], f[f"Y_{split}"]
+        for name, d in ((f"X_{split}", X), (f"Y_{split}", Y)):
+            if not isinstance(d, h5py.Dataset) or d.ndim != 4 or d.shape[3] != 1 or d.shape[1] != d.shape[2]:
+                raise PackFormatError(
+                    f"{path}: {name} must be an (N, S, S, 1) dataset, got "
+                    f"{getattr(d, 'shape', type(d).__name__)}"
+                )
+            if d.dtype != np.uint8:
+                raise PackFormatError(f"{path}: {name} must be uint8, got {d.dtype}")
+        if X.shape != Y.shape:
+            raise PackFormatError(f"{path}: X_{split} {X.shape} and Y_{split} {Y.shape} differ in shape")
+        return f, X, Y
+    except BaseException:
+        f.close()
+        raise
+
+
+def split_shape(pack_path: str | os.PathLike, split: str) -> tuple[int, int]:
+    """``(N, S)``: number of samples of ``split`` and the image side, after checking the pack."""
+    f, X, _ = _open_split(pack_path, split)
+    with f:
+        return int(X.shape[0]), int(X.shape[1])
+
+
+def split_size(pack_path: str | os.PathLike, split: str) -> int:
+    """Number of samples in ``split`` of the pack (0 for an empty split); errors as :func:`make_dataset`."""
+    return split_shape(pack_path, split)[0]
+
+
+# --------------------------------------------------------------------------- memory rule
+def memory_available() -> int | None:
+    """Bytes of memory available now (``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """The documented rule: at most half of the available memory (2 GiB when unknown)."""
+    available = memory_available()
+    if available is None:
+        return nbytes <= _FALLBACK_MEMORY
+    return nbytes <= _MEMORY_FRACTION * available
+
+
+# --------------------------------------------------------------------------- streaming reads
+class _H5Reader:
+    """Reads batches of samples by index from one split; the file is opened lazily.
+
+    Called from a single ``tf.numpy_function`` map with no parallelism, so one thread at a
+    time touches the file; the lock makes that explicit.
+    """
+
+    def __init__(self, path: Path, split: str):
+        self.path, self.split = path, split
+        self._file: h5py.File | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._file is None:
+                self._file = h5py.File(self.path, "r")
+            X = self._file[f"X_{self.split}"]
+            Y = self._file[f"Y_{self.split}"]
+            idx = np.asarray(idx, np.int64)
+            if idx.size and np.all(np.diff(idx) == 1):
+                sl = slice(int(idx[0]), int(idx[-1]) + 1)  # ordered splits: one contiguous read
+                return X[sl], Y[sl]
+            # h5py wants increasing, unique indices; a batch may straddle two epochs.
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            return X[uniq][inverse], Y[uniq][inverse]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- dataset
+def _resolve_augment(augment: Any) -> AugmentConfig | None:
+    if augment is False or augment is None:
+        return None
+    if augment is True:
+        return AugmentConfig()
+    if isinstance(augment, AugmentConfig):
+        check_config(augment)
+        return None if is_identity(augment) else augment
+    raise InputError(f"augment: expected False, True or an AugmentConfig, got {augment!r}")
+
+
+def _seed_int(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed: expected an integer, got {seed!r}")
+    return int(seed) % (2**63)
+
+
+def make_dataset(
+    pack_path: str | os.PathLike,
+    split: str,
+    batch_size: int = 32,
+    augment: bool | AugmentConfig = False,
+    seed: int = 0,
+    *,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
+    drop_remainder: bool = False,
+    in_memory: bool | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """Batches of ``(images (B, S, S, 1) uint8, masks (B, S, S, 1) float32 in {0, 1})``.
+
+    ``split``: "train", "dev" or "test". ``shuffle`` and ``repeat`` default to True for
+    train and False otherwise (dev/test: in order, one pass, last partial batch kept
+    unless ``drop_remainder``). ``augment``: False, True (the blog's ranges) or an
+    :class:`AugmentConfig`; it is never on by default, callers pass it for training.
+    ``seed`` fixes the shuffling and the augmentation: the same seed gives the same
+    stream. ``in_memory``: None chooses by the memory rule (module docstring), True/False
+    forces it; both give identical batches. ``deterministic=False`` lets parallel
+    augmentation hand batches out of order (each batch's content is still fixed by
+    ``seed``). Errors name the file and split: missing file, foreign or damaged file,
+    missing or empty split.
+    """
+    path = Path(pack_path)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    seed = _seed_int(seed)
+    config = _resolve_augment(augment)
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    repeat = split == "train" if repeat is None else bool(repeat)
+
+    f, X, Y = _open_split(path, split)
+    with f:
+        n, size = int(X.shape[0]), int(X.shape[1])
+        if n == 0:
+            raise InputError(f"{path}: split {split!r} is empty (0 samples); nothing to feed")
+        nbytes = 2 * n * size * size
+        if in_memory is None:
+            in_memory = fits_in_memory(nbytes)
+        if in_memory:
+            x_all, y_all = X[()], Y[()]
+
+    # ---- 1. index stream
+    shuffle_key = tf.constant([seed, _SHUFFLE_TAG], tf.int64)
+
+    def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
+        if shuffle:
+            key = tf.random.experimental.stateless_fold_in(shuffle_key, epoch)
+            order = tf.argsort(tf.random.stateless_uniform([n], seed=key), stable=True)
+            order = tf.cast(order, tf.int64)
+        else:
+            order = tf.range(n, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    ds = epochs.flat_map(epoch_indices)
+
+    # ---- 2. batch
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    spec_shape = [batch_size if drop_remainder else None, size, size, 1]
+
+    # ---- 3. fetch. Both paths hand numpy batches to TensorFlow through numpy_function:
+    # capturing a whole split as a tf constant would copy it (and the dataset graph
+    # serialises captured constants again), doubling peak memory for large packs.
+    if in_memory:
+        def read(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return x_all[idx], y_all[idx]
+
+        parallel = tf.data.AUTOTUNE
+    else:
+        read = _H5Reader(path, split)
+        parallel = None  # a single reader thread (h5py serialises access anyway)
+
+    def fetch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(read, [idx], [tf.uint8, tf.uint8], stateful=not in_memory)
+        x.set_shape(spec_shape)
+        y.set_shape(spec_shape)
+        return x, y
+
+    if parallel is None:
+        ds = ds.map(fetch)
+    else:
+        ds = ds.map(fetch, num_parallel_calls=parallel, deterministic=deterministic)
+
+    # ---- 4-5. augment (per-batch seed from the batch number) and finish the masks
+    augment_key = tf.constant([seed, _AUGMENT_TAG], tf.int64)
+
+    def finish(batch_number: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        images, masks = batch
+        if config is not None:
+            key = tf.random.experimental.stateless_fold_in(augment_key, batch_number)
+            images, masks = augment_batch(images, masks, config, key)
+        return images, tf.cast(masks >= 128, tf.float32)
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options)

@@ -1,0 +1,400 @@
+"""Pack a manifest into one HDF5 file: the blog's ``X_train ... Y_test`` datasets, done safely.
+
+Layout (format version 1, see docs/architecture.md): ``X_<split>`` and ``Y_<split>`` are
+``(N, S, S, 1) uint8`` (masks 0/255), chunked one image per chunk so any single image
+reads without touching its neighbours; ``ids_<split>`` are UTF-8 strings; root attributes
+describe the pack. Packing streams: images are decoded and resized in worker processes
+and written in small blocks, so memory stays flat however many images there are. It is
+atomic: everything goes to a temporary file beside ``out`` that is renamed at the end.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from . import __version__
+from ._io import atomic_path
+from .config import PackConfig, SplitConfig, check_size, to_dict
+from .errors import InputError, PackFormatError
+from .split import SPLITS, format_report, split_samples
+
+FORMAT = "pneumo-pack"
+FORMAT_VERSION = 1
+DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/48/49 with the blog's proportions
+_WRITE_BLOCK = 32  # images buffered per HDF5 write: fewer, larger writes
+_INLINE_BELOW = 48  # fewer samples than this: decode in-process (pool start-up costs more)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class PackInfo:
+    """What a pack holds: ``counts`` and ``positive_fractions`` per split, root ``attrs``."""
+
+    path: Path
+    size: int
+    counts: dict[str, int]
+    positive_fractions: dict[str, float]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Skipped files and source counts recorded at packing time."""
+        try:
+            return json.loads(self.attrs.get("report", "{}"))
+        except (TypeError, json.JSONDecodeError):
+            return {}
+
+    def format_report(self) -> str:
+        """The split report (the blog's positive-fraction line and a table)."""
+        return format_report(self.counts, self.positive_fractions)
+
+
+# --------------------------------------------------------------------------- reading
+def open_pack(path: str | os.PathLike) -> h5py.File:
+    """Open a pack read-only after checking its layout.
+
+    Raises :class:`PackFormatError` naming the file for a missing, foreign or damaged file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackFormatError(f"{path}: no such pack file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise PackFormatError(f"{path}: not a readable HDF5 file ({e})") from None
+    try:
+        _check_layout(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _check_layout(f: h5py.File, path: Path) -> None:
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT:
+        raise PackFormatError(f"{path}: not a pneumo pack (format attribute is {fmt!r}); create one with `python -m pneumo pack`")
+    version = int(f.attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise PackFormatError(f"{path}: pack format version {version} is newer than this pneumo reads ({FORMAT_VERSION}); upgrade pneumo")
+    size = int(f.attrs.get("size", 0))
+    for split in SPLITS:
+        for name in (f"X_{split}", f"Y_{split}", f"ids_{split}"):
+            if name not in f:
+                raise PackFormatError(f"{path}: damaged pack, dataset {name} is missing")
+        x, y, ids = f[f"X_{split}"], f[f"Y_{split}"], f[f"ids_{split}"]
+        if x.dtype != np.uint8 or y.dtype != np.uint8:
+            raise PackFormatError(f"{path}: damaged pack, X_{split}/Y_{split} are not uint8")
+        if x.shape[1:] != (size, size, 1) or y.shape != x.shape or ids.shape != (x.shape[0],):
+            raise PackFormatError(
+                f"{path}: damaged pack, {split} shapes disagree "
+                f"(X {x.shape}, Y {y.shape}, ids {ids.shape}, size {size})"
+            )
+
+
+def read_info(path: str | os.PathLike) -> PackInfo:
+    """Counts, positive fractions and attributes of a pack (no image data is read)."""
+    with open_pack(path) as f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        counts = {s: int(f[f"X_{s}"].shape[0]) for s in SPLITS}
+        fractions = {s: float(attrs.get(f"positive_fraction_{s}", 0.0)) for s in SPLITS}
+        return PackInfo(Path(path), int(attrs["size"]), counts, fractions, attrs)
+
+
+def load_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One split in memory: images and masks ``(N, S, S, 1) uint8``, and the ids."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    with open_pack(path) as f:
+        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][()]]
+        return f[f"X_{split}"][()], f[f"Y_{split}"][()], ids
+
+
+def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
+    """Valid packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name."""
+    from .settings import data_dir
+
+    folder = Path(folder) if folder is not None else data_dir()
+    infos = []
+    for p in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        try:
+            infos.append(read_info(p))
+        except PackFormatError:
+            continue
+    return infos
+
+
+# --------------------------------------------------------------------------- writing
+def _resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-average the image to ``(size, size)``; the mask by area too, then >= half covered.
+
+    Thresholding the averaged mask keeps it strictly binary and aligned with the image
+    (a region keeps the pixels it covers at least half of); nearest-neighbour would
+    instead pick arbitrary source pixels and jitter the edge.
+    """
+    if image.shape != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
+    if mask.shape != (size, size):
+        m = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
+        mask = np.asarray(m.resize((size, size), Image.Resampling.BOX))
+        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    else:
+        mask = np.where(mask > 0, 255, 0).astype(np.uint8)
+    return image, mask
+
+
+def _load_resized(sample: Any, size: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """Worker: decode one pair and resize it; a bad file returns its error message."""
+    from .sources import load_pair
+
+    try:
+        image, mask = load_pair(sample)
+    except InputError as e:
+        return str(e)
+    return _resize_pair(image, mask, size)
+
+
+def _sample_positive(sample: Any) -> bool | str:
+    from .sources import sample_positive
+
+    try:
+        return sample_positive(sample)
+    except InputError as e:
+        return str(e)
+
+
+def _ordered_map(fn: Callable, items: list, args: tuple, workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order over worker processes, with a bounded number in flight.
+
+    ``Executor.map`` would queue every item at once; a window of a few per worker keeps
+    memory flat for 100,000 images while keeping the workers busy.
+    """
+    if workers <= 1 or len(items) < _INLINE_BELOW:
+        for item in items:
+            yield fn(item, *args)
+        return
+    # spawn: the app's server may have TensorFlow loaded, which must not be forked.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        window: collections.deque[Future] = collections.deque()
+        it = iter(items)
+        for item in it:
+            window.append(pool.submit(fn, item, *args))
+            if len(window) >= 4 * workers:
+                break
+        for item in it:
+            yield window.popleft().result()
+            window.append(pool.submit(fn, item, *args))
+        while window:
+            yield window.popleft().result()
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
+def pack_manifest(
+    manifest: Any,
+    out: str | os.PathLike,
+    config: PackConfig = PackConfig(),
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> PackInfo:
+    """Split ``manifest`` and write it to the HDF5 pack ``out``; returns the pack's info.
+
+    ``progress(done, total)`` is called in this process after each image. An existing
+    ``out`` is refused unless ``force``; it is only replaced once the new pack is complete.
+    """
+    out = Path(out)
+    size = check_size(config.size)
+    if config.compression not in (None, "gzip", "lzf"):
+        raise InputError(f"compression must be none, gzip or lzf, got {config.compression!r}")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists; use --force to replace it")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder, not a file")
+    samples = list(manifest.samples)
+    if not samples:
+        raise InputError("nothing to pack: the source has no image/mask pairs")
+    workers = _resolve_workers(config.workers)
+    skipped: list[tuple[str, str]] = list(manifest.skipped)
+
+    positives = None
+    if config.split.stratify:
+        if any(s.positive is None for s in samples):
+            flags = list(_ordered_map(_sample_positive, samples, (), workers))
+            bad = [(s.id, f) for s, f in zip(samples, flags) if isinstance(f, str)]
+            if bad and not config.skip_bad:
+                raise InputError(bad[0][1])
+            skipped += bad
+            keep = [i for i, f in enumerate(flags) if not isinstance(f, str)]
+            samples = [samples[i] for i in keep]
+            positives = [bool(flags[i]) for i in keep]
+        else:
+            positives = [bool(s.positive) for s in samples]
+    parts = split_samples([s.patient for s in samples], config.split, positives)
+
+    order = [(split, i) for split in SPLITS for i in parts[split]]
+    total = len(order)
+    counts = {s: 0 for s in SPLITS}
+    n_pos = {s: 0 for s in SPLITS}
+    started = time.time()
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            kw: dict[str, Any] = {"compression": config.compression} if config.compression else {}
+            for split in SPLITS:
+                n = len(parts[split])
+                for prefix in ("X", "Y"):
+                    f.create_dataset(
+                        f"{prefix}_{split}", shape=(n, size, size, 1), maxshape=(None, size, size, 1),
+                        dtype=np.uint8, chunks=(1, size, size, 1), **kw,
+                    )
+                f.create_dataset(f"ids_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
+
+            buf: dict[str, list] = {s: [] for s in SPLITS}
+
+            def flush(split: str) -> None:
+                items = buf[split]
+                if not items:
+                    return
+                start = counts[split]
+                stop = start + len(items)
+                f[f"X_{split}"][start:stop, ..., 0] = np.stack([it[1] for it in items])
+                f[f"Y_{split}"][start:stop, ..., 0] = np.stack([it[2] for it in items])
+                f[f"ids_{split}"][start:stop] = [it[0] for it in items]
+                counts[split] = stop
+                items.clear()
+
+            results = _ordered_map(_load_resized, [samples[i] for _, i in order], (size,), workers)
+            for done, ((split, i), result) in enumerate(zip(order, results), 1):
+                sample = samples[i]
+                if isinstance(result, str):
+                    if not config.skip_bad:
+                        raise InputError(result)
+                    skipped.append((sample.id, result))
+                else:
+                    image, mask = result
+                    n_pos[split] += bool(mask.any())
+                    buf[split].append((sample.id, image, mask))
+                    if len(buf[split]) >= _WRITE_BLOCK:
+                        flush(split)
+                if progress is not None:
+                    progress(done, total)
+            for split in SPLITS:
+                flush(split)
+                if counts[split] != len(parts[split]):  # skipped files shrink the split
+                    for prefix in ("X", "Y", "ids"):
+                        f[f"{prefix}_{split}"].resize(counts[split], axis=0)
+
+            fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
+            report = {
+                "source": manifest.kind,
+                "pairs_found": len(manifest.samples),
+                "packed": sum(counts.values()),
+                "unused": len(samples) - len(order),
+                "skipped": [list(x) for x in skipped],
+                "info": dict(getattr(manifest, "info", {}) or {}),
+                "seconds": round(time.time() - started, 2),
+                "workers": workers,
+            }
+            f.attrs.update(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                size=size,
+                seed=config.split.seed,
+                split=json.dumps(to_dict(config.split)),
+                source=manifest.kind,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                pneumo_version=__version__,
+                report=json.dumps(report),
+                compression=config.compression or "none",
+            )
+            for s in SPLITS:
+                f.attrs[f"count_{s}"] = counts[s]
+                f.attrs[f"positive_fraction_{s}"] = fractions[s]
+    return read_info(out)
+
+
+def make_demo_pack(
+    out: str | os.PathLike,
+    count: int = DEMO_COUNT,
+    size: int = 256,
+    seed: int = 0,
+    *,
+    split: SplitConfig = SplitConfig(),
+    workers: int | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> PackInfo:
+    """Render ``count`` demo phantoms at ``size`` px and pack them (what the app does on first launch)."""
+    from .sources import demo_source
+
+    config = PackConfig(size=size, split=split, workers=workers)
+    return pack_manifest(demo_source(count, size=size, seed=seed), out, config, force=force, progress=progress)
+
+
+def iter_split(path: str | os.PathLike, split: str, batch: int = 256) -> Iterable[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Stream a split in blocks of ``batch``: ``(X, Y, ids)`` with ``(b, S, S, 1) uint8`` arrays."""
+    with open_pack(path) as f:
+        x, y, ids = f[f"X_{split}"], f[f"Y_{split}"], f[f"ids_{split}"]
+        for start in range(0, x.shape[0], batch):
+            stop = min(start + batch, x.shape[0])
+            yield x[start:stop], y[start:stop], [s.decode() if isinstance(s, bytes) else str(s) for s in ids[start:stop]]
+
+
+def _write_phantom_pngs(index: int, seed: int, size: int, images: Path, masks: Path) -> None:
+    from .phantom import make_phantom, sample_seed
+
+    image, mask = make_phantom(sample_seed(seed, index), size)
+    name = f"phantom-{index:05d}.png"
+    for folder, arr in ((images, image), (masks, mask)):
+        with atomic_path(folder / name) as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def write_demo_folders(
+    out_dir: str | os.PathLike,
+    count: int,
+    size: int = 1024,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[Path, Path]:
+    """Write ``count`` phantoms as ``out_dir/train/*.png`` and ``out_dir/masks/*.png`` (the blog's layout).
+
+    Same ids and pixels as ``demo_source(count, size, seed)``. Returns the two folders.
+    """
+    if count < 1:
+        raise InputError(f"count must be at least 1, got {count}")
+    if size < 8:
+        raise InputError(f"size must be at least 8 pixels, got {size}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    images, masks = out_dir / "train", out_dir / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for done, _ in enumerate(_ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, images, masks),
+                                          _resolve_workers(workers)), 1):
+        if progress is not None:
+            progress(done, count)
+    return images, masks
