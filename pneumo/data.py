@@ -33,10 +33,9 @@ import tensorflow as tf
 
 from .augment import augment_batch, check_config, is_identity
 from .config import AugmentConfig
-from .errors import InputError, PackFormatError
+from .errors import InputError
 
 SPLITS = ("train", "dev", "test")
-PACK_FORMAT = "pneumo-pack"
 
 # Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
 _SHUFFLE_TAG = 0x5348
@@ -51,46 +50,19 @@ __all__ = ["SPLITS", "make_dataset", "split_size", "split_shape", "memory_availa
 def _open_split(pack_path: str | os.PathLike, split: str) -> tuple[h5py.File, h5py.Dataset, h5py.Dataset]:
     """Open ``pack_path`` read-only and return ``(file, X, Y)`` of ``split``, checked.
 
-    Raises :class:`InputError` for a missing file or unknown split and
-    :class:`PackFormatError` for anything that is not a well-formed pneumo pack.
+    Raises :class:`InputError` for an unknown split and :class:`PackFormatError` (an
+    ``InputError``) for a missing file or anything that is not a well-formed pneumo pack
+    (layout checked by :func:`pneumo.pack.open_pack`).
     """
+    from .pack import open_pack
+
     path = Path(pack_path)
     if split not in SPLITS:
         raise InputError(f"{path}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    if not path.exists():
-        raise InputError(f"{path}: pack file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an HDF5 pack file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise PackFormatError(f"{path}: not an HDF5 file, so not a pneumo pack ({e})") from None
-    try:
-        fmt = f.attrs.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode("utf-8", "replace")
-        if fmt != PACK_FORMAT:
-            raise PackFormatError(
-                f"{path}: not a pneumo pack (attribute format={fmt!r}, expected {PACK_FORMAT!r})"
-            )
-        missing = [name for name in (f"X_{split}", f"Y_{split}") if name not in f]
-        if missing:
-            raise PackFormatError(f"{path}: split {split!r} is missing (no dataset {', '.join(missing)})")
-        X, Y = f[f"X_{split}"], f[f"Y_{split}"]
-        for name, d in ((f"X_{split}", X), (f"Y_{split}", Y)):
-            if not isinstance(d, h5py.Dataset) or d.ndim != 4 or d.shape[3] != 1 or d.shape[1] != d.shape[2]:
-                raise PackFormatError(
-                    f"{path}: {name} must be an (N, S, S, 1) dataset, got "
-                    f"{getattr(d, 'shape', type(d).__name__)}"
-                )
-            if d.dtype != np.uint8:
-                raise PackFormatError(f"{path}: {name} must be uint8, got {d.dtype}")
-        if X.shape != Y.shape:
-            raise PackFormatError(f"{path}: X_{split} {X.shape} and Y_{split} {Y.shape} differ in shape")
-        return f, X, Y
-    except BaseException:
-        f.close()
-        raise
+    f = open_pack(path)
+    return f, f[f"X_{split}"], f[f"Y_{split}"]
 
 
 def split_shape(pack_path: str | os.PathLike, split: str) -> tuple[int, int]:
@@ -249,7 +221,9 @@ def make_dataset(
     ds = epochs.flat_map(epoch_indices)
 
     # ---- 2. batch
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # Numbered before any parallel map: with deterministic=False batches may overtake
+    # each other, and each must keep the augmentation seed of its own number.
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
     spec_shape = [batch_size if drop_remainder else None, size, size, 1]
 
     # ---- 3. fetch. Both paths hand numpy batches to TensorFlow through numpy_function:
@@ -264,11 +238,11 @@ def make_dataset(
         read = _H5Reader(path, split)
         parallel = None  # a single reader thread (h5py serialises access anyway)
 
-    def fetch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def fetch(batch_number: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         x, y = tf.numpy_function(read, [idx], [tf.uint8, tf.uint8], stateful=not in_memory)
         x.set_shape(spec_shape)
         y.set_shape(spec_shape)
-        return x, y
+        return batch_number, x, y
 
     if parallel is None:
         ds = ds.map(fetch)
@@ -278,14 +252,13 @@ def make_dataset(
     # ---- 4-5. augment (per-batch seed from the batch number) and finish the masks
     augment_key = tf.constant([seed, _AUGMENT_TAG], tf.int64)
 
-    def finish(batch_number: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        images, masks = batch
+    def finish(batch_number: tf.Tensor, images: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if config is not None:
             key = tf.random.experimental.stateless_fold_in(augment_key, batch_number)
             images, masks = augment_batch(images, masks, config, key)
         return images, tf.cast(masks >= 128, tf.float32)
 
-    ds = ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic

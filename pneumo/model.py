@@ -154,10 +154,10 @@ def _run_encoder(vgg: keras.Model, x, stop_at: str) -> dict[str, Any]:
 
 def _build_blog(image, vgg: keras.Model, encoder_end: str, filters: tuple[int, ...], name: str):
     """The blog's graph: x/255, gray to RGB, VGG16 to ``encoder_end``, Conv2D/UpSampling2D pairs."""
-    x = ToFloat32(name="to_float32")(image)
+    x = ToFloat32(name="cast_float32")(image)
     # The blog fed X/255 straight to VGG16, without VGG's preprocess_input: kept as it was.
     x = layers.Rescaling(1.0 / 255.0, dtype="float32", name="scale_0_1")(x)
-    x = GrayToRGB(name="gray_to_rgb")(x)
+    x = GrayToRGB(name="gray_to_3ch")(x)
     x = _run_encoder(vgg, x, encoder_end)[encoder_end]
     for stage, f in enumerate(filters, start=1):
         x = _blog_decoder_block(f, stage)(x)
@@ -167,9 +167,9 @@ def _build_blog(image, vgg: keras.Model, encoder_end: str, filters: tuple[int, .
 
 def _build_unet(image, vgg: keras.Model, filters: tuple[int, ...] = UNET_DECODER_FILTERS):
     """U-Net on VGG16: bottleneck block5_pool, skips :data:`SKIP_LAYERS`, conv-BN-ReLU decoder."""
-    x = ToFloat32(name="to_float32")(image)
-    x = GrayToRGB(name="gray_to_rgb")(x)
-    x = VGGPreprocess(name="vgg_preprocess")(x)
+    x = ToFloat32(name="cast_float32")(image)
+    x = GrayToRGB(name="gray_to_3ch")(x)
+    x = VGGPreprocess(name="vgg_caffe_preprocess")(x)
     feats = _run_encoder(vgg, x, UNET_BOTTLENECK)
     x = feats[UNET_BOTTLENECK]
     for stage, f in enumerate(filters):

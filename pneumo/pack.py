@@ -32,8 +32,9 @@ from .split import SPLITS, format_report, split_samples
 
 FORMAT = "pneumo-pack"
 FORMAT_VERSION = 1
-DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/48/49 with the blog's proportions
+DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/49/48 with the blog's proportions
 _WRITE_BLOCK = 32  # images buffered per HDF5 write: fewer, larger writes
+_REPORT_SKIPPED = 50  # skipped files listed in the report attribute (all are in dataset "skipped")
 _INLINE_BELOW = 48  # fewer samples than this: decode in-process (pool start-up costs more)
 
 ProgressFn = Callable[[int, int], None]
@@ -305,12 +306,18 @@ def pack_manifest(
                         f[f"{prefix}_{split}"].resize(counts[split], axis=0)
 
             fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
+            # HDF5 attributes are limited to 64 KiB: the full skipped list is a dataset,
+            # the report attribute keeps the first few.
+            if skipped:
+                f.create_dataset("skipped", data=np.array([[str(a), str(b)] for a, b in skipped], dtype=object),
+                                 dtype=h5py.string_dtype())
             report = {
                 "source": manifest.kind,
                 "pairs_found": len(manifest.samples),
                 "packed": sum(counts.values()),
                 "unused": len(samples) - len(order),
-                "skipped": [list(x) for x in skipped],
+                "n_skipped": len(skipped),
+                "skipped": [[str(a), str(b)[:300]] for a, b in skipped[:_REPORT_SKIPPED]],
                 "info": dict(getattr(manifest, "info", {}) or {}),
                 "seconds": round(time.time() - started, 2),
                 "workers": workers,

@@ -59,7 +59,8 @@ def workspace_sidebar() -> None:
 
 
 # --------------------------------------------------------------------------- packs
-def _mtime(path: str | Path) -> float:
+def mtime(path: str | Path) -> float:
+    """Modification time of ``path`` (0 when missing): the cache key beside the path."""
     try:
         return os.stat(path).st_mtime
     except OSError:
@@ -100,7 +101,7 @@ def _read_info(path: str, mtime: float):
 
 def pack_info(path: str | Path):
     """``PackInfo`` of ``path``, cached by path and mtime; raises ``PackFormatError``."""
-    return _read_info(str(path), _mtime(path))
+    return _read_info(str(path), mtime(path))
 
 
 def ensure_demo_pack() -> Any:
@@ -173,7 +174,7 @@ def _positives(path: str, mtime: float, split: str) -> np.ndarray:
 
 def positives(path: str | Path, split: str) -> np.ndarray:
     """``(N,) bool``: which samples of ``split`` have a non-empty mask (cached)."""
-    return _positives(str(path), _mtime(path), split)
+    return _positives(str(path), mtime(path), split)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -191,14 +192,14 @@ def _read_samples(path: str, mtime: float, split: str, indices: tuple[int, ...])
 
 def read_samples(path: str | Path, split: str, indices: list[int] | tuple[int, ...]):
     """Read only the shown samples: ``(X (k, S, S) uint8, Y (k, S, S) uint8, ids)``."""
-    return _read_samples(str(path), _mtime(path), split, tuple(int(i) for i in indices))
+    return _read_samples(str(path), mtime(path), split, tuple(int(i) for i in indices))
 
 
-def outlined(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 64)) -> np.ndarray:
-    """The image with the mask's outline drawn on it: ``(H, W, 3) uint8``."""
+def outlined(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The image with the mask's outline drawn on it (ground truth in green): ``(H, W, 3) uint8``."""
     from pneumo import viz
 
-    return viz.overlay(image, mask, color=color, mode="outline")
+    return viz.overlay(image, mask, color=color or viz.TARGET_COLOR, mode="outline")
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -193,8 +193,8 @@ def test_evaluate_probs_hand_case():
     assert s["dice_positive_mean"] == pytest.approx(0.5)
     assert (s["n_images"], s["n_positive"]) == (4, 2)
     assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (1, 1, 1, 1)
-    # scores (2nd largest): 0.9, 0, 0.8, 0 -> pos {0.9, 0}, neg {0.8, 0}: (1 + 0.5 + 0 + 0.5)/4... pairs:
-    # 0.9>0.8, 0.9>0, 0<0.8, 0=0 -> (1 + 1 + 0 + 0.5) / 4
+    # scores (2nd largest prob): pos {0.9, 0}, neg {0.8, 0}; pairs 0.9>0.8, 0.9>0, 0<0.8,
+    # 0=0 (half) -> (1 + 1 + 0 + 0.5) / 4
     assert s["auc"] == pytest.approx(0.625)
     assert s["triplet"] == {"pixel_threshold": 0.5, "top_threshold": 0.7, "min_area": 2,
                             "size": 4, "min_area_fraction": 2 / 16}

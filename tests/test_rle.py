@@ -158,3 +158,28 @@ def test_non_string_and_bad_shapes():
         siim_decode("0 1", 0, 4)
     with pytest.raises(ValueError, match="shape"):
         siim_encode(np.zeros((4, 4, 3)))
+
+
+def _reference_decode(rle: str, height: int, width: int) -> np.ndarray:
+    """The format read literally, one pixel at a time: position advances by start, then by length."""
+    out = np.zeros((height, width), np.uint8)
+    if rle.strip() == "-1":
+        return out
+    values = [int(v) for v in rle.split()]
+    position = 0
+    for start, length in zip(values[0::2], values[1::2]):
+        position += start
+        for k in range(position, position + length):
+            out[k % height, k // height] = 255  # column by column
+        position += length
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decode_matches_plain_loop_reading_non_square(seed):
+    rng = np.random.default_rng(100 + seed)
+    h, w = int(rng.integers(2, 30)), int(rng.integers(2, 30))
+    m = (rng.random((h, w)) < 0.3).astype(np.uint8) * 255
+    text = siim_encode(m)
+    np.testing.assert_array_equal(_reference_decode(text, h, w), m)
+    np.testing.assert_array_equal(siim_decode(text, h, w), m)

@@ -32,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
     skipped = report.get("skipped", [])
     for key, value in sorted((report.get("info") or {}).items()):
         print(f"{key}: {value}")
+    n_skipped = int(report.get("n_skipped", len(skipped)))
     if skipped:
-        print(f"skipped ({len(skipped)}):")
-        for name, reason in skipped[:50]:
+        print(f"skipped ({n_skipped}):")
+        for name, reason in skipped:
             print(f"  {name}: {reason}")
-        if len(skipped) > 50:
-            print(f"  ... and {len(skipped) - 50} more (see --json)")
+        if n_skipped > len(skipped):
+            print(f"  ... and {n_skipped - len(skipped)} more (dataset 'skipped' in the pack)")
     return 0

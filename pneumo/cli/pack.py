@@ -111,16 +111,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(manifest.skipped) - 20} more skipped (listed in the pack's report)")
 
     bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(manifest.samples), unit="img", desc=f"packing {args.out.name}")
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh() if done == total or done % 16 == 0 else None
+        # Created on the first image, so errors found before decoding print alone.
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="img", desc=f"packing {args.out.name}")
+        bar.n = done
+        if done == total or done % 16 == 0:
+            bar.refresh()
 
     try:
         info = pack_manifest(manifest, args.out, config, force=args.force, progress=progress)
@@ -128,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {info.path} ({info.size} px, {sum(info.counts.values())} pairs)")
-    skipped = info.report.get("skipped", [])
-    if skipped:
-        print(f"{len(skipped)} skipped (see `python -m pneumo info {info.path}`)")
+    n_skipped = int(info.report.get("n_skipped", 0))
+    if n_skipped:
+        print(f"{n_skipped} skipped (see `python -m pneumo info {info.path}`)")
     print(info.format_report())
     return 0

@@ -1,0 +1,116 @@
+"""Packing speed and memory: the blog's loop against ``python -m pneumo pack folders``.
+
+Same 1024 px PNG pairs (demo phantoms written by ``pneumo demo-data``), packed to 256 px,
+in one run:
+
+- blog: ``load_img(f, color_mode='grayscale', target_size=(256, 256))`` then one
+  ``out['X_train'][i] = ...`` write per image (Keras' load_img is PIL open, convert("L"),
+  nearest resize; done with PIL directly so TensorFlow's import is not timed);
+- pneumo: ``python -m pneumo pack folders`` with ``--workers`` 1 and all cores.
+
+Then peak memory (largest process, ru_maxrss) of ``pneumo pack demo`` at 500 and 5,000
+images, to show it stays flat. Prints a markdown section for docs/benchmarks.md.
+
+    python bench/pack.py [--pairs 200] [--small 500] [--large 5000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, cwd: Path) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pneumo", *args], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _blog_loop(images: Path, masks: Path, out: Path, size: int = 256) -> float:
+    t = time.perf_counter()
+    xs, ys = sorted(images.glob("*.png")), sorted(masks.glob("*.png"))
+    with h5py.File(out, "w") as f:
+        f.create_dataset("X_train", (len(xs), size, size, 1), dtype="uint8")
+        f.create_dataset("Y_train", (len(ys), size, size, 1), dtype="uint8")
+        for i in range(len(xs)):
+            x = Image.open(xs[i]).convert("L").resize((size, size), Image.Resampling.NEAREST)
+            y = Image.open(ys[i]).convert("L").resize((size, size), Image.Resampling.NEAREST)
+            f["X_train"][i, :, :, :] = np.asarray(x, dtype=np.float32)[..., None].astype("uint8")
+            f["Y_train"][i, :, :, :] = np.asarray(y, dtype=np.float32)[..., None].astype("uint8")
+    return time.perf_counter() - t
+
+
+def _peak_rss_mib(*args: str, cwd: Path) -> tuple[float, float]:
+    """Wall time and the largest resident set of the command and its workers, in MiB."""
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        f"subprocess.run([sys.executable, '-m', 'pneumo', *{list(args)!r}], check=True, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1]) / 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=200, help="1024 px PNG pairs for the speed comparison")
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--large", type=int, default=5000)
+    a = ap.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _cli("demo-data", "ph", "--count", str(a.pairs), "--size", "1024", cwd=tmp)
+        images, masks = tmp / "ph" / "train", tmp / "ph" / "masks"
+        blog = _blog_loop(images, masks, tmp / "blog.h5")
+        one = _cli("pack", "folders", str(images), str(masks), "--out", "p1.h5", "--workers", "1", "--quiet", cwd=tmp)
+        allc = _cli("pack", "folders", str(images), str(masks), "--out", "pn.h5", "--workers", str(cores), "--quiet", cwd=tmp)
+        mem = {}
+        for n in (a.small, a.large):
+            mem[n] = _peak_rss_mib("pack", "demo", "--count", str(n), "--size", "256", "--out", f"m{n}.h5", "--quiet", cwd=tmp)
+    cmd = f"python bench/pack.py --pairs {a.pairs} --small {a.small} --large {a.large}"
+    print(f"Machine: {cores} cores ({_cpu_name()}), Python {platform.python_version()}; {date.today()}; `{cmd}`\n")
+    print(f"{a.pairs} pairs of 1024 px PNGs packed to 256 px:\n")
+    print("| method | seconds | pairs/s | speed-up vs blog |")
+    print("|---|---:|---:|---:|")
+    for name, t in (("blog loop (PIL load, one write per image)", blog),
+                    ("pneumo pack folders --workers 1", one),
+                    (f"pneumo pack folders --workers {cores}", allc)):
+        print(f"| {name} | {t:.1f} | {a.pairs / t:.1f} | {blog / t:.2f}x |")
+    print("\nPeak memory of `pneumo pack demo --size 256` (largest process, workers included):\n")
+    print("| images | seconds | peak RSS MiB |")
+    print("|---:|---:|---:|")
+    for n, (t, rss) in mem.items():
+        print(f"| {n} | {t:.1f} | {rss:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

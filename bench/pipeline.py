@@ -1,0 +1,288 @@
+"""Input pipeline speed: the blog's Python generator vs ``pneumo.data.make_dataset``.
+
+One run, one pack (demo phantoms, 256 px):
+
+(a) the blog's ``create_data_random_generator`` as written (Keras' legacy
+    ``ImageDataGenerator``, one transform per batch, float64, gray x3), images/s;
+(b) ``make_dataset(pack, "train", 32, augment=True)`` images/s (in memory and streamed
+    from HDF5), and with 1 vs all cores (child processes with TensorFlow's thread pools
+    capped);
+(c) share of a training step lost to input: steps/s of the blog model
+    (``pneumo.model.build_model("blog", 128, encoder_weights=None, freeze_encoder=True)``,
+    the blog's first stage) on one constant in-memory batch vs fed by ``make_dataset``
+    (augmented) from a 128 px pack.
+
+Prints a markdown section; ``--write-docs`` puts it into docs/benchmarks.md under
+"## Input pipeline (bench/pipeline.py)".
+
+    python bench/pipeline.py --write-docs
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+SECTION = "## Input pipeline (bench/pipeline.py)"
+
+
+# --------------------------------------------------------------------------- pack
+def write_bench_pack(path: Path, count: int, size: int, seed: int = 0) -> Path:
+    """A pack in the documented layout (all ``count`` samples in train, 16 in dev/test) of demo phantoms."""
+    from pneumo.phantom import make_phantom, sample_seed
+
+    counts = {"train": count, "dev": 16, "test": 16}
+    k = 0
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="pneumo-pack", format_version=1, size=size, seed=seed,
+                       split=json.dumps({}), source="demo", created=dt.datetime.now(dt.timezone.utc).isoformat(),
+                       pneumo_version="bench", report="{}")
+        for split, n in counts.items():
+            X = np.zeros((n, size, size, 1), np.uint8)
+            Y = np.zeros((n, size, size, 1), np.uint8)
+            for i in range(n):
+                X[i, ..., 0], Y[i, ..., 0] = make_phantom(sample_seed(seed, k), size)
+                k += 1
+            f.create_dataset(f"X_{split}", data=X, chunks=(1, size, size, 1))
+            f.create_dataset(f"Y_{split}", data=Y, chunks=(1, size, size, 1))
+            f.create_dataset(f"ids_{split}", data=np.array([f"{split}-{i}" for i in range(n)], dtype=object),
+                             dtype=h5py.string_dtype())
+            f.attrs[f"count_{split}"] = n
+            f.attrs[f"positive_fraction_{split}"] = float((Y.reshape(n, -1).max(1) > 0).mean())
+    return path
+
+
+# --------------------------------------------------------------------------- (a) the blog
+def create_data_random_generator(X, y, batch_size):
+    """The blog's generator, verbatim but for the import (Keras 3 keeps it under tf.keras)."""
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator
+
+    image_randomiser = ImageDataGenerator(
+        rotation_range=10,
+        width_shift_range=0.02,
+        height_shift_range=0.02,
+        zoom_range=0.02,
+        fill_mode='nearest',
+        horizontal_flip=True)
+
+    number_of_samples = X.shape[0]
+    index = 0
+    while True:
+        data_X = np.zeros([batch_size, 256, 256, 1])
+        data_y = np.zeros([batch_size, 256, 256, 1])
+
+        transformation = image_randomiser.get_random_transform(img_shape=(256, 256, 1))
+
+        for i in range(batch_size):
+            data_X[i, ...] = image_randomiser.apply_transform(
+                X[index % number_of_samples, ...] / 255., transformation)
+
+            data_y[i, ...] = image_randomiser.apply_transform(
+                y[index % number_of_samples, ...] / 255., transformation)
+            index = index + 1
+
+        data_X = data_X * np.ones([batch_size, 256, 256, 3])
+        yield data_X, data_y
+
+
+def _rate(iterator, batch_size: int, batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        next(iterator)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - t)
+
+
+def bench_blog(pack: Path, batch_size: int, batches: int) -> float:
+    with h5py.File(pack, "r") as f:
+        X, Y = f["X_train"][()], f["Y_train"][()]
+    return _rate(create_data_random_generator(X, Y, batch_size), batch_size, batches, 1)
+
+
+# --------------------------------------------------------------------------- (b) make_dataset
+def bench_dataset(pack: Path, batch_size: int, batches: int, threads: int | None = None, **kwargs) -> float:
+    import tensorflow as tf
+
+    from pneumo.data import make_dataset
+
+    ds = make_dataset(pack, "train", batch_size, seed=0, **kwargs)
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = threads
+        ds = ds.with_options(options)
+    return _rate(iter(ds), batch_size, batches, 5)
+
+
+def bench_dataset_threads(pack: Path, batch_size: int, batches: int, threads: int) -> float:
+    """make_dataset(augment=True) in a child process whose TensorFlow pools have ``threads`` threads."""
+    code = (
+        "import os, sys, json; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'; sys.path.insert(0, %r)\n"
+        "import tensorflow as tf\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(%d)\n"
+        "tf.config.threading.set_inter_op_parallelism_threads(%d)\n"
+        "sys.path.insert(0, %r)\n"
+        "from pipeline import bench_dataset\n"
+        "print(json.dumps(bench_dataset(__import__('pathlib').Path(%r), %d, %d, threads=%d, augment=True, in_memory=True)))\n"
+    ) % (str(ROOT), threads, threads, str(Path(__file__).parent), str(pack), batch_size, batches, threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- (c) input share
+def bench_input_share(pack128: Path, batch_size: int, steps: int) -> tuple[float, float, str]:
+    import keras
+    import tensorflow as tf
+
+    from pneumo.data import make_dataset
+
+    try:
+        from pneumo.model import build_model
+
+        model = build_model("blog", input_size=128, encoder_weights=None, freeze_encoder=True)
+        which = 'pneumo.model.build_model("blog", 128, encoder_weights=None, freeze_encoder=True)'
+    except Exception as e:  # the model module may be missing while others write it
+        inp = keras.Input((128, 128, 1))
+        x = keras.layers.Rescaling(1 / 255)(inp)
+        for k in (64, 128, 256):
+            x = keras.layers.Conv2D(k, 3, padding="same", activation="relu")(x)
+            x = keras.layers.MaxPooling2D()(x)
+        for k in (64, 32, 16):
+            x = keras.layers.Conv2D(k, 3, padding="same", activation="relu")(x)
+            x = keras.layers.UpSampling2D()(x)
+        out = keras.layers.Conv2D(1, 1, activation="sigmoid")(x)
+        model = keras.Model(inp, out)
+        which = f"a stand-in conv encoder-decoder (build_model failed: {type(e).__name__})"
+    model.compile(optimizer=keras.optimizers.Adam(2e-5), loss="binary_crossentropy")
+
+    fed = make_dataset(pack128, "train", batch_size, augment=True, seed=0)
+    x0, y0 = next(iter(fed))
+    const = tf.data.Dataset.from_tensors((x0, y0)).repeat()
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.stamps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.stamps.append(time.perf_counter())
+
+    def steps_per_s(ds) -> float:
+        timer = Timer()
+        model.fit(ds, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
+        s = timer.stamps[2:]  # the first steps include tracing and warm-up
+        return (len(s) - 1) / (s[-1] - s[0])
+
+    steps_per_s(const)  # trace once for both
+    const_rate = steps_per_s(const)
+    fed_rate = steps_per_s(fed)
+    const_rate = max(const_rate, steps_per_s(const))  # the machine is shared: take the better
+    return const_rate, fed_rate, which
+
+
+# --------------------------------------------------------------------------- report
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=512, help="train images in the bench pack")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--blog-batches", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=60, help="batches timed for make_dataset")
+    ap.add_argument("--steps", type=int, default=8, help="training steps timed per setting in (c)")
+    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="pneumo-bench-"))
+    t0 = time.perf_counter()
+    pack = write_bench_pack(tmp / "bench256.h5", args.count, 256)
+    pack128 = write_bench_pack(tmp / "bench128.h5", args.count, 128)
+    print(f"packs written in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    from pneumo.config import AugmentConfig
+
+    bs = args.batch_size
+    blog = bench_blog(pack, bs, args.blog_batches)
+    ours = bench_dataset(pack, bs, args.batches, augment=True, in_memory=True)
+    stream = bench_dataset(pack, bs, args.batches, augment=True, in_memory=False)
+    plain = bench_dataset(pack, bs, args.batches, augment=False, in_memory=True)
+    per_batch = bench_dataset(pack, bs, args.batches, augment=AugmentConfig(per_batch=True), in_memory=True)
+    one = bench_dataset_threads(pack, bs, args.batches, 1)
+    two = bench_dataset_threads(pack, bs, args.batches, os.cpu_count() or 2)
+    share = None if args.skip_model else bench_input_share(pack128, bs, args.steps)
+
+    ncpu = os.cpu_count()
+    lines = [
+        SECTION,
+        "",
+        f"Machine: {ncpu} cores ({_cpu_model()}), no GPU; shared with other agents' work while measured, "
+        "so figures are indicative (ratios come from the same run). "
+        f"Date: {dt.date.today().isoformat()}. Command: `python bench/pipeline.py --write-docs`. "
+        f"Pack: {args.count} demo phantoms at 256 px, batch {bs}.",
+        "",
+        "| input path | images/s | vs blog |",
+        "| --- | ---: | ---: |",
+        f"| blog generator (`ImageDataGenerator`, one transform per batch, float64, x3) | {blog:.0f} | 1.0x |",
+        f"| `make_dataset(augment=True)`, in memory | {ours:.0f} | {ours / blog:.1f}x |",
+        f"| `make_dataset(augment=True)`, streamed from HDF5 | {stream:.0f} | {stream / blog:.1f}x |",
+        f"| `make_dataset(augment=AugmentConfig(per_batch=True))` | {per_batch:.0f} | {per_batch / blog:.1f}x |",
+        f"| `make_dataset(augment=False)` (no geometry) | {plain:.0f} | {plain / blog:.1f}x |",
+        f"| `make_dataset(augment=True)`, TF pools capped at 1 thread | {one:.0f} | {one / blog:.1f}x |",
+        f"| `make_dataset(augment=True)`, TF pools at {ncpu} threads | {two:.0f} | {two / blog:.1f}x |",
+        "",
+    ]
+    if share:
+        const_rate, fed_rate, which = share
+        lost = max(0.0, 1 - fed_rate / const_rate)
+        lines += [
+            f"Input share of a training step (128 px, batch {bs}, {which}, Adam, BCE, CPU): "
+            f"{const_rate:.3f} steps/s on one constant batch, {fed_rate:.3f} steps/s fed by "
+            f"`make_dataset(augment=True)`: **{100 * lost:.1f}% lost to input**. On a CPU the "
+            "pipeline and the model share the same cores, so this is an upper bound on what a GPU "
+            "run loses (there, the model leaves the CPU to the pipeline).",
+            "",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_docs:
+        _write_section(ROOT / "docs" / "benchmarks.md", text)
+    return 0
+
+
+def _write_section(path: Path, text: str) -> None:
+    from pneumo._io import atomic_write_text
+
+    doc = path.read_text(encoding="utf-8")
+    start = doc.index(SECTION)
+    nxt = doc.find("\n## ", start + len(SECTION))
+    end = len(doc) if nxt < 0 else nxt + 1
+    atomic_write_text(path, doc[:start] + text.rstrip() + "\n\n" + doc[end:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

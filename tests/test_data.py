@@ -1,0 +1,231 @@
+"""pneumo.data: tf.data pipelines from a tiny pack (tests/conftest.py writes the layout)."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from conftest import write_test_pack  # noqa: E402
+
+from pneumo import data as data_mod  # noqa: E402
+from pneumo.config import AugmentConfig  # noqa: E402
+from pneumo.data import fits_in_memory, make_dataset, split_size  # noqa: E402
+from pneumo.errors import InputError, PackFormatError  # noqa: E402
+
+
+def _split(pack, split):
+    with h5py.File(pack, "r") as f:
+        return f[f"X_{split}"][()], f[f"Y_{split}"][()]
+
+
+def _take(ds, n):
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+
+def _keys(images):
+    return [im.tobytes() for im in images]
+
+
+# --------------------------------------------------------------------------- shapes and order
+def test_dev_is_ordered_once_with_partial_final_batch(tiny_pack):
+    X, Y = _split(tiny_pack, "dev")  # 16 samples
+    batches = _take(make_dataset(tiny_pack, "dev", batch_size=5), 100)
+    assert [b[0].shape[0] for b in batches] == [5, 5, 5, 1]
+    images = np.concatenate([b[0] for b in batches])
+    masks = np.concatenate([b[1] for b in batches])
+    assert images.dtype == np.uint8 and images.shape == (16, 64, 64, 1)
+    assert masks.dtype == np.float32 and set(np.unique(masks).tolist()) == {0.0, 1.0}
+    np.testing.assert_array_equal(images, X)
+    np.testing.assert_array_equal(masks, Y / 255.0)
+
+
+def test_element_spec_and_drop_remainder(tiny_pack):
+    ds = make_dataset(tiny_pack, "test", batch_size=5, drop_remainder=True)
+    assert ds.element_spec[0].shape.as_list() == [5, 64, 64, 1]
+    assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.float32
+    assert [b[0].shape[0] for b in _take(ds, 100)] == [5, 5, 5]
+    assert make_dataset(tiny_pack, "dev", 4).element_spec[0].shape.as_list() == [None, 64, 64, 1]
+
+
+def test_train_shuffles_each_epoch_and_repeats(tiny_pack):
+    X, Y = _split(tiny_pack, "train")  # 48 samples
+    batches = _take(make_dataset(tiny_pack, "train", batch_size=8, seed=1), 12)  # two epochs
+    images = np.concatenate([b[0] for b in batches])
+    masks = np.concatenate([b[1] for b in batches])
+    first, second = images[:48], images[48:]
+    assert sorted(_keys(first)) == sorted(_keys(X))  # one epoch = a permutation
+    assert sorted(_keys(second)) == sorted(_keys(X))
+    assert _keys(first) != _keys(X) and _keys(first) != _keys(second)
+    # Masks travel with their images.
+    where = {k: i for i, k in enumerate(_keys(X))}
+    for im, mk in zip(images, masks):
+        np.testing.assert_array_equal(mk, Y[where[im.tobytes()]] / 255.0)
+
+
+def test_shuffle_and_repeat_overrides(tiny_pack):
+    X, _ = _split(tiny_pack, "train")
+    batches = _take(make_dataset(tiny_pack, "train", 10, shuffle=False, repeat=False), 100)
+    assert [b[0].shape[0] for b in batches] == [10, 10, 10, 10, 8]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), X)
+    dev = _take(make_dataset(tiny_pack, "dev", 16, shuffle=True, repeat=True, seed=3), 3)
+    assert len(dev) == 3 and _keys(dev[0][0]) != _keys(dev[1][0])
+
+
+# --------------------------------------------------------------------------- augmentation and seeds
+def test_augment_true_changes_images_and_keeps_masks_binary(tiny_pack):
+    plain = _take(make_dataset(tiny_pack, "train", 8, seed=2), 2)
+    aug = _take(make_dataset(tiny_pack, "train", 8, augment=True, seed=2), 2)
+    for (px, pm), (ax, am) in zip(plain, aug):
+        assert ax.shape == px.shape and ax.dtype == np.uint8
+        assert set(np.unique(am).tolist()) <= {0.0, 1.0}
+        assert not np.array_equal(ax, px)
+        # Same samples in the same order (augmentation does not touch the index stream):
+        # the image mean moves little under small geometry.
+        assert np.abs(ax.astype(float).mean(axis=(1, 2, 3)) - px.astype(float).mean(axis=(1, 2, 3))).max() < 6
+
+
+def test_identity_augment_config_is_no_augmentation(tiny_pack):
+    off = AugmentConfig(rotation=0, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False)
+    a = _take(make_dataset(tiny_pack, "train", 8, augment=off, seed=4), 3)
+    b = _take(make_dataset(tiny_pack, "train", 8, augment=False, seed=4), 3)
+    for (ax, am), (bx, bm) in zip(a, b):
+        np.testing.assert_array_equal(ax, bx)
+        np.testing.assert_array_equal(am, bm)
+
+
+def test_same_seed_same_stream_different_seed_differs(tiny_pack):
+    a = _take(make_dataset(tiny_pack, "train", 8, augment=True, seed=5), 7)
+    b = _take(make_dataset(tiny_pack, "train", 8, augment=True, seed=5), 7)
+    c = _take(make_dataset(tiny_pack, "train", 8, augment=True, seed=6), 7)
+    for (ax, am), (bx, bm) in zip(a, b):
+        np.testing.assert_array_equal(ax, bx)
+        np.testing.assert_array_equal(am, bm)
+    assert any(not np.array_equal(ax, cx) for (ax, _), (cx, _) in zip(a, c))
+
+
+def test_augmentation_differs_between_epochs_on_the_same_order(tiny_pack):
+    # No shuffling: batch k of epoch 2 holds the same samples as batch k of epoch 1,
+    # but gets a new seed (from the batch number), so a new transform.
+    batches = _take(make_dataset(tiny_pack, "train", 16, augment=True, shuffle=False, seed=0), 6)
+    for k in range(3):
+        assert not np.array_equal(batches[k][0], batches[k + 3][0])
+
+
+@pytest.mark.parametrize("split, kwargs", [
+    ("train", dict(augment=True, seed=7)),
+    ("train", dict(augment=AugmentConfig(per_batch=True), seed=8, drop_remainder=True)),
+    ("dev", dict()),
+])
+def test_streaming_equals_in_memory(tiny_pack, split, kwargs):
+    mem = _take(make_dataset(tiny_pack, split, 6, in_memory=True, **kwargs), 10)
+    disk = _take(make_dataset(tiny_pack, split, 6, in_memory=False, **kwargs), 10)
+    assert len(mem) == len(disk) > 0
+    for (mx, mm), (dx, dm) in zip(mem, disk):
+        np.testing.assert_array_equal(mx, dx)
+        np.testing.assert_array_equal(mm, dm)
+
+
+def test_streaming_batch_across_epochs_with_repeated_index(tmp_path):
+    # 5 samples, batch 4, shuffled and repeated: batches straddle epochs and may hold the
+    # same index twice; h5py fancy reads need unique sorted indices.
+    pack = write_test_pack(tmp_path / "p.h5", counts=(5, 2, 2), size=32)
+    mem = _take(make_dataset(pack, "train", 4, seed=1, in_memory=True), 10)
+    disk = _take(make_dataset(pack, "train", 4, seed=1, in_memory=False), 10)
+    for (mx, _), (dx, _) in zip(mem, disk):
+        np.testing.assert_array_equal(mx, dx)
+
+
+def test_nondeterministic_mode_gives_the_same_batches(tiny_pack):
+    a = _take(make_dataset(tiny_pack, "dev", 4, augment=True, deterministic=False), 100)
+    b = _take(make_dataset(tiny_pack, "dev", 4, augment=True), 100)
+    assert sorted(x.tobytes() for x, _ in a) == sorted(x.tobytes() for x, _ in b)
+
+
+# --------------------------------------------------------------------------- memory rule
+def test_memory_rule(monkeypatch):
+    monkeypatch.setattr(data_mod, "memory_available", lambda: 1000)
+    assert fits_in_memory(500) and not fits_in_memory(501)
+    monkeypatch.setattr(data_mod, "memory_available", lambda: None)
+    assert fits_in_memory(2 * 1024**3) and not fits_in_memory(2 * 1024**3 + 1)
+
+
+def test_automatic_choice_streams_when_memory_is_short(tiny_pack, monkeypatch):
+    monkeypatch.setattr(data_mod, "memory_available", lambda: 1000)
+    opened = []
+    original = data_mod._H5Reader.__call__
+
+    def spy(self, idx):
+        opened.append(len(idx))
+        return original(self, idx)
+
+    monkeypatch.setattr(data_mod._H5Reader, "__call__", spy)
+    X, _ = _split(tiny_pack, "dev")
+    got = np.concatenate([b[0] for b in _take(make_dataset(tiny_pack, "dev", 8), 10)])
+    np.testing.assert_array_equal(got, X)
+    assert opened == [8, 8]
+
+
+def test_memory_available_reads_something():
+    value = data_mod.memory_available()
+    assert value is None or value > 0
+
+
+# --------------------------------------------------------------------------- errors
+def test_split_size(tiny_pack, tmp_path):
+    assert [split_size(tiny_pack, s) for s in ("train", "dev", "test")] == [48, 16, 16]
+    empty = write_test_pack(tmp_path / "e.h5", counts=(4, 0, 2), size=32)
+    assert split_size(empty, "dev") == 0
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(InputError, match="nope.h5"):
+        make_dataset(missing, "train")
+    with pytest.raises(InputError, match="nope.h5"):
+        split_size(missing, "train")
+
+
+def test_not_hdf5(tmp_path):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("hello")
+    with pytest.raises(PackFormatError, match="notes.h5"):
+        make_dataset(bad, "train")
+
+
+def test_foreign_hdf5(tmp_path):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f.create_dataset("X_train", data=np.zeros((2, 32, 32, 1), np.uint8))
+        f.attrs["format"] = "something-else"
+    with pytest.raises(PackFormatError, match="foreign.h5.*not a pneumo pack"):
+        make_dataset(foreign, "train")
+
+
+def test_missing_split_datasets(tmp_path):
+    pack = write_test_pack(tmp_path / "cut.h5", counts=(4, 2, 2), size=32)
+    with h5py.File(pack, "a") as f:
+        del f["Y_dev"]
+    with pytest.raises(PackFormatError, match=r"cut\.h5.*Y_dev"):
+        make_dataset(pack, "dev")
+
+
+def test_empty_split(tmp_path):
+    pack = write_test_pack(tmp_path / "e.h5", counts=(4, 0, 2), size=32)
+    with pytest.raises(InputError, match=r"e\.h5.*'dev'.*empty"):
+        make_dataset(pack, "dev")
+    assert len(_take(make_dataset(pack, "test", 8), 5)) == 1  # other splits still work
+
+
+def test_bad_arguments(tiny_pack):
+    with pytest.raises(InputError, match="unknown split 'validation'"):
+        make_dataset(tiny_pack, "validation")
+    with pytest.raises(InputError, match="batch_size"):
+        make_dataset(tiny_pack, "dev", batch_size=0)
+    with pytest.raises(InputError, match="augment"):
+        make_dataset(tiny_pack, "dev", augment="yes")
+    with pytest.raises(InputError, match="fill_mode"):
+        make_dataset(tiny_pack, "dev", augment=AugmentConfig(fill_mode="bogus"))
+    with pytest.raises(InputError, match="seed"):
+        make_dataset(tiny_pack, "dev", seed=1.5)

@@ -1,0 +1,212 @@
+"""pneumo.jobs: launching, following and stopping trainers through run folders (fake trainer)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pneumo import jobs
+from pneumo.config import TrainConfig, load_config
+from pneumo.errors import InputError
+
+FAKE = Path(__file__).with_name("fake_trainer.py")
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Fake trainer as the train command; runs in tmp_path/runs (also the settings default)."""
+    monkeypatch.setenv("PNEUMO_TRAIN_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}")
+    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "0.3")
+    monkeypatch.delenv("PNEUMO_FAKE_FAIL", raising=False)
+    monkeypatch.delenv("PNEUMO_FAKE_EPOCHS", raising=False)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("PNEUMO_RUNS_DIR", str(runs))
+    yield runs
+    for info in jobs.list_runs(runs):  # never leave a trainer behind
+        pid = jobs.read_status(info.path).get("pid")
+        if info.state == "running" and pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _wait(run, states, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = jobs.read_status(run)
+        if st["state"] in states:
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"{run}: state {jobs.read_status(run)} never reached {states}; log:\n"
+                         + (run / "train.log").read_text())
+
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+CFG = TrainConfig(pack="demo.h5", encoder_weights=None, epochs=2, batch_size=4, lr=1e-3)
+
+
+def test_start_runs_to_finished_with_history(fake):
+    run = jobs.new_run_dir(fake)
+    pid = jobs.start_training(CFG, run)
+    assert isinstance(pid, int) and pid > 0
+    st = jobs.read_status(run)
+    assert st["state"] == "running" and st["pid"] == pid
+    assert load_config(TrainConfig, run / "config.json") == CFG
+    assert jobs.active_run(fake) == run
+    _wait_for(lambda: jobs.read_progress(run) is not None)
+    prog = jobs.read_progress(run)
+    assert {"stage", "epoch", "epochs", "step", "steps", "loss", "images_per_s", "eta_s"} <= set(prog)
+    st = _wait(run, {"finished", "failed", "stopped"})
+    assert st["state"] == "finished", st
+    hist = jobs.read_history(run)
+    assert [r["epoch"] for r in hist] == [1, 2]
+    assert isinstance(hist[0]["loss"], float) and hist[0]["stage"] == "train"
+    assert hist[1]["loss"] < hist[0]["loss"]
+    assert jobs.active_run(fake) is None
+    (info,) = jobs.list_runs(fake)
+    assert info.path == run and info.state == "finished" and info.epochs_done == 2
+    assert info.best_epoch == 2 and info.best_val_loss == pytest.approx(hist[1]["val_loss"])
+    assert info.config["lr"] == 1e-3 and info.has_best
+    assert "started" in (run / "train.log").read_text()
+
+
+def test_one_run_at_a_time_and_no_reuse_of_a_run_folder(fake, monkeypatch):
+    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
+    first = jobs.new_run_dir(fake)
+    jobs.start_training(CFG, first)
+    second = jobs.new_run_dir(fake)
+    with pytest.raises(InputError, match="another training run is active"):
+        jobs.start_training(CFG, second)
+    assert not (second / "config.json").exists()
+    jobs.request_stop(first)
+    assert _wait(first, {"stopped", "finished", "failed"})["state"] == "stopped"
+    with pytest.raises(InputError, match="already holds a run"):
+        jobs.start_training(CFG, first)
+    jobs.start_training(CFG, second)  # allowed once the first one ended
+    jobs.request_stop(second)
+    _wait(second, {"stopped"})
+
+
+def test_stop_file_and_sigterm_stop_cleanly(fake, monkeypatch):
+    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
+    run = jobs.new_run_dir(fake)
+    jobs.start_training(CFG, run)
+    _wait_for(lambda: jobs.read_progress(run) is not None)
+    jobs.request_stop(run)
+    st = _wait(run, {"stopped", "finished", "failed"})
+    assert st["state"] == "stopped" and st["ended"]
+    assert (run / "last.keras").exists() and not (run / "STOP").exists()
+
+    run2 = jobs.new_run_dir(fake, prefix="term")
+    pid = jobs.start_training(CFG, run2)
+    _wait_for(lambda: jobs.read_progress(run2) is not None)
+    os.kill(pid, signal.SIGTERM)
+    assert _wait(run2, {"stopped", "finished", "failed"})["state"] == "stopped"
+
+
+def test_failed_trainer_reports_its_error(fake, monkeypatch):
+    monkeypatch.setenv("PNEUMO_FAKE_FAIL", "1")
+    run = jobs.new_run_dir(fake)
+    jobs.start_training(CFG, run)
+    st = _wait(run, {"failed", "finished", "stopped"})
+    assert st["state"] == "failed" and st["error"] == "fake failure"
+    assert "fake failure" in (run / "train.log").read_text()
+
+
+def test_dead_pid_reads_as_failed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run-20260101-000000"
+    run.mkdir()
+    (run / "train.log").write_text("Killed\n")
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "epoch": 1}))
+    st = jobs.read_status(run)
+    assert st["state"] == "failed"
+    assert "ended unexpectedly" in st["error"] and "train.log" in st["error"]
+    assert json.loads((run / "status.json").read_text())["state"] == "running"  # reading never writes
+    assert jobs.active_run(tmp_path) is None
+    # A live process that is not this run's trainer (pid recycled) is not taken for it.
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    assert jobs.read_status(run)["state"] == "failed"
+
+
+def test_killed_trainer_reads_as_failed(fake, monkeypatch):
+    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
+    run = jobs.new_run_dir(fake)
+    pid = jobs.start_training(CFG, run)
+    _wait_for(lambda: jobs.read_progress(run) is not None)
+    os.kill(pid, signal.SIGKILL)
+    st = _wait(run, {"failed"})  # the zombie child must not look alive
+    assert "ended unexpectedly" in st["error"]
+
+
+def test_resume_through_jobs_continues(fake, monkeypatch):
+    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "3")
+    monkeypatch.setenv("PNEUMO_FAKE_FAIL", "1")
+    run = jobs.new_run_dir(fake)
+    jobs.start_training(CFG, run)
+    _wait(run, {"failed"})
+    monkeypatch.delenv("PNEUMO_FAKE_FAIL")
+    with pytest.raises(InputError, match="differs"):
+        jobs.start_training(TrainConfig(pack="other.h5"), run, resume=True)
+    jobs.start_training(CFG, run, resume=True)
+    assert _wait(run, {"finished", "failed", "stopped"})["state"] == "finished"
+    assert [r["epoch"] for r in jobs.read_history(run)] == [1, 2, 3]
+    with pytest.raises(InputError, match="nothing to resume"):
+        jobs.start_training(CFG, fake / "never", resume=True)
+
+
+def test_read_history_parses_numbers_and_blanks(tmp_path):
+    (tmp_path / "history.csv").write_text(
+        "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds\n"
+        "1,train,0.5,0.25,0.125,,nan,0.1,2e-05,3.5\n"
+        "2,fine-tune,0.4,0.3,0.2,0.45,0.3,0.2,1e-05,3.0\n")
+    rows = jobs.read_history(tmp_path)
+    assert rows[0]["epoch"] == 1 and rows[0]["stage"] == "train"
+    assert rows[0]["loss"] == 0.5 and rows[0]["lr"] == 2e-5 and rows[0]["val_loss"] is None
+    assert rows[0]["val_dice"] != rows[0]["val_dice"]  # nan stays nan
+    assert rows[1]["stage"] == "fine-tune" and rows[1]["seconds"] == 3.0
+    assert jobs.read_history(tmp_path / "missing") == []
+    assert jobs.read_progress(tmp_path) is None
+
+
+def test_list_runs_newest_first_and_new_folders_unique(tmp_path):
+    a = jobs.new_run_dir(tmp_path, prefix="x")
+    b = jobs.new_run_dir(tmp_path, prefix="x")
+    assert a != b and a.is_dir() and b.is_dir()
+    assert jobs.list_runs(tmp_path) == []  # empty folders are not runs
+    for path, started in ((a, "2026-01-01T00:00:00+00:00"), (b, "2026-02-01T00:00:00+00:00")):
+        (path / "status.json").write_text(json.dumps({"state": "finished", "started": started}))
+    (tmp_path / "not-a-run").mkdir()
+    assert [r.path for r in jobs.list_runs(tmp_path)] == [b, a]
+    assert jobs.list_runs(tmp_path / "missing") == []
+    assert jobs.read_status(tmp_path / "missing")["state"] == "new"
+    with pytest.raises(InputError, match="prefix"):
+        jobs.new_run_dir(tmp_path, prefix="../evil")
+
+
+def test_encoder_weights_available_follows_keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert not jobs.encoder_weights_available()
+    assert jobs.encoder_weights_cache_path() == tmp_path / "models" / jobs.IMAGENET_NOTOP_FILE
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / jobs.IMAGENET_NOTOP_FILE).write_bytes(b"x")
+    assert jobs.encoder_weights_available()
+
+
+def test_jobs_imports_without_tensorflow():
+    code = "import sys, pneumo.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

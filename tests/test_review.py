@@ -1,0 +1,224 @@
+"""pneumo.review: loading cached predictions, categories as pneumo.evaluate computes them,
+filter/sort/position, and the SQLite verdict store (upsert, persistence, WAL, two connections)."""
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing as mp
+import sqlite3
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pneumo import evaluate, review
+from pneumo.errors import InputError
+
+from conftest import write_test_pack
+
+
+def write_predictions(run_dir: Path, split: str, probs: np.ndarray, ids: list[str], pack: Path) -> Path:
+    """A predictions file exactly as the contract describes (docs/architecture.md)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"predictions_{split}.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("probs", data=probs, chunks=(1, *probs.shape[1:]))
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update(checkpoint="best", checkpoint_mtime=0.0, pack=str(pack), split=split, created="2026-01-01")
+    return path
+
+
+def noisy_probs(masks: np.ndarray, seed: int) -> np.ndarray:
+    """Plausible predictions: the mask blurred by noise, some false alarms, some misses."""
+    rng = np.random.default_rng(seed)
+    n = masks.shape[0]
+    p = (masks.astype(np.float32) / 255.0) * rng.uniform(0.2, 1.0, (n, 1, 1, 1))
+    p += rng.uniform(0, 0.35, masks.shape) * rng.uniform(0, 1.8, (n, 1, 1, 1))
+    return np.clip(np.round(p * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rev")
+    pack = write_test_pack(root / "p.h5", counts=(4, 6, 30), size=32)
+    with h5py.File(pack, "r") as f:
+        Y = f["Y_test"][()]
+        ids = [s.decode() for s in f["ids_test"][()]]
+    probs = noisy_probs(Y, 1)
+    run_dir = root / "run"
+    write_predictions(run_dir, "test", probs, ids, pack)
+    return run_dir, pack, probs, Y, ids
+
+
+def test_categories_and_summary_equal_pneumo_evaluate(run):
+    run_dir, pack, probs, Y, ids = run
+    data = review.ReviewData(run_dir, "test")
+    assert data.pack_path == pack and data.n == 30 and data.size == 32
+    for triplet in (evaluate.Triplet(0.5, 0.5, 0), evaluate.Triplet(0.3, 0.7, 5), evaluate.Triplet(0.2, 0.9, 40)):
+        ev = data.evaluate(triplet)
+        ref_summary, ref_cases = evaluate.evaluate_probs(probs, Y, triplet, ids)
+        assert ev.summary == ref_summary
+        for k in ref_cases:
+            assert (np.asarray(ev.cases[k]) == np.asarray(ref_cases[k])).all(), k
+        # and against masks post-processed pixel by pixel
+        cat = evaluate.categorize(Y, evaluate.postprocess(probs, triplet))["category"]
+        assert (ev.cases["category"] == cat).all()
+        assert sum(ev.counts.values()) == 30
+    # different thresholds really move cases between categories in this data
+    a = data.evaluate(evaluate.Triplet(0.5, 0.5, 0)).counts
+    b = data.evaluate(evaluate.Triplet(0.2, 0.9, 40)).counts
+    assert a != b
+
+
+def test_cases_read_only_requested_in_order(run):
+    run_dir, pack, probs, Y, ids = run
+    data = review.ReviewData(run_dir, "test")
+    got = data.cases([7, 2, 7])
+    assert [c.index for c in got] == [7, 2, 7]
+    assert (got[0].probs == probs[7, ..., 0]).all() and (got[1].target == Y[2, ..., 0]).all()
+    with h5py.File(pack, "r") as f:
+        assert (got[1].image == f["X_test"][2, ..., 0]).all()
+    assert got[0].image.shape == (32, 32) and got[0].image.dtype == np.uint8
+    with pytest.raises(InputError, match="out of range"):
+        data.cases([30])
+
+
+def test_predictions_in_another_order_are_matched_by_id(tmp_path, run):
+    _, pack, probs, Y, ids = run
+    perm = np.random.default_rng(0).permutation(len(ids))
+    run_dir = tmp_path / "shuffled"
+    write_predictions(run_dir, "test", probs[perm], [ids[i] for i in perm], pack)
+    data = review.ReviewData(run_dir, "test")
+    c = data.case(3)
+    assert c.id == ids[perm[3]] and (c.target == Y[perm[3], ..., 0]).all()
+    t = evaluate.Triplet(0.4, 0.6, 3)
+    ref, _ = evaluate.evaluate_probs(probs, Y, t)
+    assert data.evaluate(t).summary == ref  # order-independent metrics agree
+
+
+def test_bad_files_give_clear_errors(tmp_path, run):
+    _, pack, probs, Y, ids = run
+    with pytest.raises(InputError, match="no cached predictions"):
+        review.ReviewData(tmp_path, "test")
+    with pytest.raises(InputError, match="unknown split"):
+        review.ReviewData(tmp_path, "validation")
+    write_predictions(tmp_path / "r", "test", probs, ["x"] + ids[1:], pack)
+    with pytest.raises(InputError, match="not in"):
+        review.ReviewData(tmp_path / "r", "test")
+    write_predictions(tmp_path / "r2", "test", probs, ids, tmp_path / "gone.h5")
+    with pytest.raises(InputError, match="cannot find the pack"):
+        review.ReviewData(tmp_path / "r2", "test")
+
+
+def _cases(cat, score, dice, area):
+    return {"category": np.array(cat, dtype=object), "score": np.array(score, float),
+            "dice": np.array(dice, float), "pred_area": np.array(area)}
+
+
+def test_select_filter_sort_position_by_hand():
+    c = _cases(
+        ["FP", "TN", "FP", "TP", "FN", "FP", "FN"],
+        [0.6, 0.1, 0.9, 0.8, 0.3, 0.7, 0.05],
+        [0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 0.0],
+        [10, 0, 5, 40, 0, 30, 0],
+    )
+    assert review.select(c).tolist() == [2, 5, 0]  # FP, most confident first (default)
+    assert review.select(c, "FP", "largest predicted area").tolist() == [5, 0, 2]
+    # misses: the most confident "no" (lowest score) first
+    assert review.select(c, "FN").tolist() == [6, 4]
+    assert review.select(c, "all", "worst Dice").tolist()[:5] == [6, 2, 4, 5, 0]  # Dice 0, then confidence (4 and 5 tie at 0.7: file order)
+    assert review.select(c, "all", "worst Dice").tolist()[5:] == [3, 1]
+    assert review.select(c, "TP").tolist() == [3]
+    assert review.select(_cases([], [], [], []), "FP").tolist() == []
+    with pytest.raises(InputError, match="category"):
+        review.select(c, "XX")
+    assert review.position_label("FP", 2, 41) == "FP 3 of 41"
+    assert review.position_label("FN", 0, 0) == "no FN cases"
+    assert review.position_label("all", 0, 5) == "case 1 of 5"
+    assert [review.step(0, 3, -1), review.step(1, 3, 1), review.step(2, 3, 1), review.step(0, 0, 1)] == [0, 2, 2, 0]
+
+
+def test_default_triplet_from_metrics(tmp_path):
+    import json
+
+    assert review.default_triplet(tmp_path, "test") == evaluate.DEFAULT_TRIPLET
+    (tmp_path / "metrics_test.json").write_text(
+        json.dumps({"triplet": {"pixel_threshold": 0.3, "top_threshold": 0.7, "min_area": 10, "size": 64}})
+    )
+    assert review.default_triplet(tmp_path, "test") == evaluate.Triplet(0.3, 0.7, 10)
+    assert review.default_triplet(tmp_path, "test", size=128) == evaluate.Triplet(0.3, 0.7, 40)
+
+
+# --------------------------------------------------------------------------- verdicts
+def test_verdict_upsert_persists_and_validates(tmp_path):
+    store = review.VerdictStore(tmp_path / "reviews.sqlite")
+    assert store.journal_mode() == "wal"
+    store.set_verdict("r1", "test", "a", "model wrong", category="FP")
+    store.set_note("r1", "test", "a", "rib edge")
+    v = store.set_verdict("r1", "test", "a", "label missed a pneumothorax", category="FP", reviewer="dr x")
+    assert (v.verdict, v.note, v.category, v.reviewer) == ("label missed a pneumothorax", "rib edge", "FP", "dr x")
+    store.set_verdict("r1", "test", "b", "model missed it", category="FN")
+    store.set_verdict("r1", "dev", "a", "agree", category="TP")
+    store.set_note("r1", "test", "c", "look again")  # note only: not counted as reviewed
+    again = review.VerdictStore(tmp_path / "reviews.sqlite")
+    assert again.get("r1", "test", "a") == v
+    assert [r.image_id for r in again.all("r1", "test")] == ["a", "b", "c"]
+    assert again.progress("r1", "test", ["a", "b", "c", "d"]) == (2, 4)
+    assert again.progress("r1", "dev", ["a"]) == (1, 1)
+    with pytest.raises(InputError, match="not one for a FN"):
+        again.set_verdict("r1", "test", "b", "agree", category="FN")
+    with pytest.raises(InputError, match="unknown category"):
+        again.set_verdict("r1", "test", "b", "agree", category="XX")
+    assert again.get("r1", "test", "b").verdict == "model missed it"
+    again.clear("r1", "test", "c")
+    assert again.get("r1", "test", "c") is None
+
+
+def test_export_csv_rows(tmp_path):
+    store = review.VerdictStore(tmp_path / "reviews.sqlite")
+    store.set_verdict("r", "test", "id-2", "unsure", category="FP", note='says "maybe", twice')
+    store.set_verdict("r", "test", "id-1", "agree", category="TN")
+    store.set_verdict("other", "test", "id-9", "agree", category="TN")
+    n = store.export_csv(tmp_path / "out.csv", "r", "test")
+    rows = list(csv.DictReader(open(tmp_path / "out.csv", newline="")))
+    assert n == 2 and [r["image_id"] for r in rows] == ["id-1", "id-2"]
+    assert rows[1]["verdict"] == "unsure" and rows[1]["note"] == 'says "maybe", twice' and rows[1]["category"] == "FP"
+    assert list(rows[0]) == list(review.EXPORT_COLUMNS)
+    assert list(csv.DictReader(io.StringIO(store.csv_text("r", "test")))) == rows
+
+
+def test_two_connections_see_each_other_and_a_reader_does_not_block(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    a, b = review.VerdictStore(path), review.VerdictStore(path)
+    a.set_verdict("r", "test", "x", "model wrong", category="FP")
+    assert b.get("r", "test", "x").verdict == "model wrong"
+    # a long-lived reader (another tab mid-query) holds a read transaction: WAL lets writes through
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 1
+    b.set_verdict("r", "test", "y", "unsure", category="FP")
+    a.set_verdict("r", "test", "x", "unsure", category="FP")
+    assert reader.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 1  # its snapshot
+    reader.rollback()
+    reader.close()
+    assert {r.image_id: r.verdict for r in a.all("r", "test")} == {"x": "unsure", "y": "unsure"}
+
+
+def _writer(path: str, prefix: str, n: int) -> None:
+    s = review.VerdictStore(path)
+    for i in range(n):
+        s.set_verdict("r", "test", f"{prefix}{i}", "agree", category="TP")
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    path = str(tmp_path / "reviews.sqlite")
+    review.VerdictStore(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, p, 40)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(review.VerdictStore(path).all("r", "test")) == 80
