@@ -1,2 +1,92 @@
+"""Home: what is in the workspace (packs, runs, their state) and a one-click demo."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import streamlit as st
-st.title("Home")
+
+from pneumo import jobs
+from pneumo.config import TrainConfig
+from pneumo_app import common
+
+st.title("pneumo")
+st.write(
+    "Find and outline pneumothorax on chest X-rays: pack images and masks, check the "
+    "augmentation, train a VGG16-U-Net and review its mistakes like a radiologist, false "
+    "positives first. Everything below runs on this machine; images never leave it."
+)
+
+active = jobs.active_run()
+runs = jobs.list_runs()
+packs = common.packs()
+
+with st.container(border=True):
+    st.subheader("Quick start on the demo data")
+    st.write(
+        "The demo data are synthetic chest phantoms, about a fifth with a pneumothorax-like "
+        "lesion, so everything works without downloading anything. The quick demo trains a "
+        "U-Net from scratch on a 128 px demo pack (6 epochs of 10 batches of 8) in a few "
+        "minutes on a CPU; then open **Review** to go through its mistakes."
+    )
+    c1, c2 = st.columns([1, 3])
+    if c1.button("Train a quick demo model", type="primary", icon=":material/play_arrow:",
+                 disabled=active is not None, key="home_quick"):
+        quick = common.quick_pack()
+        common.start_run(TrainConfig(pack=str(quick.path), **common.PRESETS[common.QUICK_PRESET]), prefix="demo")
+        st.switch_page("pages/training.py")
+    if active is not None:
+        c2.info(f"Run **{active.name}** is training now.")
+        st.page_link("pages/training.py", label="Follow it on the Training page", icon=":material/monitoring:")
+
+st.subheader("Packs")
+if packs:
+    st.dataframe(
+        [
+            {
+                "pack": p.path.name,
+                "size (px)": p.size,
+                "train": p.counts["train"],
+                "dev": p.counts["dev"],
+                "test": p.counts["test"],
+                "positive (train)": p.positive_fractions["train"],
+                "source": p.attrs.get("source", "?"),
+                "created": p.attrs.get("created", "?"),
+            }
+            for p in packs
+        ],
+        hide_index=True,
+        column_config={"positive (train)": st.column_config.NumberColumn(format="percent")},
+    )
+else:
+    st.info("No pack yet.")
+st.page_link("pages/data.py", label="Make or inspect a pack on the Data page", icon=":material/database:")
+
+st.subheader("Runs")
+if runs:
+    st.dataframe(
+        [
+            {
+                "run": r.name,
+                "state": r.state,
+                "model": r.config.get("variant", "?"),
+                "pack": Path(str(r.config.get("pack", ""))).name,
+                "epochs": f"{r.epochs_done} / {r.epochs if r.epochs is not None else '?'}",
+                "best val Dice": r.best_val_dice,
+                "checkpoint": "best.keras" if r.has_best else "",
+                "error": r.error or "",
+            }
+            for r in runs
+        ],
+        hide_index=True,
+        column_config={"best val Dice": st.column_config.NumberColumn(format="%.3f")},
+    )
+else:
+    st.info("No training run yet: start the quick demo above, or choose options on the Training page.")
+c1, c2, c3 = st.columns(3)
+with c1:
+    st.page_link("pages/augmentation.py", label="Augmentation preview", icon=":material/auto_awesome_motion:")
+with c2:
+    st.page_link("pages/training.py", label="Training", icon=":material/model_training:")
+if (Path(__file__).parent / "review.py").exists():
+    with c3:
+        st.page_link("pages/review.py", label="Review a model's mistakes", icon=":material/fact_check:")

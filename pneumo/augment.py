@@ -257,8 +257,22 @@ def augment_batch(
     out_images = apply_transforms(
         images, transforms, interpolation=image_interpolation, fill_mode=config.fill_mode
     )
-    out_masks = apply_transforms(masks, transforms, interpolation="nearest", fill_mode=config.fill_mode)
+    out_masks = _transform_masks(masks, transforms, config.fill_mode)
     return out_images, out_masks
+
+
+def _transform_masks(masks: tf.Tensor, transforms: tf.Tensor, fill_mode: str) -> tf.Tensor:
+    """Nearest-neighbour resampling of the masks that have any foreground.
+
+    An all-zero mask (a negative: most of a real dataset) stays all zero under any of the
+    fill modes (constant fill is 0), so only the others go through the op.
+    """
+    nonzero = tf.reduce_any(tf.not_equal(masks, 0), axis=[1, 2, 3])
+    idx = tf.where(nonzero)
+    moved = apply_transforms(
+        tf.gather_nd(masks, idx), tf.gather_nd(transforms, idx), interpolation="nearest", fill_mode=fill_mode
+    )
+    return tf.tensor_scatter_nd_update(tf.zeros_like(masks), idx, moved)
 
 
 def preview(

@@ -17,6 +17,7 @@ Keras' download cache.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +202,19 @@ def imagenet_cache_path() -> Path:
     return next((p for p in candidates if p.is_file()), candidates[0])
 
 
+_PARTIAL_LOAD_WARNINGS = ("Skipping", "could not be loaded", "freshly-initialized", "mismatch")
+
+
 def _load_vgg_weights(vgg: keras.Model, path: Path, what: str, hint: str = "") -> None:
     try:
-        vgg.load_weights(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vgg.load_weights(str(path))
+        for w in caught:
+            # Keras only warns when it skips part of a file: that is a file that does not fit.
+            if any(k in str(w.message) for k in _PARTIAL_LOAD_WARNINGS):
+                raise ValueError(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except Exception as e:
         raise InputError(
             f"{what} {path}: does not fit VGG16 without top ({_first_line(e)}). "

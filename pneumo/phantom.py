@@ -60,7 +60,7 @@ def make_phantom(seed: int, size: int = 256, positive: bool | None = None) -> tu
     Returns ``(image, mask)``: image ``(size, size) uint8``, mask ``(size, size) uint8`` in
     ``{0, 255}``, all zero for a negative. ``positive=None`` follows :func:`is_positive`.
     """
-    image, mask, _ = _render(seed, size, positive)
+    image, mask, _ = _render(seed, size, positive, with_lung=False)
     return image, mask
 
 
@@ -76,12 +76,13 @@ def _ramp(v: np.ndarray, width: float) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
     """Unit-ish noise with ``cells`` features across the image, at any ``size``."""
-    small = Image.fromarray(rng.standard_normal((cells, cells)).astype(_F), mode="F")
+    small = Image.fromarray(rng.standard_normal((cells, cells)).astype(_F))
     return np.asarray(small.resize((size, size), Image.BICUBIC))
 
 
-def _render(seed: int, size: int, positive: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The phantom plus its lung region ``(size, size) bool`` (for tests and overlays)."""
+def _render(seed: int, size: int, positive: bool | None,
+            with_lung: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The phantom plus its lung region ``(size, size) bool`` (for tests), if ``with_lung``."""
     _check_int(seed, "seed")
     _check_int(size, "size", 8)
     S = int(size)
@@ -150,6 +151,7 @@ def _render(seed: int, size: int, positive: bool | None) -> tuple[np.ndarray, np
             t0 = math.radians(prng.uniform(-105, 5))
             span = math.radians(prng.uniform(30, 80))
             depth_max = math.exp(prng.uniform(math.log(0.07), math.log(0.5)))
+            depth_max = max(depth_max, 1.2 / (S * la))           # at least ~1 px thick
             wrap = (theta - t0 + math.pi) % (2 * math.pi) - math.pi
             depth = depth_max * np.sqrt(np.clip(1.0 - (wrap / span) ** 2, 0, 1))
             inner = r - (1.0 - depth)                            # > 0 inside the crescent
@@ -194,20 +196,20 @@ def _render(seed: int, size: int, positive: bool | None) -> tuple[np.ndarray, np
     A += -u(0.06, 0.1) * ptx + 0.1 * line + 0.03 * _smooth_noise(rng, 4, S)
 
     # Film: pose (rotate, shift, zoom), then exposure window, gamma and noise.
-    A, mask, lung_region = _pose(rng, S, A, mask, lungs > 0.5)
+    A, mask, lung_region = _pose(rng, S, A, mask if positive else None, lungs > 0.5 if with_lung else None)
     lo, hi, gamma = u(-0.06, 0.06), u(0.8, 0.98), u(0.8, 1.5)
     lut = np.linspace(0, 1, 1024, dtype=_F) ** gamma * 255.0   # gamma via a table: pow is slow
     idx = np.clip((A - lo) * (1023.0 / (hi - lo)), 0, 1023).astype(np.int16)
     img = lut[idx] + rng.standard_normal((S, S), dtype=_F) * u(1.5, 4.5)
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-    return image, mask.astype(np.uint8) * 255, lung_region
+    mask = np.zeros((S, S), np.uint8) if mask is None else mask.astype(np.uint8) * 255
+    return image, mask, lung_region
 
 
-def _pose(rng: np.random.Generator, S: int, A: np.ndarray, mask: np.ndarray,
-          lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rotate/shift/zoom the anatomy onto the film: bilinear for ``A``, nearest for masks.
-
-    ``A`` is edge-padded first so a zoom out never shows an empty border."""
+def _pose(rng: np.random.Generator, S: int, A: np.ndarray, *masks: np.ndarray | None) -> list:
+    """Rotate/shift/zoom the anatomy onto the film: bilinear for ``A``, nearest for the
+    boolean ``masks`` (``None`` is skipped). ``A`` is edge-padded first so that zooming out
+    never shows an empty border."""
     ang = math.radians(float(np.clip(rng.normal(0, 1.5), -4, 4)))
     zoom, shx, shy = rng.uniform(0.96, 1.06), rng.uniform(-0.025, 0.025), rng.uniform(-0.02, 0.03)
     c, s, pad = math.cos(ang) / zoom, math.sin(ang) / zoom, int(0.09 * S) + 2
@@ -215,12 +217,12 @@ def _pose(rng: np.random.Generator, S: int, A: np.ndarray, mask: np.ndarray,
     # Continuous output (px, py) -> input: pad + h + R(-ang)((px, py) - h - shift) / zoom.
     coef = (c, s, pad + h - c * (h + shx * S) - s * (h + shy * S),
             -s, c, pad + h + s * (h + shx * S) - c * (h + shy * S))
-    out = []
-    for arr, mode, resample in ((A, "edge", Image.BILINEAR), (mask, "constant", Image.NEAREST),
-                                (lung, "constant", Image.NEAREST)):
-        src = Image.fromarray(np.pad(arr.astype(_F, copy=False), pad, mode=mode), mode="F")
-        out.append(np.asarray(src.transform((S, S), Image.AFFINE, coef, resample=resample)))
-    return out[0], out[1] > 0.5, out[2] > 0.5
+    def warp(arr: np.ndarray, mode: str, resample: int) -> np.ndarray:
+        src = Image.fromarray(np.pad(arr.astype(_F, copy=False), pad, mode=mode))
+        return np.asarray(src.transform((S, S), Image.AFFINE, coef, resample=resample))
+
+    return [warp(A, "edge", Image.BILINEAR)] + [
+        None if m is None else warp(m, "constant", Image.NEAREST) > 0.5 for m in masks]
 
 
 def _vessel_tree(rng: np.random.Generator, hx: float, hy: float, side: int, la: float,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
@@ -346,25 +347,17 @@ class _RunFolder:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def save_backup(self, model: keras.Model, epochs_done: int, stage: str, best_val_loss: float) -> None:
-        """Weights (with the optimizer state) + state.json naming them; older weights removed."""
+    def save_backup(self, epochs_done: int, stage: str, best_val_loss: float) -> None:
+        """Record that ``last.keras`` (weights and optimizer state) resumes after ``epochs_done``.
+
+        Call right after saving ``last.keras``: a kill in between leaves the state one epoch
+        behind the weights, and resuming then trains that epoch once more.
+        """
         self.backup.mkdir(exist_ok=True)
-        name = f"epoch{epochs_done:04d}-{int(time.time() * 1000)}.weights.h5"
-        tmp = self.backup / f".tmp-{os.getpid()}.weights.h5"
-        try:
-            model.save_weights(tmp)
-            os.replace(tmp, self.backup / name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
         atomic_write_json(self.backup / _BACKUP_STATE, {
-            "epoch": epochs_done, "stage": stage, "weights": name,
+            "epoch": epochs_done, "stage": stage, "weights": "last.keras",
             "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None, "saved": _now(),
         })
-        for old in self.backup.glob("*.weights.h5"):
-            if old.name != name:
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()
 
 
 def _fmt(v: Any) -> str:
@@ -379,7 +372,7 @@ def _read_backup(run_dir: Path, total_epochs: int) -> dict | None:
         return None
     ok = (isinstance(state, dict) and isinstance(state.get("epoch"), int) and state.get("stage") in STAGES
           and isinstance(state.get("weights"), str))
-    if not ok or not (run_dir / "backup" / state["weights"]).is_file():
+    if not ok or not (run_dir / state["weights"]).is_file():
         raise InputError(f"{run_dir / 'backup'}: the resume state is damaged (state.json or its weights "
                          f"file); start a new run instead")
     if state["epoch"] > total_epochs:
@@ -490,7 +483,7 @@ class _RunMonitor(keras.callbacks.Callback):
             self.best = val_loss
             self.folder.save_model(self.model, "best.keras")
         self.epochs_done = self.epoch
-        self.folder.save_backup(self.model, self.epoch, self.stage, self.best)
+        self.folder.save_backup(self.epoch, self.stage, self.best)
         self.folder.set_status(epoch=self.epoch)
         self._progress(self.plan["steps"], loss, now)
         log.info("epoch %d/%d (%s): loss %.4f dice %.4f val_loss %.4f val_dice %.4f in %.1f s",
@@ -568,80 +561,102 @@ def train(
         "best_val_loss", "best_val_dice", "last": last history row or None, "seconds"}``.
 
     Raises:
-        InputError: bad config, pack, weights or run folder; raised before any model is
-            built or anything is written (a status.json written for this process by
-            :mod:`pneumo.jobs` is set to ``failed`` with the message).
+        InputError: bad config, pack, weights or run folder; raised before anything is
+            written to the run folder (a status.json that :mod:`pneumo.jobs` wrote for this
+            process is set to ``failed`` with the message).
         Exception: anything raised while training, after setting the state ``failed``.
     """
     t_start = time.monotonic()
     started = _now()
     run_dir = Path(run_dir).expanduser().absolute()
+    stop_flag = threading.Event()
+    policy_before = keras.mixed_precision.global_policy()
+    try:
+        with _sigterm_sets(stop_flag):
+            return _train(config, run_dir, resume, progress, verbose, stop_flag, started, t_start)
+    finally:
+        keras.mixed_precision.set_global_policy(policy_before)
+
+
+def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Callable[[dict], None] | None,
+           verbose: int | str, stop_flag: threading.Event, started: str, t_start: float) -> dict:
     workers, chief = _cluster_role()
     try:
         config = _resolve_config(config, run_dir, resume, chief)
         info = check_config(config)
-        backup_state = _read_backup(run_dir, config.epochs + config.fine_tune_epochs) if resume else None
-    except InputError as e:
-        _fail_prepared_status(run_dir, str(e))
+        total = config.epochs + config.fine_tune_epochs
+        backup_state = _read_backup(run_dir, total) if resume else None
+        if config.validation_steps is not None and config.validation_steps > info["dev_batches"]:
+            log.warning("validation_steps %d is more than the dev split holds (%d samples = %d batches "
+                        "of %d); using %d", config.validation_steps, info["dev"], info["dev_batches"],
+                        config.batch_size, info["validation_steps"])
+        setup = _Setup(config, info, chief, workers, run_dir if chief else Path(), total)
+        # Built before anything is written: a weights file that does not fit is bad input too.
+        model = _build(setup, run_dir, backup_state)
+    except BaseException as e:
+        _fail_prepared_status(run_dir, _message(e))
         raise
 
-    total = config.epochs + config.fine_tune_epochs
-    if config.validation_steps is not None and config.validation_steps > info["dev_batches"]:
-        log.warning("validation_steps %d is more than the dev split holds (%d samples = %d batches "
-                    "of %d); using %d", config.validation_steps, info["dev"], info["dev_batches"],
-                    config.batch_size, info["validation_steps"])
-    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pneumo-worker-"))
-    setup = _Setup(config, info, chief, workers, write_dir, total)
-
-    policy_before = keras.mixed_precision.global_policy()
-    stop_flag = threading.Event()
-    folder = _RunFolder(write_dir, started, total, resumed=resume)
+    setup.write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pneumo-worker-"))
+    folder = _RunFolder(setup.write_dir, started, total, resumed=resume)
     if chief:
-        save_config(config, write_dir / "config.json")
+        save_config(config, run_dir / "config.json")
         if resume:
             with contextlib.suppress(FileNotFoundError):
                 (run_dir / "STOP").unlink()  # left from the stop being resumed from
     done = backup_state["epoch"] if backup_state else 0
     folder.truncate_history(done)
     folder.set_status(epoch=done)
-    monitor = None
-    model = None
-    callbacks: list = []
+
+    best = float("inf")
+    if backup_state is not None and backup_state.get("best_val_loss") is not None:
+        best = float(backup_state["best_val_loss"])
+    plan = {"steps": info["steps"], "validation_steps": info["validation_steps"],
+            "batch_size": config.batch_size, "epochs": total}
+    monitor = _RunMonitor(folder, run_dir, plan, stop_flag, progress, best)
+    monitor.epochs_done = done
+    if backup_state is not None:
+        monitor.stage = backup_state["stage"]
+    callbacks: list = [monitor]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder.root / "logs"), write_graph=False,
+                                                     update_freq="epoch", profile_batch=0))
+    else:  # tensorflow >= 2.21 no longer pulls it in; tf.summary fails without it
+        log.warning("TensorBoard logs skipped: the tensorboard package is not installed "
+                    "(pip install tensorboard)")
+
     try:
-        with _sigterm_sets(stop_flag):
-            model, monitor, callbacks = _prepare(setup, folder, run_dir, backup_state, stop_flag, progress)
-            state = _fit_stages(setup, model, monitor, callbacks, done, verbose)
+        state = _fit_stages(setup, model, monitor, callbacks, done, verbose)
     except (_StopRequested, KeyboardInterrupt):
         state = "stopped"
         try:
-            if model is not None and monitor is not None:
-                # Mid-epoch weights, filed under the last finished epoch: resuming trains the
-                # interrupted epoch again from here, so nothing is lost.
-                folder.save_model(model, "last.keras")
-                folder.save_backup(model, monitor.epochs_done or done, monitor.stage, monitor.best)
+            # Mid-epoch weights, filed under the last finished epoch: resuming trains the
+            # interrupted epoch again from here, so nothing is lost.
+            folder.save_model(model, "last.keras")
+            folder.save_backup(monitor.epochs_done, monitor.stage, monitor.best)
             _close_tensorboard(callbacks)
-            with contextlib.suppress(FileNotFoundError):
-                (run_dir / "STOP").unlink()
-            log.info("stopped at epoch %s; continue with --resume", (monitor.epochs_done if monitor else done))
+            if chief:
+                with contextlib.suppress(FileNotFoundError):
+                    (run_dir / "STOP").unlink()
+            log.info("stopped after %d finished epoch(s); continue with --resume", monitor.epochs_done)
         except BaseException as e:
             folder.set_status(state="failed", ended=_now(), error=f"stopping failed: {_message(e)}")
             raise
     except BaseException as e:
         folder.set_status(state="failed", ended=_now(), error=_message(e))
         raise
-    finally:
-        keras.mixed_precision.set_global_policy(policy_before)
-    epochs_done = (monitor.epochs_done or done) if monitor is not None else done
-    folder.set_status(state=state, ended=_now(), epoch=epochs_done)
+    folder.set_status(state=state, ended=_now(), epoch=monitor.epochs_done)
     summary = _summary(state, run_dir, folder, total, time.monotonic() - t_start)
     if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
+        shutil.rmtree(setup.write_dir, ignore_errors=True)
     return summary
 
 
 def _message(e: BaseException) -> str:
     if isinstance(e, PneumoError):
         return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
     text = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {text[:500]}" if text else type(e).__name__
 
@@ -654,9 +669,8 @@ def _fail_prepared_status(run_dir: Path, message: str) -> None:
         atomic_write_json(run_dir / "status.json", status)
 
 
-def _prepare(setup: _Setup, folder: _RunFolder, run_dir: Path, backup_state: dict | None,
-             stop_flag: threading.Event, progress: Callable[[dict], None] | None):
-    """Strategy, model (restored from the backup when resuming), datasets' plan, callbacks."""
+def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Model:
+    """Strategy, then the compiled model (restored from the backup when resuming)."""
     from .model import build_model, set_encoder_trainable
 
     config, info = setup.config, setup.info
@@ -685,27 +699,19 @@ def _prepare(setup: _Setup, folder: _RunFolder, run_dir: Path, backup_state: dic
             else:
                 _compile(model, config.lr, config)
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(run_dir / "backup" / backup_state["weights"])
-            log.info("resumed from the backup after epoch %d (%s stage)", backup_state["epoch"],
-                     backup_state["stage"])
+            try:
+                model.load_weights(run_dir / backup_state["weights"])
+            except Exception as e:
+                raise InputError(f"{run_dir / backup_state['weights']}: cannot resume from it "
+                                 f"({_message(e)})") from None
+            log.info("resuming after epoch %d (%s stage) from %s", backup_state["epoch"],
+                     backup_state["stage"], backup_state["weights"])
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log.info("model %s: %s parameters, %s trainable; pack %s (%d px, train %d, dev %d); %d steps "
              "+ %d validation steps per epoch", config.variant, f"{model.count_params():,}",
              f"{trainable:,}", config.pack, info["size"], info["train"], info["dev"], info["steps"],
              info["validation_steps"])
-
-    best = float("inf")
-    if backup_state is not None and backup_state.get("best_val_loss") is not None:
-        best = float(backup_state["best_val_loss"])
-    plan = {"steps": info["steps"], "validation_steps": info["validation_steps"],
-            "batch_size": config.batch_size, "epochs": setup.total_epochs}
-    monitor = _RunMonitor(folder, run_dir, plan, stop_flag, progress, best)
-    if backup_state is not None:
-        monitor.stage = backup_state["stage"]
-        monitor.epochs_done = backup_state["epoch"]
-    tensorboard = keras.callbacks.TensorBoard(log_dir=str(folder.root / "logs"), write_graph=False,
-                                              update_freq="epoch", profile_batch=0)
-    return model, monitor, [monitor, tensorboard]
+    return model
 
 
 def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbacks: list,
@@ -729,7 +735,7 @@ def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbac
             _symbolic_build_for_multi_worker(model, info["size"], config.batch_size)
         model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=info["steps"],
                   validation_data=dev_ds, validation_steps=info["validation_steps"],
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
 
     if done < config.epochs:
         monitor.stage = "train"

@@ -172,7 +172,7 @@ def test_frozen_encoder_does_not_change_and_decoder_does(variant):
     assert unchanged == []
 
 
-def test_set_encoder_trainable_flips_the_trainable_count(blog256):
+def test_set_encoder_trainable_flips_the_trainable_count():
     m = pm.build_model("blog", 64, encoder_weights=None, freeze_encoder=True)
     assert _n_trainable(m) == 155_665
     assert len(pm.encoder_layers(m)) == 14  # block1_conv1 .. block4_pool
@@ -283,7 +283,7 @@ def test_size_must_be_a_positive_multiple_of_32(size):
 
 
 # --------------------------------------------------------------------------- save / load
-def test_save_load_round_trip_keeps_predictions_and_training_setup(tmp_path, unet64):
+def test_save_load_round_trip_keeps_predictions_and_training_setup(tmp_path):
     m = pm.build_model("unet", 64, encoder_weights=None, freeze_encoder=True)
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce+dice"), metrics=get_metrics(),
               run_eagerly=True)

@@ -1,0 +1,147 @@
+"""``python -m pneumo train PACK --run-dir DIR``: train a model into a run folder.
+
+Options given on the command line override ``--config``, which overrides the defaults
+(the blog's: VGG16 encoder, Adam 2e-5, 90 epochs of batch 32, one pass over train and
+dev per epoch). ``--resume`` alone continues the run in ``--run-dir`` from its own
+``config.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+_VARIANTS = ("unet", "blog", "blog-code")  # pneumo.model.VARIANTS, without importing TensorFlow
+_LOSSES = ("bce", "dice", "bce+dice")
+
+# (dest in TrainConfig, flag) for the options that map one to one.
+_TRAIN_OPTIONS = ("variant", "epochs", "steps_per_epoch", "validation_steps", "batch_size", "lr", "loss",
+                  "fine_tune_epochs", "fine_tune_lr", "mixed_precision", "xla", "seed", "freeze_encoder")
+_AUGMENT_OPTIONS = ("rotation", "width_shift", "height_shift", "zoom", "horizontal_flip", "fill_mode",
+                    "per_batch")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a segmentation model on a pack (run folder with checkpoints and curves)",
+        description="Train a segmentation model into a run folder.\n\n" + __doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pack", nargs="?", help="HDF5 pack (optional when --config or --resume gives it)")
+    p.add_argument("--run-dir", help="run folder (default: a new timestamped folder in the runs directory)")
+    p.add_argument("--config", metavar="JSON", help="a config.json to start from (e.g. another run's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last finished epoch")
+    g = p.add_argument_group("model and optimisation (default: the blog's settings)")
+    g.add_argument("--variant", metavar="NAME", help=f"model: {', '.join(_VARIANTS)} (default unet)")
+    g.add_argument("--encoder-weights", metavar="W",
+                   help="imagenet (default; downloaded once into ~/.keras/models), none, or a .h5 path")
+    g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="freeze the VGG16 encoder (default: frozen when its weights are pretrained)")
+    g.add_argument("--epochs", type=int, help="epochs of the first stage (default 90)")
+    g.add_argument("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over train)")
+    g.add_argument("--validation-steps", type=int,
+                   help="dev batches per epoch (default and maximum: one pass over dev)")
+    g.add_argument("--batch-size", type=int, help="images per batch (default 32)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-5)")
+    g.add_argument("--loss", metavar="NAME", help=f"{', '.join(_LOSSES)} (default bce)")
+    g.add_argument("--fine-tune-epochs", type=int,
+                   help="second stage: epochs with the encoder unfrozen (default 0 = none)")
+    g.add_argument("--fine-tune-lr", type=float, help="Adam learning rate of the second stage (default 1e-5)")
+    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16 compute (for GPUs)")
+    g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                   help="jit-compile the train step with XLA")
+    g.add_argument("--seed", type=int, help="weights, shuffling and augmentation seed (default 0)")
+    a = p.add_argument_group("augmentation (default: the blog's ranges)")
+    a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    a.add_argument("--rotation", type=float, help="degrees (default 10)")
+    a.add_argument("--width-shift", type=float, help="fraction of the width (default 0.02)")
+    a.add_argument("--height-shift", type=float, help="fraction of the height (default 0.02)")
+    a.add_argument("--zoom", type=float, help="zoom range (default 0.02)")
+    a.add_argument("--horizontal-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random left-right flips (default on)")
+    a.add_argument("--fill-mode", help="nearest (default), constant, reflect or wrap")
+    a.add_argument("--per-batch", action=argparse.BooleanOptionalAction, default=None,
+                   help="one transform per batch, as the blog's generator (default: per image)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the arguments describe, or None for a bare ``--resume`` (the run's own)."""
+    from pneumo.config import AugmentConfig, TrainConfig, from_dict, load_config, to_dict
+    from pneumo.errors import InputError
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.pack is not None:
+        overrides["pack"] = args.pack
+    if args.encoder_weights is not None:
+        w = args.encoder_weights
+        overrides["encoder_weights"] = None if w.strip().lower() in ("none", "") else w
+    augment = {k: getattr(args, k) for k in _AUGMENT_OPTIONS if getattr(args, k) is not None}
+    if args.no_augment:
+        if augment:
+            raise InputError("--no-augment cannot be combined with augmentation ranges")
+        augment = {"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "zoom": 0.0,
+                   "horizontal_flip": False}
+
+    if args.config:
+        base = to_dict(load_config(TrainConfig, args.config))
+    elif args.resume and args.run_dir and os.path.isfile(os.path.join(args.run_dir, "config.json")):
+        if not overrides and not augment:
+            return None
+        base = to_dict(load_config(TrainConfig, os.path.join(args.run_dir, "config.json")))
+    else:
+        base = to_dict(TrainConfig())
+    base.update(overrides)
+    base["augment"] = {**base.get("augment", to_dict(AugmentConfig())), **augment}
+    config = from_dict(TrainConfig, base, where="options")
+    if not config.pack and not args.resume:
+        raise InputError("no pack given: pass PACK or a --config that names one")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumo.errors import InputError, PneumoError
+
+    config = config_from_args(args)
+    if args.resume and not args.run_dir:
+        raise InputError("--resume needs --run-dir (the run folder to continue)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    import keras
+
+    from pneumo import jobs
+    from pneumo.config import TrainConfig, load_config
+    from pneumo.train import train
+
+    run_dir = args.run_dir
+    if run_dir is None:
+        run_dir = str(jobs.new_run_dir())
+        print(f"run folder: {run_dir}", flush=True)
+    seed_config = config if config is not None else load_config(TrainConfig, os.path.join(run_dir, "config.json"))
+    # The process entry point is the one place allowed to seed Keras' global generator
+    # (weight initialisation); pneumo.train itself only uses explicit seeds.
+    keras.utils.set_random_seed(seed_config.seed)
+    try:
+        summary = train(config, run_dir, resume=args.resume)
+    except PneumoError:
+        raise
+    except Exception as e:
+        traceback.print_exc()
+        text = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: training failed: {type(e).__name__}: {text}", file=sys.stderr)
+        return 1
+    best = ""
+    if summary["best_val_loss"] is not None:
+        best = (f", best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} "
+                f"(val_dice {summary['best_val_dice']:.4f})")
+    print(f"{summary['state']}: {summary['epochs_done']}/{summary['epochs']} epochs{best}; "
+          f"run folder {summary['run_dir']}", flush=True)
+    if summary["state"] == "stopped":
+        print(f"continue with: python -m pneumo train --resume --run-dir {summary['run_dir']}", flush=True)
+    return 0

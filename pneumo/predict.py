@@ -1,0 +1,473 @@
+"""Run a trained model: cached split predictions, evaluation files, and new-image prediction.
+
+Files written into the run folder (docs/architecture.md, "Evaluation files"), atomically:
+
+* ``predictions_<split>.h5``: ``probs (N, S, S, 1) uint8`` = round(p * 255) and ``ids``, attrs
+  ``checkpoint``, ``checkpoint_mtime``, ``pack``, ``pack_mtime``, ``split``, ``created``. It
+  is reused while it was made from the same checkpoint file (same name and modification
+  time) and the same pack; a newer checkpoint (training went on) makes it stale.
+* ``metrics_<split>.json`` and ``cases_<split>.csv``: :func:`evaluate_run`.
+
+TensorFlow is imported only when a model has to run, so evaluating from fresh caches (and
+the review page) never loads it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from . import evaluate as ev
+from ._io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from .config import TrainConfig, load_config
+from .errors import InputError
+
+SPLITS = ("train", "dev", "test")
+CHECKPOINTS = ("best", "last")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+CASES_COLUMNS = ("id", "category", "dice", "true_area", "pred_area", "score")
+ProgressFn = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- run folder
+def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise InputError(f"{what} {value!r} is unknown (choose one of: {', '.join(choices)})")
+    return value
+
+
+def run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The run's ``config.json``; :class:`InputError` naming the folder if it is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"{run_dir}: run folder not found")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder (expected a run folder)")
+    if not (run_dir / "config.json").is_file():
+        raise InputError(f"{run_dir}: not a run folder (no config.json)")
+    return load_config(TrainConfig, run_dir / "config.json")
+
+
+def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
+    """``RUN/<checkpoint>.keras``; :class:`InputError` when the run has no such model."""
+    run_dir = Path(run_dir)
+    _check_choice(checkpoint, CHECKPOINTS, "checkpoint")
+    run_config(run_dir)
+    path = run_dir / f"{checkpoint}.keras"
+    if not path.is_file():
+        have = [p.name for p in sorted(run_dir.glob("*.keras"))]
+        hint = f"it has {', '.join(have)}" if have else "training has not saved a model yet"
+        raise InputError(f"{run_dir}: no model {path.name} in the run folder ({hint})")
+    return path
+
+
+def pack_path(run_dir: str | os.PathLike) -> Path:
+    """The pack named in the run's config (relative paths: to the current directory, the
+    workspace, then the run folder); :class:`InputError` when it is missing."""
+    from .settings import workspace
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    if not cfg.pack:
+        raise InputError(f"{run_dir / 'config.json'}: no pack given")
+    p = Path(cfg.pack).expanduser()
+    candidates = [p] if p.is_absolute() else [p, workspace() / p, run_dir / p]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise InputError(f"{run_dir / 'config.json'}: pack {cfg.pack} not found")
+
+
+def _open_pack(path: Path) -> h5py.File:
+    from .pack import open_pack
+
+    return open_pack(path)
+
+
+def _decode_ids(values: Iterable[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+# --------------------------------------------------------------------------- model
+def _load_model(path: Path):
+    from .model import load_model  # TensorFlow: only here
+
+    return load_model(path, compile=False)
+
+
+def _model_size(model) -> int:
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    return int(shape[1])
+
+
+def _predict_u8(model, images: np.ndarray) -> np.ndarray:
+    """``(B, S, S, 1) uint8`` images -> ``(B, S, S, 1) uint8`` probability levels."""
+    p = np.asarray(model.predict_on_batch(images))
+    return ev.quantize(p.reshape(images.shape))
+
+
+# --------------------------------------------------------------------------- prediction cache
+def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/predictions_<split>.h5``."""
+    return Path(run_dir) / f"predictions_{_check_choice(split, SPLITS, 'split')}.h5"
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def cache_is_fresh(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best") -> bool:
+    """Whether ``predictions_<split>.h5`` can be reused: made from this checkpoint file (name
+    and modification time) and from the run's pack as it is now. No TensorFlow."""
+    path = predictions_path(run_dir, split)
+    if not path.is_file():
+        return False
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    pack = pack_path(run_dir)
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            return (
+                str(a.get("checkpoint", "")) == checkpoint
+                and abs(float(a.get("checkpoint_mtime", -1)) - _mtime(ckpt)) < 1e-3
+                and str(a.get("pack", "")) == str(pack)
+                and abs(float(a.get("pack_mtime", -1)) - _mtime(pack)) < 1e-3
+                and str(a.get("split", "")) == split
+                and "probs" in f and "ids" in f
+            )
+    except (OSError, ValueError, TypeError):
+        return False  # damaged or foreign file: recompute
+
+
+def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best", *,
+                  batch_size: int = 32, progress: ProgressFn | None = None, force: bool = False) -> Path:
+    """Predict one split of the run's pack and cache it; returns ``RUN/predictions_<split>.h5``.
+
+    Reuses a fresh cache (:func:`cache_is_fresh`) unless ``force``. Otherwise loads
+    ``RUN/<checkpoint>.keras``, predicts in batches of ``batch_size`` (on the GPU when
+    TensorFlow sees one) and writes ``probs (N, S, S, 1) uint8`` and ``ids`` atomically.
+    ``progress(done, total)`` is called after each batch.
+    """
+    run_dir = Path(run_dir)
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    pack = pack_path(run_dir)
+    out = predictions_path(run_dir, split)
+    if not force and cache_is_fresh(run_dir, split, checkpoint):
+        return out
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    ckpt_mtime, pack_mtime = _mtime(ckpt), _mtime(pack)
+    with _open_pack(pack) as f:
+        x = f[f"X_{split}"]
+        n, size = int(x.shape[0]), int(x.shape[1])
+        ids = _decode_ids(f[f"ids_{split}"][()])
+        model = _load_model(ckpt) if n else None
+        if model is not None and _model_size(model) != size:
+            raise InputError(f"{ckpt}: the model takes {_model_size(model)} px images but pack {pack} "
+                             f"holds {size} px images")
+        with atomic_path(out) as tmp:
+            with h5py.File(tmp, "w") as g:
+                probs = g.create_dataset("probs", (n, size, size, 1), np.uint8,
+                                         chunks=(1, size, size, 1) if n else None)
+                for a in range(0, n, batch_size):
+                    b = min(n, a + batch_size)
+                    probs[a:b] = _predict_u8(model, x[a:b])
+                    if progress:
+                        progress(b, n)
+                g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+                g.attrs.update(checkpoint=checkpoint, checkpoint_mtime=ckpt_mtime, pack=str(pack),
+                               pack_mtime=pack_mtime, split=split, size=size,
+                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return out
+
+
+def load_predictions(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray, list[str]]:
+    """The cached ``(probs (N, S, S, 1) uint8, ids)`` of a split; :class:`InputError` if missing."""
+    path = predictions_path(run_dir, split)
+    if not path.is_file():
+        raise InputError(f"{path}: no cached predictions (run `python -m pneumo evaluate {run_dir} --split {split}`)")
+    try:
+        with h5py.File(path, "r") as f:
+            return f["probs"][()], _decode_ids(f["ids"][()])
+    except (OSError, KeyError) as e:
+        raise InputError(f"{path}: damaged predictions file ({e}); evaluate again with --force") from None
+
+
+# --------------------------------------------------------------------------- evaluation
+def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/metrics_<split>.json``."""
+    return Path(run_dir) / f"metrics_{_check_choice(split, SPLITS, 'split')}.json"
+
+
+def cases_path(run_dir: str | os.PathLike, split: str) -> Path:
+    """``RUN/cases_<split>.csv``."""
+    return Path(run_dir) / f"cases_{_check_choice(split, SPLITS, 'split')}.csv"
+
+
+def split_stats(run_dir: str | os.PathLike, split: str) -> tuple[ev.ProbStats, list[str]]:
+    """:class:`pneumo.evaluate.ProbStats` of the cached predictions against the pack's masks,
+    and the ids (read chunk by chunk; memory stays small)."""
+    run_dir = Path(run_dir)
+    path = predictions_path(run_dir, split)
+    if not path.is_file():
+        raise InputError(f"{path}: no cached predictions (run `python -m pneumo evaluate {run_dir} --split {split}`)")
+    with h5py.File(path, "r") as g, _open_pack(pack_path(run_dir)) as f:
+        ids = _decode_ids(g["ids"][()])
+        pack_ids = _decode_ids(f[f"ids_{split}"][()])
+        if ids != pack_ids:
+            raise InputError(f"{path}: its ids differ from the pack's {split} split; evaluate again with --force")
+        return ev.prob_stats(g["probs"], f[f"Y_{split}"]), ids
+
+
+def write_cases_csv(path: str | os.PathLike, cases: dict[str, np.ndarray]) -> None:
+    """Write the case table (columns :data:`CASES_COLUMNS`) atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CASES_COLUMNS)
+    for i in range(len(cases["category"])):
+        w.writerow([cases["id"][i], cases["category"][i], f"{cases['dice'][i]:.6f}",
+                    int(cases["true_area"][i]), int(cases["pred_area"][i]), f"{cases['score'][i]:.6f}"])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``cases_<split>.csv`` with numbers parsed; [] while missing."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    for r in rows:
+        r["dice"], r["score"] = float(r["dice"]), float(r["score"])
+        r["true_area"], r["pred_area"] = int(r["true_area"]), int(r["pred_area"])
+    return rows
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
+                 progress: ProgressFn | None = None, *, force: bool = False, batch_size: int = 32,
+                 grid: ev.TripletGrid | None = None) -> dict[str, Any]:
+    """Predict (or reuse) the dev split and ``split``, tune the triplet on dev, score ``split``.
+
+    Writes ``RUN/metrics_<split>.json`` (the :func:`pneumo.evaluate.summarize` keys plus
+    ``split``, ``checkpoint``, ``triplet_source`` ("dev", or "default" when dev is empty),
+    ``dev_siim_score``, ``dev_n_images``, ``pack``, ``created``) and ``RUN/cases_<split>.csv``;
+    returns the metrics. The triplet is never tuned on test; with ``split="dev"`` the score
+    is optimistic (tuned and scored on the same images). ``progress(done, total)`` counts
+    the images predicted across both splits (not called when the caches are fresh).
+    """
+    run_dir = Path(run_dir)
+    _check_choice(split, SPLITS, "split")
+    checkpoint_path(run_dir, checkpoint)
+    pack = pack_path(run_dir)
+    needed = list(dict.fromkeys(["dev", split]))
+    stale = [s for s in needed if force or not cache_is_fresh(run_dir, s, checkpoint)]
+    if stale:
+        with _open_pack(pack) as f:
+            counts = {s: int(f[f"X_{s}"].shape[0]) for s in stale}
+        total, done = sum(counts.values()), 0
+        for s in stale:
+            offset = done
+            cb = (lambda d, _n, o=offset: progress(o + d, total)) if progress else None
+            predict_split(run_dir, s, checkpoint, batch_size=batch_size, progress=cb, force=True)
+            done += counts[s]
+
+    dev_stats, dev_ids = split_stats(run_dir, "dev")
+    if dev_stats.n:
+        triplet, dev_score = ev.tune_triplet(None, None, grid, stats=dev_stats)
+        source = "dev"
+    else:
+        triplet, dev_score, source = ev.DEFAULT_TRIPLET, None, "default"
+    stats, ids = (dev_stats, dev_ids) if split == "dev" else split_stats(run_dir, split)
+    summary, cases = ev.evaluate_stats(stats, triplet, ids)
+    metrics = {
+        **summary,
+        "split": split,
+        "checkpoint": checkpoint,
+        "triplet_source": source,
+        "dev_siim_score": dev_score,
+        "dev_n_images": dev_stats.n,
+        "pack": str(pack),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_cases_csv(cases_path(run_dir, split), cases)
+    atomic_write_json(metrics_path(run_dir, split), metrics)
+    return metrics
+
+
+def run_triplet(run_dir: str | os.PathLike, size: int | None = None) -> tuple[ev.Triplet, str]:
+    """The run's tuned triplet, from ``metrics_test.json`` (else ``_dev``, ``_train``), and where
+    it came from; :data:`pneumo.evaluate.DEFAULT_TRIPLET` and ``"default"`` when none exists.
+    With ``size``, ``min_area`` is rescaled if the metrics were made at another size."""
+    for split in ("test", "dev", "train"):
+        m = read_json(metrics_path(run_dir, split))
+        if isinstance(m, dict) and isinstance(m.get("triplet"), dict):
+            return ev.Triplet.from_dict(m["triplet"], size=size), metrics_path(run_dir, split).name
+    return ev.DEFAULT_TRIPLET, "default"
+
+
+# --------------------------------------------------------------------------- new images
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Files to predict: each input file as given, each folder's image files (recursively,
+    by extension: :data:`IMAGE_EXTENSIONS`), sorted, without files under ``exclude``."""
+    excl = Path(exclude).resolve() if exclude is not None else None
+    files: list[Path] = []
+    if not inputs:
+        raise InputError("no input given (expected image files or folders)")
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
+                           and not (excl and excl in q.resolve().parents))
+            if not found:
+                raise InputError(f"{p}: no image files in the folder ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        else:
+            raise InputError(f"{p}: input not found")
+    return files
+
+
+def _image_id(path: Path) -> str:
+    """SOPInstanceUID for DICOM (the SIIM ImageId), else the file stem."""
+    if _is_dicom_file(path):
+        from .sources import read_dicom_meta
+
+        uid = read_dicom_meta(path)[0]
+        if uid:
+            return uid
+    return path.stem
+
+
+def _resize_to(image: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W) uint8`` -> ``(size, size) uint8``: area averaging down (as packing does), bilinear up."""
+    if image.shape == (size, size):
+        return image
+    h, w = image.shape
+    method = Image.Resampling.BOX if h >= size and w >= size else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((size, size), method))
+
+
+def _upsample_levels(levels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(S, S) uint8`` probability levels -> ``(height, width) float32`` levels, bilinear."""
+    if levels.shape == (height, width):
+        return levels.astype(np.float32)
+    img = Image.fromarray(levels.astype(np.float32), mode="F")
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    name, k = stem, 2
+    while name in used:
+        name, k = f"{stem}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+def mask_at_resolution(levels: np.ndarray, triplet: ev.Triplet, height: int, width: int) -> tuple[np.ndarray, float]:
+    """Apply ``triplet`` to one image's ``(S, S) uint8`` levels at the model's size (where it
+    was tuned), then draw the mask at ``(height, width)`` from bilinearly upsampled
+    probabilities: ``((height, width) uint8 {0, 255}, presence score)``."""
+    lv = levels.reshape(levels.shape[0], levels.shape[1])
+    keep = np.count_nonzero(lv > ev.threshold_level(triplet.top_threshold)) >= triplet.min_area
+    score = float(ev.presence_scores(lv[None], triplet.min_area)[0])
+    if not keep:
+        return np.zeros((height, width), np.uint8), score
+    up = _upsample_levels(lv, height, width)
+    mask = up > ev.threshold_level(triplet.pixel_threshold)
+    return np.where(mask, np.uint8(255), np.uint8(0)), score
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    from .viz import PRED_COLOR, overlay
+
+    thickness = max(1, int(round(min(image.shape) / 256)))
+    rgb = overlay(image, mask, PRED_COLOR, alpha=0.3, mode="fill")
+    return overlay(rgb, mask, PRED_COLOR, alpha=1.0, mode="outline", thickness=thickness)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  checkpoint: str = "best", siim_csv: str | os.PathLike | None = None, *,
+                  batch_size: int = 8, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Predict new images (PNG/JPEG/TIFF/DICOM files or folders of them) with the run's model.
+
+    Each image is read as gray, resized to the model's size (area averaging), predicted;
+    the run's tuned triplet (:func:`run_triplet`) decides presence at the model's size and
+    the mask is drawn at the input's own resolution. Writes ``OUT/<stem>_mask.png``
+    (``(H, W) uint8`` 0/255) and ``OUT/<stem>_overlay.png`` (RGB, red fill and outline);
+    a repeated stem gets ``_2``, ``_3``... With ``siim_csv``, writes a Kaggle submission
+    ``ImageId,EncodedPixels`` (ImageId = DICOM SOPInstanceUID, else the stem; ``-1`` for
+    empty) at the original resolution. Returns one dict per input: ``input``, ``id``,
+    ``present``, ``score``, ``area`` (mask pixels at the input's resolution), ``height``,
+    ``width``, ``mask``, ``overlay``, ``triplet_source``. An unreadable input raises
+    :class:`InputError` naming the file; images are streamed in batches, so outputs of
+    earlier files stay written (each atomically) but the CSV is not written.
+    """
+    from .rle import siim_encode
+    from .sources import read_image
+
+    run_dir = Path(run_dir)
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    out_dir = Path(out_dir)
+    files = collect_inputs(inputs, exclude=out_dir)
+    model = _load_model(ckpt)
+    size = _model_size(model)
+    triplet, source = run_triplet(run_dir, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    results: list[dict[str, Any]] = []
+    rows: list[tuple[str, str]] = []
+    for a in range(0, len(files), batch_size):
+        batch = list(range(a, min(len(files), a + batch_size)))
+        images = {i: read_image(files[i]) for i in batch}
+        ids = {i: _image_id(files[i]) for i in batch}
+        x = np.stack([_resize_to(images[i], size) for i in batch])[..., None]
+        levels = _predict_u8(model, x)
+        for j, i in enumerate(batch):
+            img = images[i]
+            h, w = img.shape
+            mask, score = mask_at_resolution(levels[j, ..., 0], triplet, h, w)
+            stem = _unique_stem(files[i].stem, used)
+            mask_file, overlay_file = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
+            _save_png(mask_file, mask)
+            _save_png(overlay_file, _overlay(img, mask))
+            area = int(np.count_nonzero(mask))
+            results.append({"input": str(files[i]), "id": ids[i], "present": area > 0, "score": score,
+                            "area": area, "height": h, "width": w, "mask": str(mask_file),
+                            "overlay": str(overlay_file), "triplet_source": source})
+            rows.append((ids[i], siim_encode(mask) if area else "-1"))
+        if progress:
+            progress(batch[-1] + 1, len(files))
+    if siim_csv is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(("ImageId", "EncodedPixels"))
+        w.writerows(rows)
+        atomic_write_text(siim_csv, buf.getvalue())
+    return results

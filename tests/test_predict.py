@@ -1,0 +1,312 @@
+"""pneumo.predict and the evaluate/predict commands, on a tiny 64 px run (no pretrained weights)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo import evaluate as ev
+from pneumo import predict as pr
+from pneumo.cli import main
+from pneumo.errors import InputError
+from pneumo.rle import siim_decode
+from run_fixtures import make_trained_run
+from siim_fixtures import write_dicom
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_pack) -> Path:
+    """A finished run; tests that change it work on a copy (:func:`run_copy`)."""
+    run = make_trained_run(tmp_path_factory.mktemp("runs") / "run1", tiny_pack)
+    pr.evaluate_run(run, "test")  # fills the dev and test caches once
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the run with modification times kept (so its caches stay fresh)."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run", copy_function=shutil.copy2))
+
+
+def _pack_split(pack, split):
+    with h5py.File(pack, "r") as f:
+        return f[f"X_{split}"][()], f[f"Y_{split}"][()], [s.decode() for s in f[f"ids_{split}"][()]]
+
+
+def _no_model(*_a, **_k):
+    raise AssertionError("the model was loaded")
+
+
+# --------------------------------------------------------------------------- fixture
+def test_make_trained_run_layout(trained_run, tiny_pack):
+    for name in ("config.json", "status.json", "history.csv", "best.keras", "last.keras"):
+        assert (trained_run / name).is_file(), name
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["encoder_weights"] is None and cfg["pack"] == str(tiny_pack)
+    assert json.loads((trained_run / "status.json").read_text())["state"] == "finished"
+
+
+# --------------------------------------------------------------------------- cache
+def test_predict_split_cache_contents(trained_run, tiny_pack):
+    path = pr.predictions_path(trained_run, "test")
+    x, _, ids = _pack_split(tiny_pack, "test")
+    probs, cached_ids = pr.load_predictions(trained_run, "test")
+    assert probs.shape == (16, 64, 64, 1) and probs.dtype == np.uint8
+    assert cached_ids == ids
+    with h5py.File(path, "r") as f:
+        a = dict(f.attrs)
+    assert a["checkpoint"] == "best" and a["split"] == "test"
+    assert a["checkpoint_mtime"] == pytest.approx((trained_run / "best.keras").stat().st_mtime)
+    assert Path(a["pack"]) == Path(tiny_pack).resolve()
+    # the cache is round(p * 255) of the model's output
+    from pneumo.model import load_model
+
+    p = load_model(trained_run / "best.keras", compile=False).predict_on_batch(x[:4])
+    diff = np.abs(probs[:4].astype(int) - np.round(np.asarray(p) * 255).astype(int))
+    assert diff.max() <= 1
+    assert probs.min() < 64 and probs.max() > 192  # a fitted model, not a constant
+
+
+def test_cache_reused_without_model(run_copy, monkeypatch):
+    path = pr.predictions_path(run_copy, "test")
+    before = path.stat().st_mtime_ns
+    assert pr.cache_is_fresh(run_copy, "test", "best")
+    monkeypatch.setattr(pr, "_load_model", _no_model)
+    assert pr.predict_split(run_copy, "test") == path
+    assert path.stat().st_mtime_ns == before
+    metrics = pr.evaluate_run(run_copy, "test")  # fresh caches: no model either
+    assert metrics["n_images"] == 16
+
+
+def test_cache_invalidated_by_newer_checkpoint_and_other_name(run_copy, monkeypatch):
+    ckpt = run_copy / "best.keras"
+    assert not pr.cache_is_fresh(run_copy, "test", "last")  # made from best, not last
+    t = ckpt.stat().st_mtime + 100
+    os.utime(ckpt, (t, t))  # training saved a newer best model
+    assert not pr.cache_is_fresh(run_copy, "test", "best")
+    monkeypatch.setattr(pr, "_load_model", _no_model)
+    with pytest.raises(AssertionError, match="model was loaded"):
+        pr.predict_split(run_copy, "test")
+    monkeypatch.undo()
+    calls = []
+    pr.predict_split(run_copy, "test", progress=lambda d, n: calls.append((d, n)), batch_size=5)
+    assert calls == [(5, 16), (10, 16), (15, 16), (16, 16)]
+    assert pr.cache_is_fresh(run_copy, "test", "best")
+    with h5py.File(pr.predictions_path(run_copy, "test"), "r") as f:
+        assert f.attrs["checkpoint_mtime"] == pytest.approx(t)
+
+
+def test_force_recomputes(run_copy):
+    path = pr.predictions_path(run_copy, "dev")
+    before = path.stat().st_mtime_ns
+    old, _ = pr.load_predictions(run_copy, "dev")
+    pr.predict_split(run_copy, "dev", force=True)
+    assert path.stat().st_mtime_ns != before
+    new, _ = pr.load_predictions(run_copy, "dev")
+    np.testing.assert_array_equal(old, new)  # inference is deterministic
+
+
+# --------------------------------------------------------------------------- evaluate_run
+def test_evaluate_run_files_match_independent_computation(trained_run, tiny_pack):
+    metrics = json.loads(pr.metrics_path(trained_run, "test").read_text())
+    for key in ["siim_score", "siim_score_raw", "dice_positive_mean", "n_images", "n_positive", "tp",
+                "fp", "fn", "tn", "auc", "triplet", "empty_baseline", "split", "checkpoint", "triplet_source"]:
+        assert key in metrics, key
+    # triplet tuned on dev predictions, not test
+    dev_probs, _ = pr.load_predictions(trained_run, "dev")
+    _, dev_masks, _ = _pack_split(tiny_pack, "dev")
+    trip, dev_score = ev.tune_triplet(dev_probs, dev_masks)
+    assert ev.Triplet.from_dict(metrics["triplet"]) == trip
+    assert metrics["triplet_source"] == "dev" and metrics["dev_siim_score"] == pytest.approx(dev_score)
+    # scores recomputed straight from masks
+    probs, ids = pr.load_predictions(trained_run, "test")
+    _, masks, pack_ids = _pack_split(tiny_pack, "test")
+    post = ev.postprocess(probs, trip)
+    assert metrics["siim_score"] == pytest.approx(ev.siim_score(masks, post))
+    assert metrics["siim_score_raw"] == pytest.approx(ev.siim_score(masks, probs > 127))
+    assert metrics["n_images"] == 16 and metrics["n_positive"] == int((masks.reshape(16, -1) > 0).any(1).sum())
+    assert metrics["empty_baseline"] == pytest.approx(1 - metrics["n_positive"] / 16)
+    assert metrics["tp"] + metrics["fp"] + metrics["fn"] + metrics["tn"] == 16
+    # the case table agrees
+    with open(pr.cases_path(trained_run, "test"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(pr.CASES_COLUMNS)
+    assert [r["id"] for r in rows] == pack_ids
+    direct = ev.categorize(masks, post, probs, min_area=trip.min_area)
+    assert [r["category"] for r in rows] == list(direct["category"])
+    np.testing.assert_allclose([float(r["dice"]) for r in rows], direct["dice"], atol=1e-6)
+    np.testing.assert_array_equal([int(r["pred_area"]) for r in rows], direct["pred_area"])
+    for cat in ("tp", "fp", "fn", "tn"):
+        assert sum(r["category"] == cat.upper() for r in rows) == metrics[cat]
+    assert pr.read_cases_csv(pr.cases_path(trained_run, "test"))[0]["true_area"] == int(rows[0]["true_area"])
+
+
+def test_evaluate_cli_table_without_tensorflow(trained_run):
+    code = ("import sys; from pneumo.cli import main; rc = main(['evaluate', sys.argv[1]]); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, str(trained_run)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "all-empty baseline" in r.stdout and "TP" in r.stdout and "AUC" in r.stdout
+    assert "triplet (tuned on dev" in r.stdout
+
+
+# --------------------------------------------------------------------------- errors
+def test_bad_run_folders(tmp_path, tiny_pack, trained_run):
+    with pytest.raises(InputError, match="nowhere.*not found"):
+        pr.predict_split(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="empty.*no config.json"):
+        pr.evaluate_run(empty)
+    no_model = tmp_path / "no_model"
+    no_model.mkdir()
+    shutil.copy(trained_run / "config.json", no_model)
+    with pytest.raises(InputError, match="no model best.keras"):
+        pr.predict_split(no_model)
+    with pytest.raises(InputError, match="no model best.keras"):
+        pr.predict_files(no_model, [tmp_path], tmp_path / "out")
+    no_pack = tmp_path / "no_pack"
+    shutil.copytree(trained_run, no_pack, copy_function=os.link)
+    cfg = json.loads((no_pack / "config.json").read_text())
+    cfg["pack"] = str(tmp_path / "gone.h5")
+    (no_pack / "config.json").unlink()
+    (no_pack / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="gone.h5 not found"):
+        pr.evaluate_run(no_pack)
+    with pytest.raises(InputError, match="checkpoint 'worst'"):
+        pr.predict_split(trained_run, checkpoint="worst")
+    with pytest.raises(InputError, match="split 'val'"):
+        pr.predict_split(trained_run, split="val")
+
+
+def test_cli_error_names_the_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing_run")]) == 2
+    assert "missing_run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- new images
+@pytest.fixture
+def inputs(tmp_path, tiny_pack) -> dict[str, Path]:
+    """A 100x80 PNG of a positive test image, a 96x96 DICOM of another, a 64x64 JPEG negative."""
+    x, y, _ = _pack_split(tiny_pack, "test")
+    pos = [i for i in range(len(y)) if y[i].any()]
+    neg = [i for i in range(len(y)) if not y[i].any()]
+    d = tmp_path / "in"
+    d.mkdir()
+    png = d / "chest_a.png"
+    Image.fromarray(x[pos[0], ..., 0]).resize((80, 100), Image.Resampling.BILINEAR).save(png)
+    dcm = write_dicom(d / "sub" / "b.dcm",
+                      np.asarray(Image.fromarray(x[pos[1], ..., 0]).resize((96, 96))), sop_uid="1.2.3.99")
+    jpg = d / "chest_c.jpg"
+    Image.fromarray(x[neg[0], ..., 0]).save(jpg, quality=95)
+    return {"dir": d, "png": png, "dcm": dcm, "jpg": jpg}
+
+
+def _write_triplet(run: Path, triplet: ev.Triplet) -> None:
+    (run / "metrics_test.json").write_text(json.dumps({"triplet": triplet.to_dict(size=64)}))
+
+
+def test_predict_files_outputs_and_submission_round_trip(run_copy, inputs, tmp_path):
+    _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 0))  # plain thresholding: positives get masks
+    out = tmp_path / "out"
+    sub = tmp_path / "sub.csv"
+    res = pr.predict_files(run_copy, [inputs["dir"]], out, siim_csv=sub)
+    assert [Path(r["input"]).name for r in res] == ["chest_a.png", "chest_c.jpg", "b.dcm"]
+    shapes = {"chest_a.png": (100, 80), "chest_c.jpg": (64, 64), "b.dcm": (96, 96)}
+    for r in res:
+        h, w = shapes[Path(r["input"]).name]
+        assert (r["height"], r["width"]) == (h, w)
+        mask = np.asarray(Image.open(r["mask"]))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert np.asarray(Image.open(r["overlay"])).shape == (h, w, 3)
+        assert r["area"] == int((mask > 0).sum()) and r["present"] == (r["area"] > 0)
+        assert 0.0 <= r["score"] <= 1.0 and r["triplet_source"] == "metrics_test.json"
+    assert Path(res[2]["mask"]).name == "b_mask.png" and res[2]["id"] == "1.2.3.99"
+    assert res[0]["id"] == "chest_a"
+    assert res[0]["present"]  # a lesion the model was fitted on
+    # the overlay is red where the mask is
+    ov = np.asarray(Image.open(res[0]["overlay"])).astype(int)
+    m = np.asarray(Image.open(res[0]["mask"])) > 0
+    assert (ov[m][:, 0] > ov[m][:, 1]).all() and (ov[~m][:, 0] == ov[~m][:, 1]).all()
+    # the submission decodes back to the written masks at the inputs' resolution
+    with open(sub, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ImageId", "EncodedPixels"]
+    assert [r[0] for r in rows[1:]] == [r["id"] for r in res]
+    for (image_id, rle), r in zip(rows[1:], res):
+        mask = np.asarray(Image.open(r["mask"]))
+        np.testing.assert_array_equal(siim_decode(rle, r["height"], r["width"]), mask)
+        assert (rle == "-1") == (not r["present"])
+
+
+def test_predict_files_min_area_gate_gives_empty_rows(run_copy, inputs, tmp_path):
+    _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 64 * 64))  # no image has every pixel above 0.5
+    sub = tmp_path / "sub.csv"
+    res = pr.predict_files(run_copy, [inputs["png"], inputs["dcm"]], tmp_path / "out", siim_csv=sub)
+    assert not any(r["present"] for r in res)
+    assert sub.read_text().splitlines()[1:] == ["chest_a,-1", "1.2.3.99,-1"]
+
+
+def test_predict_files_mask_follows_the_probabilities(run_copy, inputs, tmp_path):
+    """Mask at the input's size = the model's probabilities upsampled and thresholded."""
+    _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 0))
+    from pneumo.model import load_model
+
+    img = np.asarray(Image.open(inputs["jpg"]).convert("L"))  # 64 px: no resizing at all
+    p = load_model(run_copy / "best.keras", compile=False).predict_on_batch(img[None, ..., None])
+    (r,) = pr.predict_files(run_copy, [inputs["jpg"]], tmp_path / "out")
+    mask = np.asarray(Image.open(r["mask"])) > 0
+    np.testing.assert_array_equal(mask, ev.quantize(np.asarray(p))[0, ..., 0] > 127)
+
+
+def test_predict_files_uses_default_triplet_without_metrics(run_copy, inputs, tmp_path):
+    for f in run_copy.glob("metrics_*.json"):
+        f.unlink()
+    (r,) = pr.predict_files(run_copy, [inputs["png"]], tmp_path / "out")
+    assert r["triplet_source"] == "default"
+
+
+def test_predict_files_bad_inputs(run_copy, inputs, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    with pytest.raises(InputError, match="broken.png"):
+        pr.predict_files(run_copy, [inputs["png"], bad], tmp_path / "out")
+    with pytest.raises(InputError, match="missing.png: input not found"):
+        pr.predict_files(run_copy, [tmp_path / "missing.png"], tmp_path / "out")
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(InputError, match="nothing: no image files"):
+        pr.predict_files(run_copy, [empty], tmp_path / "out")
+
+
+def test_collect_inputs_skips_outputs_inside_the_input_folder(inputs):
+    out = inputs["dir"] / "out"
+    out.mkdir()
+    (out / "chest_a_mask.png").write_bytes(inputs["png"].read_bytes())
+    files = pr.collect_inputs([inputs["dir"]], exclude=out)
+    assert sorted(p.name for p in files) == ["b.dcm", "chest_a.png", "chest_c.jpg"]
+
+
+def test_predict_cli(run_copy, inputs, tmp_path, capsys):
+    out = tmp_path / "cli_out"
+    rc = main(["predict", str(run_copy), str(inputs["png"]), str(inputs["dcm"]), "--out", str(out),
+               "--siim-csv", str(tmp_path / "s.csv")])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "chest_a.png" in text and "b.dcm" in text and "present" in text
+    assert (out / "chest_a_mask.png").is_file() and (out / "b_overlay.png").is_file()
+    assert (tmp_path / "s.csv").read_text().startswith("ImageId,EncodedPixels\n")
+    assert main(["predict", str(run_copy), str(tmp_path / "nope.png")]) == 2
+    assert "nope.png" in capsys.readouterr().err

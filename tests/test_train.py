@@ -1,0 +1,418 @@
+"""pneumo.train and ``python -m pneumo train``: validation, run folder, stop, resume, stages, workers.
+
+Runs use the 64 px ``tiny_pack``, ``encoder_weights=None`` and a few steps; the cheaper
+"blog" variant (no BatchNorm, 4x4 bottleneck) unless a test needs the U-Net.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_test_pack
+from pneumo import jobs
+from pneumo.config import TrainConfig, load_config, to_dict
+from pneumo.errors import InputError
+
+keras = pytest.importorskip("keras")
+from pneumo import train as train_mod  # noqa: E402
+from pneumo.model import encoder_layers, load_model  # noqa: E402
+from pneumo.train import HISTORY_COLUMNS, check_config, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds"
+
+
+def _cfg(pack, **kw) -> TrainConfig:
+    base = dict(pack=str(pack), variant="blog", encoder_weights=None, epochs=2, steps_per_epoch=2,
+                batch_size=8, lr=1e-3, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _history(run) -> list[dict]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a model gets built: bad input must be caught before."""
+    import pneumo.model
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built before the input was checked")
+
+    monkeypatch.setattr(pneumo.model, "build_model", boom)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(variant="vgg19"), "variant 'vgg19' is unknown"),
+    (dict(loss="focal"), "loss 'focal' is unknown"),
+    (dict(epochs=0), "epochs = 0"),
+    (dict(batch_size=-1), "batch_size = -1"),
+    (dict(lr=float("nan")), "lr = nan"),
+    (dict(steps_per_epoch=0), "steps_per_epoch = 0"),
+    (dict(pack="/nonexistent/pack.h5"), "pack file not found"),
+    (dict(encoder_weights="/nonexistent/w.h5"), "encoder weights file /nonexistent/w.h5: not found"),
+])
+def test_bad_config_fails_before_anything(tiny_pack, tmp_path, no_model, change, message):
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        train(_cfg(tiny_pack, **change), run)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("counts, size, message", [
+    ((16, 0, 4), 64, "dev split is empty"),
+    ((0, 8, 4), 64, "train split is empty"),
+    ((8, 8, 4), 48, "not a multiple of 32"),
+])
+def test_bad_pack_fails_before_anything(tmp_path, no_model, counts, size, message):
+    pack = write_test_pack(tmp_path / "p.h5", counts=counts, size=size)
+    with pytest.raises(InputError, match=message):
+        train(_cfg(pack), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_a_pack_and_bad_weights_suffix(tmp_path, tiny_pack, no_model):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="junk.h5"):
+        train(_cfg(junk), tmp_path / "run")
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"x")
+    with pytest.raises(InputError, match="ending in .h5"):
+        train(_cfg(tiny_pack, encoder_weights=str(weights)), tmp_path / "run")
+
+
+def test_run_folder_rules(tiny_pack, tmp_path, no_model):
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "history.csv").write_text(COLUMNS + "\n")
+    with pytest.raises(InputError, match="already holds a run.*--resume"):
+        train(_cfg(tiny_pack), held)
+    assert (held / "history.csv").read_text() == COLUMNS + "\n"  # untouched
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(_cfg(tiny_pack), tmp_path / "empty", resume=True)
+    cfg = _cfg(tiny_pack)
+    from pneumo.config import save_config
+
+    save_config(cfg, held / "config.json")
+    with pytest.raises(InputError, match="lr differ"):
+        train(_cfg(tiny_pack, lr=0.5), held, resume=True)
+
+
+def test_weights_file_that_does_not_fit_fails_before_writing(tiny_pack, tmp_path):
+    import h5py
+
+    bad = tmp_path / "bad.weights.h5"
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("nothing", data=np.zeros(3))
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match="bad.weights.h5"):
+        train(_cfg(tiny_pack, encoder_weights=str(bad)), run)
+    assert not run.exists()
+
+
+def test_bad_input_marks_a_jobs_prepared_status_failed(tiny_pack, tmp_path, no_model):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    with pytest.raises(InputError):
+        train(_cfg(tiny_pack, variant="nope"), run)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "variant 'nope'" in status["error"]
+
+
+def test_check_config_fills_in_the_blog_defaults(tiny_pack):
+    info = check_config(TrainConfig(pack=str(tiny_pack), batch_size=32))
+    # one pass over train (48 -> 2 batches) and dev (16 -> 1 batch, partial batch kept)
+    assert info == {"size": 64, "train": 48, "dev": 16, "steps": 2, "validation_steps": 1, "dev_batches": 1}
+    info = check_config(TrainConfig(pack=str(tiny_pack), batch_size=5, steps_per_epoch=50, validation_steps=99))
+    assert info["steps"] == 50 and info["validation_steps"] == 4 == info["dev_batches"]  # ceil(16/5), clamped
+
+
+# --------------------------------------------------------------------------- a run
+def test_run_folder_contents(tiny_pack, tmp_path, caplog):
+    caplog.set_level("INFO", logger="pneumo.train")
+    run = tmp_path / "run"
+    seen = []
+    cfg = _cfg(tiny_pack, validation_steps=99)
+    summary = train(cfg, run, verbose=0, progress=seen.append)
+
+    assert "validation_steps 99 is more than the dev split holds" in caplog.text
+    assert "devices:" in caplog.text
+    assert summary["state"] == "finished" and summary["epochs_done"] == 2 and summary["epochs"] == 2
+    assert load_config(TrainConfig, run / "config.json") == cfg  # pack path already absolute
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["pid"] == os.getpid() and status["epoch"] == 2
+    assert status["error"] is None and status["ended"] and status["epochs"] == 2
+
+    text = (run / "history.csv").read_text()
+    assert text.splitlines()[0] == COLUMNS == ",".join(HISTORY_COLUMNS)
+    rows = _history(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {r["stage"] for r in rows} == {"train"}
+    for r in rows:
+        for k in HISTORY_COLUMNS[2:]:
+            assert np.isfinite(float(r[k])), (k, r)
+        assert float(r["lr"]) == pytest.approx(1e-3)
+        assert 0 <= float(r["val_dice"]) <= 1
+    best_row = min(rows, key=lambda r: float(r["val_loss"]))
+    assert summary["best_epoch"] == int(best_row["epoch"])
+    assert summary["best_val_loss"] == pytest.approx(float(best_row["val_loss"]))
+
+    progress = json.loads((run / "progress.json").read_text())
+    assert set(progress) == {"stage", "epoch", "epochs", "step", "steps", "loss", "images_per_s", "eta_s", "updated"}
+    assert progress["epoch"] == 2 and progress["step"] == progress["steps"] == 2
+    assert seen and seen[-1] == progress and all(p["steps"] == 2 for p in seen)
+
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 2
+    assert list((run / "logs").rglob("events.out.tfevents.*")) or not _has_tensorboard()
+    model = load_model(run / "last.keras")
+    assert model.output_shape == (None, 64, 64, 1)
+    assert load_model(run / "best.keras", compile=False).count_params() == model.count_params()
+    assert not list(run.glob(".*tmp*"))  # no temporary files left behind
+    # the jobs view of the same folder
+    (info,) = jobs.list_runs(tmp_path)
+    assert info.state == "finished" and info.epochs_done == 2 and info.best_epoch == summary["best_epoch"]
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def test_cli_config_round_trip(tiny_pack, tmp_path):
+    from pneumo.cli import build_parser
+    from pneumo.cli.train import config_from_args
+
+    cfg = _cfg(tiny_pack, loss="bce+dice", fine_tune_epochs=3, fine_tune_lr=3e-6, freeze_encoder=True)
+    from pneumo.config import save_config
+
+    save_config(cfg, tmp_path / "config.json")
+    parse = build_parser().parse_args
+    args = parse(["train", "--config", str(tmp_path / "config.json"), "--run-dir", str(tmp_path / "r")])
+    assert config_from_args(args) == cfg
+    args = parse(["train", "other.h5", "--config", str(tmp_path / "config.json"), "--epochs", "7",
+                  "--encoder-weights", "none", "--no-freeze-encoder", "--rotation", "0", "--xla"])
+    got = config_from_args(args)
+    assert got.pack == "other.h5" and got.epochs == 7 and got.freeze_encoder is False and got.xla
+    assert got.augment.rotation == 0.0 and got.augment.zoom == cfg.augment.zoom
+    assert got.lr == cfg.lr and got.loss == "bce+dice"
+    args = parse(["train", "p.h5", "--no-augment", "--mixed-precision", "--batch-size", "4"])
+    got = config_from_args(args)
+    assert got.augment.rotation == 0 and not got.augment.horizontal_flip and got.mixed_precision
+    assert got.epochs == 90 and got.lr == 2e-5 and got.encoder_weights == "imagenet"  # the blog's
+    with pytest.raises(InputError, match="no pack"):
+        config_from_args(parse(["train"]))
+    with pytest.raises(InputError, match="unknown key"):
+        (tmp_path / "bad.json").write_text(json.dumps({**to_dict(cfg), "epoch": 3}))
+        config_from_args(parse(["train", "--config", str(tmp_path / "bad.json")]))
+
+
+# --------------------------------------------------------------------------- stopping and resuming
+def test_stop_file_then_resume_continues(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_pack, epochs=3, steps_per_epoch=3)
+
+    def stop_in_epoch_2(p):
+        if p["epoch"] == 2 and p["step"] >= 1:
+            (run / "STOP").write_text("")
+
+    summary = train(cfg, run, verbose=0, progress=stop_in_epoch_2)
+    assert summary["state"] == "stopped" and summary["epochs_done"] == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped" and status["epoch"] == 1 and status["ended"]
+    assert (run / "last.keras").is_file() and not (run / "STOP").exists()
+    assert [r["epoch"] for r in _history(run)] == ["1"]
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
+    assert jobs.read_status(run)["state"] == "stopped"
+
+    summary = train(None, run, resume=True, verbose=0)
+    assert summary["state"] == "finished" and summary["epochs_done"] == 3
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == 3 and "resumed" in status
+
+
+def test_sigterm_stops_cleanly(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(p):
+        if p["step"] >= 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    summary = train(_cfg(tiny_pack, epochs=2, steps_per_epoch=4), run, verbose=0, progress=terminate)
+    assert summary["state"] == "stopped" and summary["epochs_done"] == 0
+    assert (run / "last.keras").is_file() and jobs.read_status(run)["state"] == "stopped"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_failure_is_recorded_then_raised(tiny_pack, tmp_path, monkeypatch):
+    import pneumo.data
+
+    def broken(*a, **k):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(pneumo.data, "make_dataset", broken)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(_cfg(tiny_pack), run, verbose=0)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: disk on fire"
+
+
+def test_fine_tune_stage_unfreezes_the_encoder_and_resumes_in_it(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_pack, epochs=1, fine_tune_epochs=2, freeze_encoder=True, fine_tune_lr=1e-4)
+    stage1 = tmp_path / "stage1.keras"
+
+    def watch(p):
+        if p["stage"] == "fine-tune" and not stage1.exists():
+            stage1.write_bytes((run / "last.keras").read_bytes())  # the model after epoch 1
+        if p["epoch"] == 3 and p["step"] >= 1:
+            (run / "STOP").write_text("")
+
+    assert train(cfg, run, verbose=0, progress=watch)["state"] == "stopped"
+    state = json.loads((run / "backup" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["stage"] == "fine-tune"
+    summary = train(cfg, run, resume=True, verbose=0)
+    assert summary["state"] == "finished"
+
+    rows = _history(run)
+    assert [(r["epoch"], r["stage"]) for r in rows] == [("1", "train"), ("2", "fine-tune"), ("3", "fine-tune")]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4, 1e-4])
+    first, final = load_model(stage1, compile=False), load_model(run / "last.keras", compile=False)
+    assert not any(layer.trainable for layer in encoder_layers(first))
+    assert all(layer.trainable for layer in encoder_layers(final))
+    kernel = lambda m: m.get_layer("block1_conv1").get_weights()[0]  # noqa: E731
+    assert not np.allclose(kernel(first), kernel(final))  # the fine-tune stage moved the encoder
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_at_most_one_epoch(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pneumo", "train", str(tiny_pack), "--run-dir", str(run), "--variant", "blog",
+           "--encoder-weights", "none", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "8",
+           "--lr", "1e-3"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "history.csv").is_file() and len(_history(run)) >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    assert jobs.read_status(run)["state"] == "failed"  # killed: its pid is gone
+    kept = len(_history(run))
+
+    out = subprocess.run([sys.executable, "-m", "pneumo", "train", "--resume", "--run-dir", str(run)],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "finished: 3/3 epochs" in out.stdout
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]  # continued, no duplicates
+    assert kept >= 1
+    assert "resuming after epoch 1" in out.stdout or "resuming after epoch 2" in out.stdout
+    assert jobs.read_status(run)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_cli_bad_input_prints_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pneumo", "train", str(tmp_path / "missing.h5"),
+                          "--run-dir", str(tmp_path / "r"), "--encoder-weights", "none"],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.h5" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_short_run_learns(tiny_pack, tmp_path):
+    """Loss falls, and the best checkpoint's per-image Dice on the held-out test split beats
+    predicting every mask empty (which scores the share of negative images)."""
+    import h5py
+
+    keras.utils.set_random_seed(0)  # test, not library: reproducible weights
+    cfg = TrainConfig(pack=str(tiny_pack), variant="blog", encoder_weights=None, epochs=6,
+                      steps_per_epoch=6, batch_size=8, lr=1e-3, loss="bce+dice", seed=0)
+    summary = train(cfg, tmp_path / "run", verbose=0)
+    rows = _history(tmp_path / "run")
+    losses = [float(r["loss"]) for r in rows]
+    assert min(losses[-2:]) < 0.7 * losses[0], losses
+
+    with h5py.File(tiny_pack) as f:
+        x, y = f["X_test"][:], f["Y_test"][:] > 0
+    pred = load_model(tmp_path / "run" / "best.keras", compile=False).predict(x, verbose=0) > 0.5
+
+    def dice(t, p):
+        total = t.sum() + p.sum()
+        return 1.0 if total == 0 else 2 * (t & p).sum() / total
+
+    model_dice = np.mean([dice(t, p) for t, p in zip(y, pred)])
+    empty_dice = np.mean([dice(t, np.zeros_like(t)) for t in y])
+    assert model_dice > empty_dice + 0.05, (model_dice, empty_dice, summary)
+
+
+# --------------------------------------------------------------------------- several workers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_train_one_run(tiny_pack, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pneumo", "train", str(tiny_pack), "--run-dir", str(run), "--variant", "blog",
+           "--encoder-weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+           "--lr", "1e-3"]
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(outputs)
+    assert "MultiWorkerMirroredStrategy with 2 replica(s) over 2 workers" in outputs[0]
+    assert [r["epoch"] for r in _history(run)] == ["1"]
+    assert (run / "last.keras").is_file() and (run / "best.keras").is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["pid"] == procs[0].pid  # only the chief writes here
