@@ -10,6 +10,10 @@ Format (the competition's ``train-rle.csv`` / ``stage_2_train.csv``):
   encoder writes at least 1 there;
 - ``"-1"`` (surrounding whitespace allowed, e.g. the stage 1 CSV's ``" -1"``) is the empty mask.
 
+Kaggle's stage 2 files may use the standard (absolute) variant, where every ``start`` is
+an absolute 0-based pixel index: every function takes ``relative=False`` for it, and
+:func:`detect_format` tells the two apart from a CSV's strings.
+
 Unlike the widely copied ``mask_functions.py``, the encoder keeps a run that reaches the last
 pixel, writes ``"-1"`` (never ``""``) for an empty mask, and the decoder accepts ``"-1"``.
 
@@ -26,7 +30,7 @@ import numpy as np
 
 EMPTY = "-1"
 
-__all__ = ["EMPTY", "rle_runs", "siim_decode", "siim_encode", "union_decode"]
+__all__ = ["EMPTY", "detect_format", "rle_runs", "siim_decode", "siim_encode", "union_decode"]
 
 
 def _preview(rle: str, limit: int = 40) -> str:
@@ -34,7 +38,7 @@ def _preview(rle: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
+def rle_runs(rle: str, relative: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate an RLE string without an image size.
 
     Returns ``(starts, lengths)``, both ``(R,) int64``: absolute 0-based column-major start of
@@ -62,21 +66,23 @@ def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     values = np.array(tokens, dtype=np.int64)
     pairs = values.reshape(-1, 2)
     relative_starts, lengths = pairs[:, 0], pairs[:, 1]
+    if not relative:
+        return relative_starts.copy(), lengths.copy()
     # absolute start i = sum of relative starts up to i + sum of lengths before i
     starts = np.cumsum(relative_starts) + np.concatenate(([0], np.cumsum(lengths)[:-1]))
     return starts, lengths
 
 
-def siim_decode(rle: str, height: int, width: int) -> np.ndarray:
+def siim_decode(rle: str, height: int, width: int, relative: bool = True) -> np.ndarray:
     """Decode one SIIM RLE string to a mask.
 
     Returns ``(height, width) uint8`` with values in {0, 255}; ``"-1"`` gives all zeros.
     Raises ``ValueError`` naming the problem for malformed strings or a run past the image.
     """
-    return union_decode([rle], height, width)
+    return union_decode([rle], height, width, relative)
 
 
-def union_decode(rles: Iterable[str], height: int, width: int) -> np.ndarray:
+def union_decode(rles: Iterable[str], height: int, width: int, relative: bool = True) -> np.ndarray:
     """Decode several RLE strings of one image (several CSV rows) to the union of their masks.
 
     Returns ``(height, width) uint8`` in {0, 255}; no strings (or only ``"-1"``) give all zeros.
@@ -89,7 +95,7 @@ def union_decode(rles: Iterable[str], height: int, width: int) -> np.ndarray:
     # Column-major numbering: the flat buffer is a C-order (width, height) array, transposed at the end.
     flat = np.zeros(total, np.uint8)
     for rle in rles:
-        starts, lengths = rle_runs(rle)
+        starts, lengths = rle_runs(rle, relative)
         if not len(starts):
             continue
         ends = starts + lengths
@@ -106,7 +112,7 @@ def union_decode(rles: Iterable[str], height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(width, height).T)
 
 
-def siim_encode(mask: np.ndarray) -> str:
+def siim_encode(mask: np.ndarray, relative: bool = True) -> str:
     """Encode a mask in the SIIM format.
 
     ``mask``: ``(H, W)`` or ``(H, W, 1)``, any dtype; non-zero is positive. Returns the RLE
@@ -123,6 +129,29 @@ def siim_encode(mask: np.ndarray) -> str:
     if not len(edges):
         return EMPTY
     starts, ends = edges[0::2], edges[1::2]
-    previous_ends = np.concatenate(([0], ends[:-1]))
+    previous_ends = np.concatenate(([0], ends[:-1])) if relative else np.zeros_like(ends)
     pairs = np.stack([starts - previous_ends, ends - starts], axis=1).ravel()
     return " ".join(map(str, pairs.tolist()))
+
+
+def detect_format(rles: Iterable[str]) -> str:
+    """``"absolute"`` or ``"relative"``: which variant a CSV's RLE strings are written in.
+
+    Read as absolute, a well-formed string has strictly increasing, non-overlapping runs. A
+    relative string's later starts are gaps, which are almost never each larger than the
+    previous gap plus its run, so one multi-run string breaking that order means relative.
+    Strings of one run cannot tell; with no evidence either way the answer is
+    ``"relative"``, the format of the competition's stage 1 file.
+    """
+    evidence = False
+    for rle in rles:
+        try:
+            starts, lengths = rle_runs(rle, relative=False)
+        except ValueError:
+            continue
+        if len(starts) < 2:
+            continue
+        evidence = True
+        if np.any(starts[1:] < starts[:-1] + lengths[:-1]):
+            return "relative"
+    return "absolute" if evidence else "relative"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .rle import EMPTY, rle_runs, union_decode
+from .rle import EMPTY, detect_format, rle_runs, union_decode
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -62,6 +62,7 @@ class Sample:
     image: str = ""  # file path (folders, siim)
     mask: str | None = None  # file path (folders)
     rles: tuple[str, ...] = ()  # SIIM RLE strings; the mask is their union; () = negative
+    rle_relative: bool = True  # SIIM: the competition's relative starts (False: absolute)
     height: int | None = None  # SIIM mask size when known up front (else read from DICOM)
     width: int | None = None
     phantom_seed: int | None = None  # demo
@@ -357,16 +358,20 @@ def hash_patient_id(patient_id: str, salt: str) -> str:
     return hashlib.sha256((salt + patient_id).encode("utf-8")).hexdigest()[:16]
 
 
-def _read_labels(labels_csv: Path) -> tuple[dict[str, list[tuple[int, str, int]]], int]:
-    """ImageId -> [(line number, RLE, end of its last run)], and the number of rows.
+def _read_labels(labels_csv: Path, rle_format: str = "auto") -> tuple[dict[str, list[tuple[int, str, int]]], int, str]:
+    """ImageId -> [(line number, RLE, end of its last run)], the number of rows, and the RLE format.
 
     Validates each RLE's numbers (not yet against the image size, which needs the header).
+    ``rle_format`` "auto" detects relative or absolute starts from all rows (``rle.detect_format``).
     """
+    if rle_format not in ("auto", "relative", "absolute"):
+        raise InputError(f"--rle-format must be auto, relative or absolute, got {rle_format!r}")
     if not labels_csv.exists():
         raise InputError(f"{labels_csv}: label CSV not found")
     if not labels_csv.is_file():
         raise InputError(f"{labels_csv}: label CSV is not a file")
     labels: dict[str, list[tuple[int, str, int]]] = {}
+    raw: list[tuple[str, int, str]] = []
     count = 0
     try:
         with open(labels_csv, newline="", encoding="utf-8-sig") as f:
@@ -390,18 +395,23 @@ def _read_labels(labels_csv: Path) -> tuple[dict[str, list[tuple[int, str, int]]
                 image_id, rle = row[id_col].strip(), row[rle_col].strip()
                 if not image_id:
                     raise InputError(f"{labels_csv}: line {line}: empty ImageId")
-                try:
-                    starts, lengths = rle_runs(rle)
-                except ValueError as e:
-                    raise InputError(f"{labels_csv}: line {line}: ImageId {image_id}: bad RLE: {e}") from None
-                end = int((starts + lengths).max()) if len(starts) else 0
-                labels.setdefault(image_id, []).append((line, rle, end))
-                count += 1
+                raw.append((image_id, line, rle))
     except InputError:
         raise
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{labels_csv}: cannot read label CSV ({type(e).__name__}: {e})") from None
-    return labels, count
+    if rle_format == "auto":
+        rle_format = detect_format(rle for _, _, rle in raw)
+    relative = rle_format == "relative"
+    for image_id, line, rle in raw:
+        try:
+            starts, lengths = rle_runs(rle, relative)
+        except ValueError as e:
+            raise InputError(f"{labels_csv}: line {line}: ImageId {image_id}: bad RLE: {e}") from None
+        end = int((starts + lengths).max()) if len(starts) else 0
+        labels.setdefault(image_id, []).append((line, rle, end))
+        count += 1
+    return labels, count, rle_format
 
 
 _PARALLEL_HEADERS = 512
@@ -424,6 +434,7 @@ def siim_source(
     salt: str | None = None,
     *,
     workers: int | None = None,
+    rle_format: str = "auto",
 ) -> Manifest:
     """The SIIM-ACR layout: ``.dcm`` files found recursively under ``dicom_dir`` + the label CSV.
 
@@ -437,6 +448,9 @@ def siim_source(
     when missing. Raises ``InputError`` for a missing/empty folder, an unreadable CSV, wrong
     columns, a malformed RLE or a run past the image (naming the line and ImageId) or an
     unreadable header. A second file with the same id is skipped (named in ``skipped``).
+
+    ``rle_format``: "relative" (the competition's stage 1 encoding), "absolute" (standard
+    RLE, as some stage 2 copies have) or "auto" (detected from the CSV; in ``info["rle_format"]``).
 
     Headers are read in ``workers`` processes (default: all cores, at most 8) when there are
     more than ``_PARALLEL_HEADERS`` of them: pydicom needs about 1 ms of CPU per header.
@@ -461,7 +475,7 @@ def siim_source(
             files[stem] = path
     if not files:
         raise InputError(f"{dicom_dir}: no .dcm files found (searched recursively)")
-    labels, rows = _read_labels(labels_csv)
+    labels, rows, rle_format = _read_labels(labels_csv, rle_format)
     if not labels:
         raise InputError(f"{labels_csv}: label CSV has no rows")
     if salt is None:
@@ -503,6 +517,7 @@ def siim_source(
                 height=height,
                 width=width,
                 positive=bool(rles),
+                rle_relative=rle_format == "relative",
             )
         )
     if not samples:
@@ -520,6 +535,7 @@ def siim_source(
         "duplicate_files": len(duplicates),
         "missing_patient_id": missing_patient,
         "sop_uid_differs_from_file_name": uid_mismatch,
+        "rle_format": rle_format,
     }
     return Manifest(kind="siim", samples=samples, skipped=skipped, info=info)
 
@@ -593,7 +609,7 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
                 f"header says {sample.height}x{sample.width}"
             )
         try:
-            mask = union_decode(sample.rles, height, width)
+            mask = union_decode(sample.rles, height, width, sample.rle_relative)
         except ValueError as e:
             raise InputError(f"{sample.image}: ImageId {sample.id}: bad RLE: {e}") from None
         return image, mask

@@ -34,7 +34,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     """Encode ``(H, W[, 3]) uint8`` as a fast PNG (zlib level 1).
 
     ``st.image`` given a numpy RGB array sends a JPEG: lossy, it smears one-pixel outlines and
-    the X-ray's texture. A PNG at level 1 is lossless and about 3x faster than the default.
+    the X-ray's texture. A PNG at level 1 is lossless and about 3x faster than the default;
+    pass it with ``output_format="PNG"`` or Streamlit re-encodes it as JPEG.
     """
     import io
 
@@ -237,9 +238,6 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 def summary_ui(ev: review.Evaluation) -> None:
     """SIIM score beside the all-empty baseline, Dice on positives, confusion matrix, ROC."""
-    import pandas as pd
-    import plotly.graph_objects as go
-
     s = ev.summary
     c = st.columns(5)
     delta = None
@@ -253,28 +251,38 @@ def summary_ui(ev: review.Evaluation) -> None:
     c[4].metric("Images", f"{s['n_images']} ({s['n_positive']} positive)")
     left, right = st.columns([2, 3])
     with left:
-        st.markdown("**Presence confusion matrix**")
-        table = pd.DataFrame(
-            {"predicted pneumothorax": [s["tp"], s["fp"]], "predicted none": [s["fn"], s["tn"]]},
-            index=["true pneumothorax", "true none"],
+        st.markdown(
+            "**Presence confusion matrix**\n\n"
+            "| | predicted pneumothorax | predicted none |\n|---|---:|---:|\n"
+            f"| **true pneumothorax** | {s['tp']} (TP) | {s['fn']} (FN) |\n"
+            f"| **true none** | {s['fp']} (FP) | {s['tn']} (TN) |"
         )
-        st.table(table)
         st.caption(f"sensitivity {_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}; "
-                   f"before post-processing the score was {_fmt(s['siim_score_raw'])}")
+                   f"plain 0.5 thresholding scored {_fmt(s['siim_score_raw'])}")
     with right:
-        fpr, tpr, _ = ev.roc
-        fig = go.Figure()
-        if np.isfinite(fpr).all() and np.isfinite(tpr).all():
-            fig.add_scatter(x=fpr, y=tpr, mode="lines", name="ROC", line=dict(color="#3366cc"))
-            tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
-            if tp + fn and fp + tn:
-                fig.add_scatter(x=[fp / (fp + tn)], y=[tp / (tp + fn)], mode="markers", name="current triplet",
-                                marker=dict(size=11, color="#d62728"))
-        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#999"))
-        fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), title="ROC of the presence score",
-                          xaxis_title="false positive rate", yaxis_title="true positive rate",
-                          xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-        st.plotly_chart(fig, key="rv_roc")
+        st.plotly_chart(roc_figure(ev), key="rv_roc", config={"displayModeBar": False})
+
+
+def roc_figure(ev: review.Evaluation) -> dict[str, Any]:
+    """The presence ROC curve with the current triplet's operating point, as a plotly figure
+    dict (a dict skips plotly's slow validation: this redraws on every click)."""
+    s = ev.summary
+    fpr, tpr, _ = ev.roc
+    data: list[dict[str, Any]] = []
+    if fpr.size and np.isfinite(fpr).all() and np.isfinite(tpr).all():
+        data.append({"type": "scatter", "x": fpr.tolist(), "y": tpr.tolist(), "mode": "lines",
+                     "name": f"ROC (AUC {_fmt(s['auc'])})", "line": {"color": "#3366cc"}})
+        tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
+        if tp + fn and fp + tn:
+            data.append({"type": "scatter", "x": [fp / (fp + tn)], "y": [tp / (tp + fn)], "mode": "markers",
+                         "name": "current triplet", "marker": {"size": 11, "color": "#d62728"}})
+    data.append({"type": "scatter", "x": [0, 1], "y": [0, 1], "mode": "lines", "name": "chance",
+                 "line": {"dash": "dot", "color": "#999"}})
+    layout = {"height": 280, "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+              "title": {"text": "ROC of the presence score"},
+              "xaxis": {"title": {"text": "false positive rate"}, "range": [0, 1]},
+              "yaxis": {"title": {"text": "true positive rate"}, "range": [0, 1.02]}}
+    return {"data": data, "layout": layout}
 
 
 # --------------------------------------------------------------------------- navigation
@@ -365,7 +373,7 @@ def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: di
     st.markdown(f"**{case.id}**: {c['category'][index]}")
     cols = st.columns(3)
     for col, panel, name in zip(cols, panels, names):
-        col.image(png_bytes(panel), caption=name)
+        col.image(png_bytes(panel), caption=name, output_format="PNG")
 
 
 def verdict_ui(store: review.VerdictStore, run_dir: Path, split: str, image_id: str, category: str,
@@ -434,7 +442,8 @@ def grid_ui(data: review.ReviewData, ev: review.Evaluation, order: np.ndarray, p
             cat = str(ev.cases["category"][i])
             thumb = viz.thumbnail_grid([img], cols=1, size=THUMB_SIZE, gap=0, borders=[viz.CATEGORY_COLORS[cat]])
             mark = " ✓" if case.id in reviewed else ""
-            col.image(png_bytes(thumb), caption=f"{p + 1}. {case.id} {cat}{mark} · {ev.cases['score'][i]:.2f}")
+            col.image(png_bytes(thumb), caption=f"{p + 1}. {case.id} {cat}{mark} · {ev.cases['score'][i]:.2f}",
+                      output_format="PNG")
             col.button("Open", key=f"rv_open::{pos_key}::{p}", on_click=_open, args=(p,), width="stretch")
 
 

@@ -119,6 +119,19 @@ def test_image_made_from_its_mask_stays_equal_to_augmented_mask(fill_mode):
         assert not np.array_equal(mo.numpy(), m)
 
 
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_batch_mixing_empty_and_nonempty_masks(fill_mode):
+    # Empty masks skip the op; the others must still get their own sample's transform.
+    cfg = dataclasses.replace(STRONG, fill_mode=fill_mode)
+    m = _masks(n=8, size=32)
+    m[[0, 3, 4, 7]] = 0
+    xo, mo = augment_batch(m, m, cfg, seed=[2, 8], image_interpolation="nearest")
+    np.testing.assert_array_equal(xo.numpy(), mo.numpy())
+    assert not mo.numpy()[[0, 3, 4, 7]].any()
+    _, none = augment_batch(m[[0, 3]], m[[0, 3]], cfg, seed=[2, 8])
+    assert none.shape == (2, 32, 32, 1) and not none.numpy().any()
+
+
 def test_bilinear_image_of_mask_agrees_with_nearest_mask_after_threshold():
     m = _masks(n=8, size=48)
     for s in range(5):

@@ -287,3 +287,26 @@ def test_thousands_of_skipped_files_fit(tmp_path):
     with h5py.File(info.path) as f:
         assert f["skipped"].shape == (5000, 2)
         assert f["skipped"][4999, 0].decode() == "unpaired-04999.png"
+
+
+@pytest.mark.parametrize("fmt", ["relative", "absolute"])
+def test_siim_absolute_rle_csv_detected_and_packed_like_relative(tmp_path, fmt):
+    import csv
+
+    from pneumo.rle import siim_decode, siim_encode
+    from tests.siim_fixtures import write_siim_tree
+
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 12, 64, 1)
+    truth = {s.id: sources.load_pair(s)[1] for s in sources.siim_source(dicom_dir, csv_path, rle_format="relative").samples}
+    rows = list(csv.reader(open(csv_path)))
+    if fmt == "absolute":  # re-encode every row with absolute starts
+        rows = [rows[0]] + [[r[0], r[1] if r[1].strip() == "-1" else
+                             siim_encode(siim_decode(r[1], 64, 64), relative=False)] for r in rows[1:]]
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    m = sources.siim_source(dicom_dir, csv_path, salt="s")
+    assert m.info["rle_format"] == fmt
+    for sample in m.samples:
+        assert np.array_equal(sources.load_pair(sample)[1], truth[sample.id])
+    positives = [s for s in m.samples if s.positive]
+    assert positives and all(sources.load_pair(s)[1].any() for s in positives)

@@ -183,3 +183,36 @@ def test_decode_matches_plain_loop_reading_non_square(seed):
     text = siim_encode(m)
     np.testing.assert_array_equal(_reference_decode(text, h, w), m)
     np.testing.assert_array_equal(siim_decode(text, h, w), m)
+
+
+# ------------------------------------------------------------------ absolute variant (stage 2 copies)
+def test_absolute_variant_hand_case():
+    # 4x4, column-major numbering: pixels 1,2 (col 0 rows 1-2) and 9..11 (col 2 rows 1-3)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 0] = 255
+    mask[1:4, 2] = 255
+    from pneumo.rle import detect_format
+
+    assert siim_encode(mask, relative=False) == "1 2 9 3"
+    assert siim_encode(mask) == "1 2 6 3"
+    assert np.array_equal(siim_decode("1 2 9 3", 4, 4, relative=False), mask)
+    assert np.array_equal(siim_decode("1 2 6 3", 4, 4), mask)
+    assert detect_format(["1 2 9 3", "-1", "5 1"]) == "absolute"
+    assert detect_format(["1 2 6 3", "5 2 1 3"]) == "relative"  # read as absolute, 1 < 5 + 2
+    assert detect_format(["-1", "3 4"]) == "relative"  # no evidence: the competition's default
+
+
+def test_detect_format_on_realistic_masks():
+    from pneumo.rle import detect_format
+
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(20):
+        m = np.zeros((64, 64), np.uint8)
+        y, x = rng.integers(5, 40, 2)
+        m[y:y + rng.integers(3, 20), x:x + rng.integers(3, 20)] = 1
+        masks.append(m)
+    assert detect_format([siim_encode(m) for m in masks]) == "relative"
+    assert detect_format([siim_encode(m, relative=False) for m in masks]) == "absolute"
+    for m in masks:
+        assert np.array_equal(siim_decode(siim_encode(m, relative=False), 64, 64, relative=False) > 0, m > 0)

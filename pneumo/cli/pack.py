@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = srcs.add_parser("siim", help="SIIM-ACR DICOM tree + train-rle.csv / stage_2_train.csv")
     s.add_argument("dicom_dir", type=Path)
     s.add_argument("labels_csv", type=Path)
+    s.add_argument("--rle-format", choices=("auto", "relative", "absolute"), default="auto",
+                   help="RLE starts: relative (the competition's), absolute (standard) or auto-detect (default)")
     d = srcs.add_parser("demo", help="built-in synthetic chest phantoms")
     d.add_argument("--count", type=int, default=400, help="number of phantoms (default 400)")
     d.add_argument("--phantom-seed", type=int, default=0, help="seed of the phantoms themselves (default 0)")
@@ -102,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "folders":
         manifest = sources.folder_source(args.images_dir, args.masks_dir)
     elif args.source == "siim":
-        manifest = sources.siim_source(args.dicom_dir, args.labels_csv)
+        manifest = sources.siim_source(args.dicom_dir, args.labels_csv, rle_format=args.rle_format)
+        print(f"RLE format: {manifest.info.get('rle_format')}")
     else:
         manifest = sources.demo_source(args.count, size=args.size, seed=args.phantom_seed)
     for name, reason in manifest.skipped[:20]:
