@@ -94,23 +94,10 @@ def _png_default(panel: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _page_reruns(workspace: Path, clicks: int) -> tuple[list[float], list[float]]:
-    """Per Next click: (AppTest round trip, time inside the page script)."""
+def _page_reruns(workspace: Path, clicks: int) -> list[float]:
+    """AppTest round trip per Next click (the case area is a fragment: only it reruns)."""
     from streamlit.testing.v1 import AppTest
 
-    from pneumo_app import review_ui
-
-    inside: list[float] = []
-    page = review_ui.review_page
-
-    def _timed() -> None:
-        s = time.perf_counter()
-        try:
-            page()
-        finally:
-            inside.append(time.perf_counter() - s)
-
-    review_ui.review_page = _timed  # pages/review.py looks it up at each run
     os.environ["PNEUMO_WORKSPACE"] = str(workspace)
     at = AppTest.from_file(str(ROOT / "pages" / "review.py"), default_timeout=120)
     at.run()
@@ -122,8 +109,7 @@ def _page_reruns(workspace: Path, clicks: int) -> tuple[list[float], list[float]
         at.button(key=key).click().run()
         out.append(time.perf_counter() - s)
         assert not at.exception, at.exception
-    review_ui.review_page = page
-    return out, inside[-clicks:]
+    return out
 
 
 def main() -> None:
@@ -179,7 +165,7 @@ def main() -> None:
             t_next_heat.append(time.perf_counter() - s)
 
         # the whole page: one Streamlit script rerun per Next click (AppTest, no browser)
-        t_page, t_script = _page_reruns(Path(tmp), max(5, args.repeats // 4))
+        t_page = _page_reruns(Path(tmp), max(5, args.repeats // 4))
 
         # baseline: pixel by pixel with everything in memory
         with h5py.File(data.predictions_path, "r") as fp, h5py.File(data.pack_path, "r") as fk:
@@ -202,7 +188,6 @@ def main() -> None:
     tm, tp95 = _stats(t_thr)
     bm, bp95 = _stats(t_base)
     gm, gp95 = _stats(t_page)
-    sm, sp95 = _stats(t_script)
     cpu = platform.processor() or platform.machine()
     print("## Review page (bench/review.py)\n")
     print(f"{date.today().isoformat()}, `python bench/review.py --n {args.n} --size {args.size} --repeats {args.repeats}`, "
@@ -217,8 +202,7 @@ def main() -> None:
     print(f"| next case + lossless PNG encoding of the 3 panels (`review_ui.png_bytes`, zlib level 1) | {pm:.1f} ms | {pp95:.1f} ms |")
     print(f"| (for comparison: encoding the 3 panels alone at PIL's default PNG level 6) | {dm:.1f} ms | {dp95:.1f} ms |")
     print(f"| threshold change: re-score all {args.n} (categories, Dice, summary, ROC) + FP filter/sort | {tm:.1f} ms | {tp95:.1f} ms |")
-    print(f"| whole page script on Next (summary, ROC, filters, progress, export, triptych, verdicts) | {sm:.0f} ms | {sp95:.0f} ms |")
-    print(f"| same, round trip through Streamlit's AppTest (adds its polling and protobuf handling) | {gm:.0f} ms | {gp95:.0f} ms |")
+    print(f"| Next click through Streamlit (AppTest round trip: progress, triptych, PNGs, verdicts; includes AppTest's polling) | {gm:.0f} ms | {gp95:.0f} ms |")
     print(f"| baseline threshold change: pixel by pixel, arrays in memory | {bm:.0f} ms | {bp95:.0f} ms |")
     print(f"\nThreshold change from the cached histograms is {bm / tm:.0f}x faster than re-thresholding the pixels "
           f"(median against median), and needs no pixels in memory; the next case stays "

@@ -256,7 +256,16 @@ def past_runs_ui(runs: list) -> None:
     if not with_history:
         return
     names = [r.name for r in with_history]
-    chosen = st.multiselect("Compare", names, default=names[:5], key="tr_compare")
+    ss = st.session_state
+    known = ss.get("tr_compare_known")
+    selected = [n for n in ss.get("tr_compare", []) if n in names]
+    if known is None:
+        selected = names[:5]
+    else:  # runs that finished an epoch since the last look join the comparison
+        selected = [n for n in names if n not in known][: max(0, 5 - len(selected))] + selected
+    ss.tr_compare_known = names
+    ss.tr_compare = selected
+    chosen = st.multiselect("Compare", names, key="tr_compare")
     metric = st.radio("Curve", ["val_loss", "val_dice", "loss", "dice"], horizontal=True, key="tr_compare_metric",
                       format_func=lambda m: m.replace("_", " "))
     if chosen:

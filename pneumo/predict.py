@@ -303,15 +303,21 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     return metrics
 
 
-def run_triplet(run_dir: str | os.PathLike, size: int | None = None) -> tuple[ev.Triplet, str]:
-    """The run's tuned triplet, from ``metrics_test.json`` (else ``_dev``, ``_train``), and where
-    it came from; :data:`pneumo.evaluate.DEFAULT_TRIPLET` and ``"default"`` when none exists.
-    With ``size``, ``min_area`` is rescaled if the metrics were made at another size."""
+def run_triplet(run_dir: str | os.PathLike, size: int | None = None, checkpoint: str | None = None
+                ) -> tuple[ev.Triplet, str]:
+    """The run's tuned triplet, from ``metrics_test.json`` (else ``_dev``, ``_train``; those
+    made with ``checkpoint`` first), and the file it came from;
+    :data:`pneumo.evaluate.DEFAULT_TRIPLET` and ``"default"`` when none exists. With
+    ``size``, ``min_area`` is rescaled if the metrics were made at another size."""
+    found = []
     for split in ("test", "dev", "train"):
         m = read_json(metrics_path(run_dir, split))
         if isinstance(m, dict) and isinstance(m.get("triplet"), dict):
-            return ev.Triplet.from_dict(m["triplet"], size=size), metrics_path(run_dir, split).name
-    return ev.DEFAULT_TRIPLET, "default"
+            found.append((checkpoint is not None and m.get("checkpoint") != checkpoint, split, m))
+    if not found:
+        return ev.DEFAULT_TRIPLET, "default"
+    _, split, m = min(found, key=lambda t: t[0])  # stable: split order kept among equals
+    return ev.Triplet.from_dict(m["triplet"], size=size), metrics_path(run_dir, split).name
 
 
 # --------------------------------------------------------------------------- new images
@@ -438,7 +444,7 @@ def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike
     files = collect_inputs(inputs, exclude=out_dir)
     model = _load_model(ckpt)
     size = _model_size(model)
-    triplet, source = run_triplet(run_dir, size)
+    triplet, source = run_triplet(run_dir, size, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     results: list[dict[str, Any]] = []

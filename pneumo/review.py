@@ -191,13 +191,15 @@ class ReviewData:
 
     # ---- setup
     def _find_pack(self) -> Path:
+        from pneumo import settings
+
         candidates: list[Path] = []
         stored = self.attrs.get("pack")
         cfg = read_json(self.run_dir / "config.json")
         for p in (stored, cfg.get("pack") if isinstance(cfg, dict) else None):
             if p:
                 p = Path(_str(p))
-                candidates += [p] if p.is_absolute() else [p, self.run_dir / p]
+                candidates += [p] if p.is_absolute() else [p, settings.workspace() / p, self.run_dir / p]
         for p in candidates:
             if p.is_file():
                 return p

@@ -248,14 +248,14 @@ def summary_ui(ev: review.Evaluation) -> None:
     c[2].metric("Dice on positives", _fmt(s["dice_positive_mean"]),
                 help="Mean Dice over images with a pneumothorax.")
     c[3].metric("Presence AUC", _fmt(s["auc"]))
-    c[4].metric("Images", f"{s['n_images']} ({s['n_positive']} positive)")
-    left, right = st.columns([2, 3])
+    c[4].metric("Images", s["n_images"], f"{s['n_positive']} positive", delta_color="off", delta_arrow="off")
+    left, right = st.columns([1, 1])
     with left:
         st.markdown(
             "**Presence confusion matrix**\n\n"
-            "| | predicted pneumothorax | predicted none |\n|---|---:|---:|\n"
-            f"| **true pneumothorax** | {s['tp']} (TP) | {s['fn']} (FN) |\n"
-            f"| **true none** | {s['fp']} (FP) | {s['tn']} (TN) |"
+            "| label / model | pneumothorax | none |\n|---|---:|---:|\n"
+            f"| **pneumothorax** | {s['tp']} TP | {s['fn']} FN |\n"
+            f"| **none** | {s['fp']} FP | {s['tn']} TN |"
         )
         st.caption(f"sensitivity {_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}; "
                    f"plain 0.5 thresholding scored {_fmt(s['siim_score_raw'])}")
@@ -396,12 +396,12 @@ def verdict_ui(store: review.VerdictStore, run_dir: Path, split: str, image_id: 
         store.set_note(run, split, image_id, st.session_state[note_key], category=category)
 
     st.markdown(f"**Verdict on this {category}**")
-    cols = st.columns(len(review.VERDICTS[category]) + 1)
+    cols = st.columns(len(review.VERDICTS[category]))
     for col, v in zip(cols, review.VERDICTS[category]):
         chosen = current is not None and current.verdict == v
         col.button(v, key=f"rv_verdict::{image_id}::{v}", type="primary" if chosen else "secondary",
                    on_click=_save, args=(v,), width="stretch")
-    cols[-1].toggle("Next case after a verdict", key="rv_auto_next")
+    st.toggle("Go to the next case after a verdict", key="rv_auto_next")
     st.text_input("Note (saved when you press Enter or leave the field)", key=note_key, on_change=_save_note)
     if current is not None and current.verdict:
         st.caption(f"Saved: **{current.verdict}** ({current.category} at the time, {current.updated})")
@@ -500,8 +500,24 @@ def review_page() -> None:
         ev = evaluation(run_dir, split, triplet)
         with st.expander("Summary", expanded=True):
             summary_ui(ev)
+        category, sort, _ = filter_ui(ev, run_dir, split)
+        t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
+        cases_area(str(run_dir), split, t, category, sort, view)
+
+
+@st.fragment
+def cases_area(run_dir_s: str, split: str, triplet: tuple[float, float, int], category: str, sort: str,
+               view: dict[str, Any]) -> None:
+    """Progress, export, grid or case with verdicts. A fragment: Next, Previous, a verdict or a
+    note rerun only this part, not the summary above (whose inputs have not changed)."""
+    from pneumo_app import common
+
+    run_dir = Path(run_dir_s)
+    with common.user_errors():
+        data = load_data(run_dir, split)
+        ev = evaluation(run_dir, split, evaluate.Triplet(*triplet))
+        order = review.select(ev.cases, category, sort)
         store = review.VerdictStore.for_run(run_dir)
-        category, sort, order = filter_ui(ev, run_dir, split)
         pos_key = _pos_key(run_dir, split, category, sort)
         reviewed = progress_ui(store, run_dir, split, ev, order, category)
         st.session_state.setdefault("rv_mode", "Case")

@@ -214,6 +214,7 @@ def test_real_trained_run_renders(tmp_path, monkeypatch):
 
     from pneumo import predict
 
+    (tmp_path / "data").mkdir()
     pack = write_test_pack(tmp_path / "data" / "demo.h5", counts=(48, 8, 12), size=64)
     run_dir = make_trained_run(tmp_path / "runs" / "demo", pack, size=64, fit_steps=3)
     predict.evaluate_run(run_dir, split="test", checkpoint="best")

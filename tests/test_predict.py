@@ -310,3 +310,14 @@ def test_predict_cli(run_copy, inputs, tmp_path, capsys):
     assert (tmp_path / "s.csv").read_text().startswith("ImageId,EncodedPixels\n")
     assert main(["predict", str(run_copy), str(tmp_path / "nope.png")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_run_triplet_prefers_metrics_of_the_same_checkpoint(tmp_path):
+    assert pr.run_triplet(tmp_path) == (ev.DEFAULT_TRIPLET, "default")
+    (tmp_path / "metrics_test.json").write_text(json.dumps(
+        {"checkpoint": "best", "triplet": ev.Triplet(0.4, 0.8, 10).to_dict(size=64)}))
+    (tmp_path / "metrics_dev.json").write_text(json.dumps(
+        {"checkpoint": "last", "triplet": ev.Triplet(0.6, 0.9, 20).to_dict(size=64)}))
+    assert pr.run_triplet(tmp_path, 64, "best") == (ev.Triplet(0.4, 0.8, 10), "metrics_test.json")
+    assert pr.run_triplet(tmp_path, 64, "last") == (ev.Triplet(0.6, 0.9, 20), "metrics_dev.json")
+    assert pr.run_triplet(tmp_path, 128, "best")[0].min_area == 40  # rescaled by area

@@ -1,0 +1,156 @@
+"""The real app in a real browser: `streamlit run` on 127.0.0.1, driven by Debian's chromium.
+
+Visits every page of a workspace holding a small demo pack and a finished run with cached
+predictions (so the Review page has a triptych), checks each renders without an exception or
+an error message, and takes a screenshot. Screenshots go to ``tmp_path``; with
+``PNEUMO_SAVE_SCREENSHOTS=1`` they go to ``docs/screenshots/`` (the README shows them), so CI
+never modifies the repository. ``PNEUMO_BROWSER_WORKSPACE=<folder>`` uses an existing workspace
+instead of building one (for README screenshots of a real training run).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# (url path, heading, a CSS selector that must be present once the page's content is drawn)
+PAGES = [
+    ("", "pneumo", '[data-testid="stDataFrame"]'),
+    ("data", "Data", '[data-testid="stImage"]'),
+    ("augmentation", "Augmentation", '[data-testid="stImage"]'),
+    ("training", "Training", '[data-testid="stPlotlyChart"]'),
+    ("review", "Review", '[data-testid="stImage"]'),
+]
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    pytest.skip("playwright (Python) is not installed", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_workspace(ws: Path) -> None:
+    """A 128 px demo pack and a finished run on it with test-split predictions."""
+    from pneumo import pack, predict
+    from run_fixtures import make_trained_run
+
+    demo = pack.make_demo_pack(ws / "data" / "demo.h5", count=60, size=128, workers=1)
+    run = make_trained_run(ws / "runs" / "run-20260101-120000", demo.path, size=128)
+    predict.evaluate_run(run)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    given = os.environ.get("PNEUMO_BROWSER_WORKSPACE")
+    if given:
+        ws = Path(given)
+    else:
+        ws = tmp_path_factory.mktemp("browser-ws")
+        _prepare_workspace(ws)
+    port = _free_port()
+    env = {**os.environ, "PNEUMO_WORKSPACE": str(ws), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("PNEUMO_DATA_DIR", "PNEUMO_RUNS_DIR"):
+        env.pop(name, None)
+    log = open(tmp_path_factory.mktemp("browser-log") / "streamlit.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.seek(0)
+        tail = log.read()[-3000:]
+        log.close()
+        print(tail)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _screenshot_dir(tmp_path: Path) -> Path:
+    if os.environ.get("PNEUMO_SAVE_SCREENSHOTS") == "1":
+        out = ROOT / "docs" / "screenshots"
+    else:
+        out = tmp_path / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _wait_until_idle(page, timeout_s: float = 90.0) -> None:
+    """Wait until the script has stopped running (the status widget shows nothing) for a moment."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0 or page.locator(
+            '[data-testid="stSpinner"]').count() > 0
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.5:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError("the page kept running")
+
+
+@pytest.mark.parametrize("path, heading, content", PAGES, ids=[p[1].lower() for p in PAGES])
+def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, content):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
+    try:
+        page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+        page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+        page.locator(content).first.wait_for(timeout=120_000)
+        _wait_until_idle(page)
+        page.wait_for_timeout(1500)  # plotly and images finish drawing after the script ends
+        exceptions = page.locator('[data-testid="stException"]')
+        assert exceptions.count() == 0, exceptions.first.inner_text()
+        errors = page.locator('[data-testid="stAlertContentError"]')
+        assert errors.count() == 0, errors.first.inner_text()
+        name = path or "home"
+        page.screenshot(path=str(_screenshot_dir(tmp_path) / f"{name}.png"), full_page=True)
+    finally:
+        page.close()
