@@ -9,12 +9,29 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it, which races with other threads (the app
+    # server has many); Linux reports it in /proc instead.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """A fresh, unique temporary path beside ``path`` (same filesystem, so rename is atomic)."""
+    """A fresh, unique temporary path beside ``path`` (same filesystem, so rename is atomic).
+
+    It gets the permissions a plain ``open()`` would give (mkstemp's are owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
 
 

@@ -57,7 +57,7 @@ def _prepare_workspace(ws: Path) -> None:
     from run_fixtures import make_trained_run
 
     demo = pack.make_demo_pack(ws / "data" / "demo.h5", count=60, size=128, workers=1)
-    run = make_trained_run(ws / "runs" / "run-20260101-120000", demo.path, size=128)
+    run = make_trained_run(ws / "runs" / "run-20260101-120000", demo.path, size=128, fit_steps=2)
     predict.evaluate_run(run)
 
 

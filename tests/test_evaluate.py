@@ -268,3 +268,15 @@ def test_tune_triplet_finds_known_best():
 def test_tune_triplet_empty_split_is_input_error():
     with pytest.raises(InputError, match="empty"):
         ev.tune_triplet(np.zeros((0, 4, 4), np.uint8), np.zeros((0, 4, 4), np.uint8))
+
+
+def test_tuned_triplet_never_below_the_empty_baseline_on_dev():
+    from pneumo.evaluate import siim_score, tune_triplet
+
+    masks = np.zeros((20, 8, 8), np.uint8)
+    masks[:3, 2:5, 2:5] = 1  # few positives: predicting nothing scores 17/20
+    probs = np.ones((20, 8, 8), np.float32)  # a useless model: certain everywhere, no threshold helps
+    triplet, score = tune_triplet(probs, masks)
+    empty = siim_score(masks, np.zeros_like(masks))
+    assert empty == pytest.approx(0.85)
+    assert score >= empty - 1e-12

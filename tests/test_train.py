@@ -320,8 +320,9 @@ def test_resume_after_kill_loses_at_most_one_epoch(tiny_pack, tmp_path):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if (run / "history.csv").is_file() and len(_history(run)) >= 1:
-                break
+            state_file = run / "backup" / "state.json"
+            if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+                break  # epoch 1 finished and backed up
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()
         proc.send_signal(signal.SIGKILL)
