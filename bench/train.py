@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or list(VARIANTS)
     command = "python bench/train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     head = [SECTION, ""]
     if args.gpu:
         import tensorflow as tf
@@ -296,13 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         share = None if args.skip_input else bench_input_share(
             "unet", min(args.sizes), args.batch_size, args.steps, args.warmup)
         elapsed = time.perf_counter() - started
+        load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
 
         base = {(r["variant"], r["size"]): r["images_per_s"] for r in rows
                 if not r["xla"] and not r["trainable_encoder"]}
         blog128 = base.get(("blog", min(args.sizes)))
         lines = head + [
             f"Machine: {os.cpu_count()} cores ({_cpu_model()}), no GPU; shared with other agents' "
-            f"work while measured, so figures are indicative (ratios come from the same run). "
+            f"work while measured ({load}), so figures are indicative (ratios come from the same run). "
             f"Date: {dt.date.today().isoformat()}. Command: `{command.strip()}` "
             f"({elapsed / 60:.1f} min). Each row: `build_model(variant, size, encoder_weights=None, "
             f"freeze_encoder=True)`, Adam(2e-5) + BCE, `model.fit` on one constant uint8 batch of "

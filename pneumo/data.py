@@ -34,8 +34,7 @@ import tensorflow as tf
 from .augment import augment_batch, check_config, is_identity
 from .config import AugmentConfig
 from .errors import InputError
-
-SPLITS = ("train", "dev", "test")
+from .split import SPLITS
 
 # Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
 _SHUFFLE_TAG = 0x5348

@@ -150,7 +150,15 @@ def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, cont
         assert exceptions.count() == 0, exceptions.first.inner_text()
         errors = page.locator('[data-testid="stAlertContentError"]')
         assert errors.count() == 0, errors.first.inner_text()
+        # Streamlit scrolls inside its main block, so "full page" means: grow the window to it.
+        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": 1400, "height": int(min(max(height, 1000), 5000))})
+        page.wait_for_timeout(1000)
         name = path or "home"
-        page.screenshot(path=str(_screenshot_dir(tmp_path) / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(_screenshot_dir(tmp_path) / f"{name}.png"))
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
+        raise
     finally:
         page.close()
