@@ -70,7 +70,8 @@ def options_ui(kind: str) -> tuple[PackConfig, str, bool]:
     """Every option of ``pneumo pack``. Returns ``(config, output name, force)``."""
     c1, c2, c3 = st.columns(3)
     size = c1.number_input("Image size (px, multiple of 32)", 32, 2048, 256, 32, key="data_size")
-    name = c2.text_input("Pack file name", f"{kind}.h5", key=f"data_name_{kind}")
+    default_name = {"demo": "phantoms.h5"}.get(kind, f"{kind}.h5")  # demo.h5 is the app's own
+    name = c2.text_input("Pack file name", default_name, key=f"data_name_{kind}")
     compression = c3.selectbox(
         "Compression", ["none", "lzf", "gzip"], key="data_compression",
         help="None reads fastest; gzip is smallest.",
@@ -78,16 +79,17 @@ def options_ui(kind: str) -> tuple[PackConfig, str, bool]:
     mode = st.radio(
         "Split",
         ["proportions", "batches"],
-        format_func={"proportions": "Proportions (all images used)", "batches": "Exact batches (the blog's 250/40/40 x 32)"}.get,
+        format_func={"proportions": "Proportions (all images used)",
+                     "batches": "Exact batches (the blog's 250/40/40 x 32)"}.get,
         horizontal=True,
         key="data_split_mode",
     )
     c1, c2, c3, c4 = st.columns(4)
     if mode == "proportions":
         props = (
-            c1.number_input("Train", 0.0, 1e6, 250.0, key="data_p_train"),
-            c2.number_input("Dev", 0.0, 1e6, 40.0, key="data_p_dev"),
-            c3.number_input("Test", 0.0, 1e6, 40.0, key="data_p_test"),
+            c1.number_input("Train", 0.0, 1e6, 250.0, 1.0, key="data_p_train", format="%g"),
+            c2.number_input("Dev", 0.0, 1e6, 40.0, 1.0, key="data_p_dev", format="%g"),
+            c3.number_input("Test", 0.0, 1e6, 40.0, 1.0, key="data_p_test", format="%g"),
         )
         batches, batch_size = None, 32
     else:

@@ -127,7 +127,9 @@ def curves_figure(history: list[dict]) -> go.Figure:
     if tune:
         for col in (1, 2):
             fig.add_vline(x=min(tune) - 0.5, line_dash="dot", line_color="#888", row=1, col=col)
-    fig.update_xaxes(title_text="epoch")
+    epochs = [r.get("epoch") or 0 for r in history]
+    fig.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if max(epochs, default=0) <= 12 else None)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.2))
     return fig
@@ -148,6 +150,8 @@ def compare_figure(runs: list, metric: str = "val_loss") -> go.Figure:
         fig.add_scatter(x=x, y=y, mode="lines+markers", name=run.name)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
                       yaxis_title=metric.replace("_", " "), legend=dict(orientation="h", y=1.15))
+    fig.update_xaxes(tickformat="d")
+    fig.update_yaxes(rangemode="tozero")
     return fig
 
 

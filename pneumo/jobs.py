@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import shlex
@@ -115,6 +116,17 @@ def _start_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The pack and a weights file as absolute paths (as the trainer saves them), "none" as None."""
+    weights = config.encoder_weights
+    if isinstance(weights, str) and weights.strip().lower() in ("", "none", "null"):
+        weights = None
+    elif isinstance(weights, str) and weights != "imagenet":
+        weights = str(Path(weights).expanduser().absolute())
+    pack = str(Path(config.pack).expanduser().absolute()) if config.pack else config.pack
+    return dataclasses.replace(config, pack=pack, encoder_weights=weights)
+
+
 def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False) -> int:
     """Launch a training process for ``config`` in ``run_dir``; return its pid.
 
@@ -129,6 +141,7 @@ def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: b
     if not isinstance(config, TrainConfig):
         raise InputError(f"start_training: config must be a TrainConfig, got {type(config).__name__}")
     run_dir = Path(run_dir).expanduser().absolute()
+    config = _absolute_paths(config)
     with _start_lock(run_dir.parent):
         for folder in dict.fromkeys([run_dir.parent, settings.runs_dir().expanduser().absolute()]):
             other = active_run(folder)

@@ -6,19 +6,26 @@ the run folder (docs/architecture.md, "Run folder") up to date through Keras cal
 
 - ``status.json`` (running / finished / stopped / failed + error), ``progress.json``
   (per batch, at most every ``PROGRESS_INTERVAL_S``), ``history.csv`` (one row per epoch),
-  ``logs/`` (TensorBoard), ``best.keras`` (lowest ``val_loss``), ``last.keras`` (each
-  epoch), ``backup/`` (weights with the optimizer state and the epoch, for resuming).
-  Every file is replaced atomically, so readers never see half of one.
+  ``logs/`` (TensorBoard, when the ``tensorboard`` package is installed), ``best.keras``
+  (lowest ``val_loss``), ``last.keras`` (each epoch; it holds the optimizer state too),
+  ``backup/state.json`` (the epoch and stage ``last.keras`` resumes after). Every file is
+  replaced atomically, so readers never see half of one.
 - Stopping: a ``STOP`` file in the run folder, SIGTERM or Ctrl-C ends training after the
   current batch (no validation pass first), saves ``last.keras`` and a backup, and leaves
   the state ``stopped``. A killed run resumes with ``resume=True`` from its last finished
-  epoch; ``history.csv`` is cut back to the backup, so no epoch appears twice.
+  epoch (weights and Adam state); ``history.csv`` is cut back to the backup, so no epoch
+  appears twice. After a stop, resuming re-runs the interrupted epoch from the saved
+  mid-epoch weights. The data order after a resume comes from a seed derived from
+  ``config.seed`` and the epoch, not a replay of the first epochs.
 - Two stages: ``epochs`` with the encoder as configured, then ``fine_tune_epochs`` with
   the encoder unfrozen and Adam at ``fine_tune_lr``; epoch numbers run on across both.
 - Devices: the GPU when there is one, ``MirroredStrategy`` on several GPUs,
   ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers (only the
   chief writes the run folder; the others write to a temporary folder and, when resuming,
-  read the chief's backup, so the run folder must be shared between machines).
+  read the chief's backup, so the run folder must be shared between machines). Under
+  several workers a STOP must reach every worker (a shared run folder does that); one
+  worker stopping alone leaves the others waiting. Keras 3 needs two workarounds there
+  (see :func:`_patch_keras_for_multi_worker`).
 
 Randomness: :func:`train` takes the data and augmentation seed from ``config.seed`` and
 touches no global random state. Weight initialisation uses Keras' global generator, which
@@ -268,15 +275,15 @@ def _make_strategy(workers: int) -> tf.distribute.Strategy:
     gpus = tf.config.list_physical_devices("GPU")
     if workers > 1:
         # Must come before any other TensorFlow op in the process.
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy, name = tf.distribute.MultiWorkerMirroredStrategy(), "MultiWorkerMirroredStrategy"
         _patch_keras_for_multi_worker()
     elif len(gpus) > 1:
-        strategy = tf.distribute.MirroredStrategy()
+        strategy, name = tf.distribute.MirroredStrategy(), "MirroredStrategy"
     else:
-        strategy = tf.distribute.get_strategy()
-    names = ", ".join(g.name for g in gpus) or "none (CPU only)"
-    log.info("devices: GPUs %s; strategy %s with %d replica(s)%s", names, type(strategy).__name__,
-             strategy.num_replicas_in_sync, f" over {workers} workers" if workers > 1 else "")
+        strategy, name = tf.distribute.get_strategy(), "default strategy"
+    devices = ", ".join(g.name for g in gpus) or "none (CPU only)"
+    log.info("devices: GPUs %s; %s with %d replica(s)%s", devices, name, strategy.num_replicas_in_sync,
+             f" over {workers} workers" if workers > 1 else "")
     return strategy
 
 

@@ -100,8 +100,8 @@ def test_home_lists_packs_and_pages(workspace):
     packs_table = at.dataframe[0].value
     assert list(packs_table["pack"]) == ["demo.h5"]
     assert int(packs_table["train"][0]) + int(packs_table["dev"][0]) + int(packs_table["test"][0]) == 40
-    links = {link.proto.page for link in at.get("page_link")}
-    assert {"pages/data.py", "pages/augmentation.py", "pages/training.py"} <= {p.split("/", 1)[-1] if p.startswith("/") else p for p in links} or links
+    labels = {link.proto.label for link in at.get("page_link")}
+    assert {"Augmentation preview", "Training", "Make or inspect a pack on the Data page"} <= labels
     sidebar = " ".join(c.value for c in at.sidebar.caption)
     assert str(workspace.resolve()) in sidebar
 
@@ -147,10 +147,6 @@ def test_home_quick_start_makes_the_quick_pack_and_starts_a_run(workspace):
 
 
 # --------------------------------------------------------------------------- data page
-def _open_data(at_or_none=None) -> AppTest:
-    return at_or_none or _app("pages/data.py")
-
-
 def test_data_page_packs_demo_phantoms(workspace):
     at = _app("pages/data.py")
     at.number_input(key="data_demo_count").set_value(30)
@@ -248,10 +244,9 @@ def test_data_page_errors_are_messages(workspace, setup, message):
 def test_data_page_sample_browser_filters_positives(workspace):
     at = _app("pages/data.py")
     at.selectbox(key="data_browse_which").set_value("positive").run()
-    captions = " ".join(i.caption for i in at.image if hasattr(i, "caption")) if at.image else ""
     n_pos = int(common.positives(settings.demo_pack_path(), "train").sum())
-    assert 0 < len(at.image) <= min(8, n_pos)
-    assert "negative" not in captions or captions == ""
+    assert len(at.image) == min(8, n_pos) > 0
+    assert f"{n_pos} positive sample(s) in train" in at.caption[-1].value
 
 
 # --------------------------------------------------------------------------- zip safety
@@ -308,10 +303,7 @@ def test_augmentation_grid_shows_original_and_n_augmented(workspace):
     _no_exception(at)
     assert len(at.image) == 1 + 3
     # the default image is a positive one (its outline shows the geometry)
-    info = pack.read_info(settings.demo_pack_path())
-    pos = common.positives(info.path, "train")
-    assert "original" in at.caption[0].value or True
-    assert pos.any() and "Mask area: original 0 px" not in at.caption[-1].value
+    assert "Mask area: original 0 px" not in at.caption[-1].value
     at.slider(key="aug_rotation").set_value(0.0)
     at.slider(key="aug_wshift").set_value(0.0)
     at.slider(key="aug_hshift").set_value(0.0)
@@ -450,3 +442,12 @@ def test_home_data_training_pages_do_not_import_tensorflow(workspace):
                          cwd=ROOT, env={**os.environ})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "NO-TF"
+
+
+def test_streamlit_config_keeps_the_app_on_this_machine():
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert 0 < config["server"]["maxUploadSize"] <= 4096

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_start_runs_to_finished_with_history(fake):
     assert isinstance(pid, int) and pid > 0
     st = jobs.read_status(run)
     assert st["state"] == "running" and st["pid"] == pid
-    assert load_config(TrainConfig, run / "config.json") == CFG
+    assert load_config(TrainConfig, run / "config.json") == replace(CFG, pack=str(Path("demo.h5").absolute()))
     assert jobs.active_run(fake) == run
     _wait_for(lambda: jobs.read_progress(run) is not None)
     prog = jobs.read_progress(run)

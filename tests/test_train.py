@@ -24,7 +24,6 @@ from pneumo.config import TrainConfig, load_config, to_dict
 from pneumo.errors import InputError
 
 keras = pytest.importorskip("keras")
-from pneumo import train as train_mod  # noqa: E402
 from pneumo.model import encoder_layers, load_model  # noqa: E402
 from pneumo.train import HISTORY_COLUMNS, check_config, train  # noqa: E402
 
@@ -418,3 +417,50 @@ def test_two_cpu_workers_train_one_run(tiny_pack, tmp_path):
     assert (run / "last.keras").is_file() and (run / "best.keras").is_file()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["pid"] == procs[0].pid  # only the chief writes here
+
+
+# --------------------------------------------------------------------------- through pneumo.jobs
+@pytest.mark.slow
+def test_jobs_launch_stop_and_resume_the_real_trainer(tiny_pack, tmp_path, monkeypatch):
+    """The app's path: start_training -> running -> request_stop -> stopped -> resume -> finished."""
+    monkeypatch.delenv("PNEUMO_TRAIN_COMMAND", raising=False)
+    monkeypatch.setenv("PNEUMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.chdir(tmp_path)  # the child must find pneumo through PYTHONPATH, not the cwd
+    run = jobs.new_run_dir()
+    cfg = _cfg(tiny_pack, epochs=3, steps_per_epoch=2)
+
+    def wait(predicate, what, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{what} not reached; train.log:\n{(run / 'train.log').read_text()}")
+
+    pid = jobs.start_training(cfg, run)
+    try:
+        assert jobs.read_status(run)["state"] == "running" and jobs.active_run() == run
+        wait(lambda: len(jobs.read_history(run)) >= 1, "epoch 1")
+        jobs.request_stop(run)
+        wait(lambda: jobs.read_status(run)["state"] != "running", "stop")
+        status = jobs.read_status(run)
+        assert status["state"] == "stopped" and status["pid"] == pid, status
+        assert (run / "last.keras").is_file() and not (run / "STOP").exists()
+        done = len(jobs.read_history(run))
+        assert done < 3
+
+        jobs.start_training(cfg, run, resume=True)
+        wait(lambda: jobs.read_status(run)["state"] != "running", "the resumed run's end")
+        assert jobs.read_status(run)["state"] == "finished", (run / "train.log").read_text()
+    finally:
+        st = jobs.read_status(run)
+        if st["state"] == "running":
+            os.kill(st["pid"], signal.SIGKILL)
+    assert [r["epoch"] for r in jobs.read_history(run)] == [1, 2, 3]
+    assert load_config(TrainConfig, run / "config.json") == cfg
+    # the summary line follows the final status.json by a moment
+    wait(lambda: "finished: 3/3 epochs" in (run / "train.log").read_text(), "the summary line", 60)
+    log = (run / "train.log").read_text()
+    assert "stopped after" in log and "Traceback" not in log

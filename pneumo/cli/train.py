@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a segmentation model on a pack (run folder with checkpoints and curves)",
-        description="Train a segmentation model into a run folder.\n\n" + __doc__.split("\n\n", 1)[1],
+        description="Train a segmentation model into a run folder.\n\n" + __doc__.split("\n\n", 1)[1].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pack", nargs="?", help="HDF5 pack (optional when --config or --resume gives it)")
@@ -119,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.config import TrainConfig, load_config
     from pneumo.train import train
 
-    run_dir = args.run_dir
+    run_dir, created = args.run_dir, None
     if run_dir is None:
-        run_dir = str(jobs.new_run_dir())
+        created = jobs.new_run_dir()
+        run_dir = str(created)
         print(f"run folder: {run_dir}", flush=True)
     seed_config = config if config is not None else load_config(TrainConfig, os.path.join(run_dir, "config.json"))
     # The process entry point is the one place allowed to seed Keras' global generator
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(config, run_dir, resume=args.resume)
     except PneumoError:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()  # bad input: leave no empty run folder behind
         raise
     except Exception as e:
         traceback.print_exc()
