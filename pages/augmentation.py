@@ -7,6 +7,8 @@ import streamlit as st
 from pneumo.config import AugmentConfig, to_dict
 from pneumo_app import common
 
+common.page_guard()
+
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _preview(path: str, mtime: float, split: str, index: int, config: dict, n: int, seed: int):

@@ -13,6 +13,8 @@ from pneumo.config import PackConfig, SplitConfig
 from pneumo.errors import InputError
 from pneumo_app import common
 
+common.page_guard()
+
 SOURCES = {
     "demo": "Demo phantoms (synthetic, no download)",
     "folders": "Two folders: images and masks",

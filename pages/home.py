@@ -9,6 +9,8 @@ from pneumo import jobs
 from pneumo.config import TrainConfig
 from pneumo_app import common
 
+common.page_guard()
+
 st.title("pneumo")
 st.write(
     "Find and outline pneumothorax on chest X-rays: pack images and masks, check the "

@@ -16,6 +16,8 @@ from pneumo import jobs
 from pneumo.config import AugmentConfig, TrainConfig
 from pneumo_app import common
 
+common.page_guard()
+
 VARIANTS = {
     "unet": "unet: VGG16-U-Net with skip connections (recommended)",
     "blog": "blog: the blog's VGG16 encoder-decoder, as described",

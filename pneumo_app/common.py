@@ -33,6 +33,25 @@ RUN_KEY = "pneumo_run"
 SPLITS = ("train", "dev", "test")
 
 
+# --------------------------------------------------------------------------- navigation
+def page_guard() -> None:
+    """Call first in every page: re-run through ``streamlit_app.py`` if Streamlit ran the page alone.
+
+    Streamlit treats a folder named ``pages/`` beside the main script as an old-style
+    multipage app until some session has called ``st.navigation``. A fresh server whose first
+    request is a bookmarked ``/data`` would run ``pages/data.py`` by itself: no navigation, no
+    sidebar, no first-launch demo pack. Switching that mode off and re-running fixes it; the
+    same URL then resolves to the same page through the app's navigation.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the old mode
+        return
+    if False:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # --------------------------------------------------------------------------- errors
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:

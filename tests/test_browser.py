@@ -199,15 +199,23 @@ def test_training_live_view_follows_a_run_without_reloading(server, browser, tmp
         page.close()
 
 
-def test_first_launch_makes_the_demo_pack_in_the_server(browser, tmp_path):
-    """An empty workspace: the app makes the demo pack (worker processes under `streamlit run`)."""
+def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
+    """A fresh server, an empty workspace, and a first request for /data (not the home page).
+
+    The app's navigation must be in charge (Streamlit would otherwise run `pages/data.py`
+    alone, as an old-style multipage app), and the first launch makes the demo pack with
+    worker processes under `streamlit run`.
+    """
     ws = tmp_path / "empty"
     with _serve(ws, tmp_path / "streamlit.log") as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=180_000)
+            page.goto(f"{url}/data", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Data", exact=True).first.wait_for(timeout=60_000)
+            page.locator('[data-testid="stImage"]').first.wait_for(timeout=180_000)
             _wait_until_idle(page)
+            nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+            assert "Home" in nav and "Training" in nav and "streamlit app" not in nav, nav
             assert page.locator('[data-testid="stException"]').count() == 0
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
         finally:

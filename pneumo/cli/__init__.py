@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command; user errors print one line and return 2."""
     from pneumo.errors import PneumoError
 
+    # TensorFlow's C++ start-up chatter (oneDNN notes, "no CUDA driver") buries the useful
+    # lines; its Python-level errors still surface as exceptions. Users may override.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
