@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,7 +28,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, machine_line, write_section  # noqa: E402
+
+SECTION = "## Packing (bench/pack.py)"
 
 
 def _cli(*args: str, cwd: Path) -> float:
@@ -69,21 +69,12 @@ def _peak_rss_mib(*args: str, cwd: Path) -> tuple[float, float]:
     return float(out[0]), float(out[1]) / 1024
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=200, help="1024 px PNG pairs for the speed comparison")
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--large", type=int, default=5000)
+    ap.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
     a = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,20 +88,24 @@ def main() -> None:
         for n in (a.small, a.large):
             mem[n] = _peak_rss_mib("pack", "demo", "--count", str(n), "--size", "256", "--out", f"m{n}.h5", "--quiet", cwd=tmp)
     cmd = f"python bench/pack.py --pairs {a.pairs} --small {a.small} --large {a.large}"
-    print(f"Machine: {cores} cores ({_cpu_name()}), Python {platform.python_version()}; {date.today()}; `{cmd}`\n")
-    print(f"{a.pairs} pairs of 1024 px PNGs packed to 256 px:\n")
-    print("| method | seconds | pairs/s | speed-up vs blog |")
-    print("|---|---:|---:|---:|")
+    lines = [SECTION, "",
+             f"Machine: {machine_line()}; {date.today()}; `{cmd}`. The ratios compare runs made "
+             "one after another in the same process.", "",
+             f"{a.pairs} pairs of 1024 px PNGs (demo phantoms from `pneumo demo-data`) packed to 256 px; "
+             "times include each command's start-up:", "",
+             "| method | seconds | pairs/s | speed-up vs blog |", "|---|---:|---:|---:|"]
     for name, t in (("blog loop (PIL load, one write per image)", blog),
                     ("pneumo pack folders --workers 1", one),
                     (f"pneumo pack folders --workers {cores}", allc)):
-        print(f"| {name} | {t:.1f} | {a.pairs / t:.1f} | {blog / t:.2f}x |")
-    print("\nPeak memory of `pneumo pack demo --size 256` (largest process, workers included):\n")
-    print("| images | seconds | peak RSS MiB |")
-    print("|---:|---:|---:|")
+        lines.append(f"| {name} | {t:.1f} | {a.pairs / t:.1f} | {blog / t:.2f}x |")
+    lines += ["", "Peak memory of `pneumo pack demo --size 256` (largest process, workers included):", "",
+              "| images | seconds | peak RSS MiB |", "|---:|---:|---:|"]
     for n, (t, rss) in mem.items():
-        print(f"| {n} | {t:.1f} | {rss:.0f} |")
-
+        lines.append(f"| {n} | {t:.1f} | {rss:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    if a.write_docs:
+        write_section(SECTION, text)
 
 if __name__ == "__main__":
     main()

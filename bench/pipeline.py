@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,8 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, cpu_model, demo_pack, write_section  # noqa: E402
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,31 +40,6 @@ SECTION = "## Input pipeline (bench/pipeline.py)"
 
 
 # --------------------------------------------------------------------------- pack
-def write_bench_pack(path: Path, count: int, size: int, seed: int = 0) -> Path:
-    """A pack in the documented layout (all ``count`` samples in train, 16 in dev/test) of demo phantoms."""
-    from pneumo.phantom import make_phantom, sample_seed
-
-    counts = {"train": count, "dev": 16, "test": 16}
-    k = 0
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format="pneumo-pack", format_version=1, size=size, seed=seed,
-                       split=json.dumps({}), source="demo", created=dt.datetime.now(dt.timezone.utc).isoformat(),
-                       pneumo_version="bench", report="{}")
-        for split, n in counts.items():
-            X = np.zeros((n, size, size, 1), np.uint8)
-            Y = np.zeros((n, size, size, 1), np.uint8)
-            for i in range(n):
-                X[i, ..., 0], Y[i, ..., 0] = make_phantom(sample_seed(seed, k), size)
-                k += 1
-            f.create_dataset(f"X_{split}", data=X, chunks=(1, size, size, 1))
-            f.create_dataset(f"Y_{split}", data=Y, chunks=(1, size, size, 1))
-            f.create_dataset(f"ids_{split}", data=np.array([f"{split}-{i}" for i in range(n)], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.attrs[f"count_{split}"] = n
-            f.attrs[f"positive_fraction_{split}"] = float((Y.reshape(n, -1).max(1) > 0).mean())
-    return path
-
-
 # --------------------------------------------------------------------------- (a) the blog
 def create_data_random_generator(X, y, batch_size):
     """The blog's generator, verbatim but for the import (Keras 3 keeps it under tf.keras)."""
@@ -222,16 +194,6 @@ def bench_input_share(pack128: Path, batch_size: int, steps: int, rounds: int) -
 
 
 # --------------------------------------------------------------------------- report
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=512, help="train images in the bench pack")
@@ -250,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, tmp: Path) -> int:
     t0 = time.perf_counter()
-    pack = write_bench_pack(tmp / "bench256.h5", args.count, 256)
-    pack128 = write_bench_pack(tmp / "bench128.h5", args.count, 128)
+    pack = demo_pack(tmp / "bench256.h5", args.count + 32, 256, proportions=(args.count, 16, 16))
+    pack128 = demo_pack(tmp / "bench128.h5", args.count + 32, 128, proportions=(args.count, 16, 16))
     print(f"packs written in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     from pneumo.config import AugmentConfig
@@ -277,7 +239,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     lines = [
         SECTION,
         "",
-        f"Machine: {ncpu} cores ({_cpu_model()}), no GPU; shared with other agents' work while measured "
+        f"Machine: {ncpu} cores ({cpu_model()}), no GPU; shared with other agents' work while measured "
         f"(load average {load[0]:.1f} at the end), so figures are indicative. Each figure is the best of "
         f"{args.rounds} interleaved windows (all paths exposed to the same load); ratios are within the run. "
         f"Date: {dt.date.today().isoformat()}. Command: `python bench/pipeline.py --write-docs`. "
@@ -318,18 +280,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
-        _write_section(ROOT / "docs" / "benchmarks.md", text)
+        write_section(SECTION, text)
     return 0
-
-
-def _write_section(path: Path, text: str) -> None:
-    from pneumo._io import atomic_write_text
-
-    doc = path.read_text(encoding="utf-8")
-    start = doc.index(SECTION)
-    nxt = doc.find("\n## ", start + len(SECTION))
-    end = len(doc) if nxt < 0 else nxt + 1
-    atomic_write_text(path, doc[:start] + text.rstrip() + "\n\n" + doc[end:])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import cpu_model, demo_pack, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -121,32 +119,6 @@ def bench_model(variant: str, size: int, xla: bool, batch_size: int, steps: int,
 
 
 # --------------------------------------------------------------------------- input share
-def _write_pack(path: Path, count: int, size: int) -> Path:
-    """A pack in the documented layout (docs/architecture.md) of demo phantoms."""
-    import h5py
-
-    from pneumo.phantom import make_phantom, sample_seed
-
-    k = 0
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format="pneumo-pack", format_version=1, size=size, seed=0, split="{}",
-                       source="demo", created=dt.datetime.now(dt.timezone.utc).isoformat(),
-                       pneumo_version="bench", report="{}")
-        for split, n in (("train", count), ("dev", 8), ("test", 8)):
-            X = np.zeros((n, size, size, 1), np.uint8)
-            Y = np.zeros((n, size, size, 1), np.uint8)
-            for i in range(n):
-                X[i, ..., 0], Y[i, ..., 0] = make_phantom(sample_seed(0, k), size)
-                k += 1
-            f.create_dataset(f"X_{split}", data=X, chunks=(1, size, size, 1))
-            f.create_dataset(f"Y_{split}", data=Y, chunks=(1, size, size, 1))
-            f.create_dataset(f"ids_{split}", data=np.array([f"{split}-{i}" for i in range(n)], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.attrs[f"count_{split}"] = n
-            f.attrs[f"positive_fraction_{split}"] = 0.0
-    return path
-
-
 def bench_input_share(variant: str, size: int, batch_size: int, steps: int, warmup: int,
                       count: int = 64) -> tuple[float, float] | None:
     """(images/s on a constant batch, images/s fed by make_dataset(augment=True)), same model."""
@@ -158,7 +130,7 @@ def bench_input_share(variant: str, size: int, batch_size: int, steps: int, warm
 
     tmp = Path(tempfile.mkdtemp(prefix="pneumo-bench-train-"))
     try:
-        pack = _write_pack(tmp / "bench.h5", count, size)
+        pack = demo_pack(tmp / "bench.h5", count + 16, size, proportions=(count, 8, 8))
         model = _compiled(variant, size, False)
         fed = make_dataset(pack, "train", batch_size, augment=True, seed=0)
         const = _constant_batch(size, batch_size)
@@ -215,16 +187,6 @@ def bench_gpu(variants, batches, steps: int, warmup: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- report
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _flop_note() -> str:
     import keras
 
@@ -303,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not r["xla"] and not r["trainable_encoder"]}
         blog128 = base.get(("blog", min(args.sizes)))
         lines = head + [
-            f"Machine: {os.cpu_count()} cores ({_cpu_model()}), no GPU; shared with other agents' "
+            f"Machine: {os.cpu_count()} cores ({cpu_model()}), no GPU; shared with other agents' "
             f"work while measured ({load}), so figures are indicative (ratios come from the same run). "
             f"Date: {dt.date.today().isoformat()}. Command: `{command.strip()}` "
             f"({elapsed / 60:.1f} min). Each row: `build_model(variant, size, encoder_weights=None, "
@@ -345,18 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
-        _write_section(ROOT / "docs" / "benchmarks.md", text)
+        write_section(SECTION, text)
     return 0
-
-
-def _write_section(path: Path, text: str) -> None:
-    from pneumo._io import atomic_write_text
-
-    doc = path.read_text(encoding="utf-8")
-    start = doc.index(SECTION)
-    nxt = doc.find("\n## ", start + len(SECTION))
-    end = len(doc) if nxt < 0 else nxt + 1
-    atomic_write_text(path, doc[:start] + text.rstrip() + "\n\n" + doc[end:])
 
 
 if __name__ == "__main__":

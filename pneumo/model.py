@@ -28,6 +28,7 @@ from .errors import InputError
 
 VARIANTS = ("unet", "blog", "blog-code")
 
+_BN_MOMENTUM = 0.9  # decoder BatchNorm; see _conv_bn_relu
 # Encoder layers whose outputs feed the U-Net decoder, deepest first (qubvel's VGG16 skips).
 SKIP_LAYERS = ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 UNET_BOTTLENECK = "block5_pool"
@@ -105,7 +106,10 @@ def _conv_bn_relu(filters: int, name: str):
     def apply(x):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                           kernel_initializer="he_uniform", name=f"{name}_conv")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        # momentum 0.9 (Keras: 0.99): the moving statistics used at validation settle in
+        # tens of steps, not hundreds, so short runs (the quick demo, fine-tuning on a few
+        # hundred images) are not judged on statistics they never trained with.
+        x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
         return layers.Activation("relu", name=f"{name}_relu")(x)
 
     return apply
