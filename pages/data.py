@@ -105,10 +105,12 @@ def options_ui(kind: str) -> tuple[PackConfig, str, bool]:
     c1, c2, c3, c4 = st.columns(4)
     seed = c1.number_input("Split seed", 0, 2**31 - 1, 2, key="data_seed", help="The blog's random.seed(2).")
     workers = c2.number_input("Workers (0 = all cores)", 0, 256, 0, key="data_workers")
-    stratify = c3.checkbox("Stratify (same positive fraction per split)", key="data_stratify")
-    group = c3.checkbox("Group by patient (no patient in two splits)", key="data_group")
-    force = c4.checkbox("Replace an existing pack", key="data_force")
-    skip_bad = c4.checkbox("Skip unreadable files (and report them)", key="data_skip_bad")
+    stratify = c3.checkbox("Stratify", key="data_stratify", help="The same positive fraction in every split.")
+    group = c3.checkbox("Group by patient", key="data_group",
+                        help="No patient in two splits (SIIM: by the salted patient id).")
+    force = c4.checkbox("Replace existing", key="data_force", help="Replace a pack of the same name.")
+    skip_bad = c4.checkbox("Skip bad files", key="data_skip_bad",
+                           help="Skip unreadable images (listed in the report) instead of stopping.")
     config = PackConfig(
         size=int(size),
         split=SplitConfig(
@@ -178,6 +180,9 @@ def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
             bar.progress(done / max(total, 1), text=f"Packing {done} of {total} images")
 
         info = pack.pack_manifest(manifest, out, config, force=force, progress=progress)
+    except BaseException:
+        bar.empty()
+        raise
     finally:
         if tmp is not None:  # the pack holds the images now; no second copy of patient data
             shutil.rmtree(tmp, ignore_errors=True)
@@ -272,7 +277,8 @@ def browser_ui(info, per_page: int = 8) -> None:
             caption=f"{sid} ({'positive' if pos[i] else 'negative'})",
             width="stretch",
         )
-    st.caption(f"{len(indices)} {which if which != 'all' else ''} sample(s) in {split}; mask outlined in green.")
+    kind = "" if which == "all" else f" {which}"
+    st.caption(f"{len(indices)}{kind} sample(s) in {split}; mask outlined in green.")
 
 
 # --------------------------------------------------------------------------- page

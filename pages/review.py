@@ -2,6 +2,7 @@
 
 All widgets are in ``pneumo_app.review_ui``; the session model is ``pneumo.review``.
 """
-from pneumo_app import review_ui
+from pneumo_app import common, review_ui
 
+common.page_guard()
 review_ui.review_page()

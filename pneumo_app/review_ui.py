@@ -373,7 +373,9 @@ def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: di
     st.markdown(f"**{case.id}**: {c['category'][index]}")
     cols = st.columns(3)
     for col, panel, name in zip(cols, panels, names):
-        col.image(png_bytes(panel), caption=name, output_format="PNG")
+        # Stretched to the column: the three panels stay the same size whatever the pack's
+        # resolution (at their natural width a long caption made one panel wider).
+        col.image(png_bytes(panel), caption=name, output_format="PNG", width="stretch")
 
 
 def verdict_ui(store: review.VerdictStore, run_dir: Path, split: str, image_id: str, category: str,

@@ -128,9 +128,14 @@ def test_page_renders_on_the_demo_pack(workspace, page):
     assert not at.error
 
 
-def test_review_page_is_registered():
-    source = Path(APP).read_text()
-    assert '"pages/review.py"' in source
+def test_navigation_lists_every_page_and_survives_reruns(workspace):
+    assert [p for p, _, _ in common.APP_PAGES] == [
+        "pages/home.py", "pages/data.py", "pages/augmentation.py", "pages/training.py", "pages/review.py"]
+    at = _app("pages/data.py")
+    at.selectbox(key="data_browse_which").set_value("negative").run()  # a re-run of the page alone...
+    _no_exception(at)
+    # ...still goes through the app: the workspace sidebar is drawn
+    assert str(workspace.resolve()) in " ".join(c.value for c in at.sidebar.caption)
 
 
 def test_home_quick_start_makes_the_quick_pack_and_starts_a_run(workspace):
@@ -246,7 +251,7 @@ def test_data_page_sample_browser_filters_positives(workspace):
     at.selectbox(key="data_browse_which").set_value("positive").run()
     n_pos = int(common.positives(settings.demo_pack_path(), "train").sum())
     assert len(at.image) == min(8, n_pos) > 0
-    assert f"{n_pos} positive sample(s) in train" in at.caption[-1].value
+    assert f"{n_pos} positive sample(s) in train" in at.main.caption[-1].value
 
 
 # --------------------------------------------------------------------------- zip safety
@@ -303,7 +308,7 @@ def test_augmentation_grid_shows_original_and_n_augmented(workspace):
     _no_exception(at)
     assert len(at.image) == 1 + 3
     # the default image is a positive one (its outline shows the geometry)
-    assert "Mask area: original 0 px" not in at.caption[-1].value
+    assert "Mask area: original 0 px" not in at.main.caption[-1].value
     at.slider(key="aug_rotation").set_value(0.0)
     at.slider(key="aug_wshift").set_value(0.0)
     at.slider(key="aug_hshift").set_value(0.0)
@@ -311,7 +316,7 @@ def test_augmentation_grid_shows_original_and_n_augmented(workspace):
     at.checkbox(key="aug_hflip").uncheck().run()
     _no_exception(at)
     # every range off: each augmented mask keeps the original's area exactly
-    areas = at.caption[-1].value
+    areas = at.main.caption[-1].value
     original = areas.split("original ")[1].split(" px")[0]
     augmented = areas.split("augmented ")[1].split(" px")[0].split(", ")
     assert augmented == [original] * 3
