@@ -149,12 +149,13 @@ def _resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.nda
     if image.shape != (size, size):
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
     if mask.shape != (size, size):
-        m = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
-        mask = np.asarray(m.resize((size, size), Image.Resampling.BOX))
-        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
-    else:
-        mask = np.where(mask > 0, 255, 0).astype(np.uint8)
-    return image, mask
+        # Sources give masks in {0, 255} (``read_mask``); re-binarising 1024 px masks before
+        # the resize costs as much as decoding them, so only odd masks pay for it.
+        if mask.dtype != np.uint8 or mask.max(initial=0) not in (0, 255):
+            mask = np.where(mask > 0, np.uint8(255), np.uint8(0))
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BOX))
+        return image, np.where(mask >= 128, np.uint8(255), np.uint8(0))
+    return image, np.where(mask > 0, np.uint8(255), np.uint8(0))
 
 
 def _load_resized(sample: Any, size: int) -> tuple[np.ndarray, np.ndarray] | str:
