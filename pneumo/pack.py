@@ -139,34 +139,14 @@ def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
 
 
 # --------------------------------------------------------------------------- writing
-def _resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Area-average the image to ``(size, size)``; the mask by area too, then >= half covered.
-
-    Thresholding the averaged mask keeps it strictly binary and aligned with the image
-    (a region keeps the pixels it covers at least half of); nearest-neighbour would
-    instead pick arbitrary source pixels and jitter the edge.
-    """
-    if image.shape != (size, size):
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
-    if mask.shape != (size, size):
-        # Sources give masks in {0, 255} (``read_mask``); re-binarising 1024 px masks before
-        # the resize costs as much as decoding them, so only odd masks pay for it.
-        if mask.dtype != np.uint8 or mask.max(initial=0) not in (0, 255):
-            mask = np.where(mask > 0, np.uint8(255), np.uint8(0))
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BOX))
-        return image, np.where(mask >= 128, np.uint8(255), np.uint8(0))
-    return image, np.where(mask > 0, np.uint8(255), np.uint8(0))
-
-
 def _load_resized(sample: Any, size: int) -> tuple[np.ndarray, np.ndarray] | str:
     """Worker: decode one pair and resize it; a bad file returns its error message."""
-    from .sources import load_pair
+    from .sources import load_resized
 
     try:
-        image, mask = load_pair(sample)
+        return load_resized(sample, size)
     except InputError as e:
         return str(e)
-    return _resize_pair(image, mask, size)
 
 
 def _sample_positive(sample: Any) -> bool | str:

@@ -520,3 +520,48 @@ def test_siim_headers_read_in_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_PARALLEL_HEADERS", 2)
     parallel = siim_source(dicom, csv_path, salt="s", workers=2)
     assert parallel.samples == serial.samples and parallel.info == serial.info
+
+
+# ------------------------------------------------------------------ load_resized (the pack's fast path)
+def test_load_resized_fast_path_equals_general_path(tmp_path):
+    from PIL import Image
+
+    from pneumo.sources import Sample, load_pair, load_resized, resize_pair
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+    cases = {
+        "gray_mask_255": np.where(rng.random((96, 96)) < 0.3, 255, 0).astype(np.uint8),
+        "gray_mask_ones": np.where(rng.random((96, 96)) < 0.3, 1, 0).astype(np.uint8),  # any non-zero
+    }
+    for name, m in cases.items():
+        Image.fromarray(img).save(tmp_path / f"{name}_img.png")
+        Image.fromarray(m).save(tmp_path / f"{name}_mask.png")
+        s = Sample(id=name, patient=name, kind="folders", image=str(tmp_path / f"{name}_img.png"),
+                   mask=str(tmp_path / f"{name}_mask.png"))
+        for size in (32, 96):
+            fast = load_resized(s, size)
+            slow = resize_pair(*load_pair(s), size)
+            assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[1], slow[1]), (name, size)
+            assert set(np.unique(fast[1])) <= {0, 255} and fast[1].any()
+    # an RGB mask takes the general path and gives the same answer
+    Image.fromarray(np.stack([cases["gray_mask_255"]] * 3, -1)).save(tmp_path / "rgb_mask.png")
+    s = Sample(id="rgb", patient="rgb", kind="folders", image=str(tmp_path / "gray_mask_255_img.png"),
+               mask=str(tmp_path / "rgb_mask.png"))
+    assert np.array_equal(load_resized(s, 32)[1], resize_pair(*load_pair(s), 32)[1])
+
+
+def test_load_resized_size_mismatch_and_corrupt_file(tmp_path):
+    from PIL import Image
+
+    from pneumo.sources import Sample, load_resized
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(tmp_path / "m.png")
+    s = Sample(id="a", patient="a", kind="folders", image=str(tmp_path / "a.png"), mask=str(tmp_path / "m.png"))
+    with pytest.raises(InputError, match="differ in size"):
+        load_resized(s, 32)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    s = Sample(id="b", patient="b", kind="folders", image=str(tmp_path / "bad.png"), mask=str(tmp_path / "m.png"))
+    with pytest.raises(InputError, match="bad.png"):
+        load_resized(s, 32)
