@@ -10,9 +10,12 @@ atomic: everything goes to a temporary file beside ``out`` that is renamed at th
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +38,8 @@ FORMAT_VERSION = 1
 DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/49/48 with the blog's proportions
 _WRITE_BLOCK = 32  # images buffered per HDF5 write: fewer, larger writes
 _REPORT_SKIPPED = 50  # skipped files listed in the report attribute (all are in dataset "skipped")
-_INLINE_BELOW = 48  # fewer samples than this: decode in-process (pool start-up costs more)
+_INLINE_BELOW = 48
+_CHUNK = 8  # items per task sent to a worker  # fewer samples than this: decode in-process (pool start-up costs more)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -158,30 +162,63 @@ def _sample_positive(sample: Any) -> bool | str:
         return str(e)
 
 
-def _ordered_map(fn: Callable, items: list, args: tuple, workers: int) -> Iterator[Any]:
-    """``map(fn, items)`` in order over worker processes, with a bounded number in flight.
+def _apply_chunk(fn: Callable, chunk: list, args: tuple) -> list:
+    return [fn(item, *args) for item in chunk]
+
+
+def _start_method() -> str:
+    """``fork`` where it is safe (a single-threaded process without TensorFlow: the CLI),
+    else ``spawn``.
+
+    Forked workers start at once, where spawned ones spend about a second importing numpy,
+    h5py and Pillow; but forking a multi-threaded process (the app's server, anything with
+    TensorFlow loaded) can deadlock the child on a lock some other thread held.
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 \
+            and "tensorflow" not in sys.modules:
+        return "fork"
+    return "spawn"
+
+
+@contextlib.contextmanager
+def _ordered_map(fn: Callable, items: list, args: tuple, workers: int) -> Iterator[Iterator[Any]]:
+    """A context giving ``map(fn, items)`` in order over worker processes, with a bounded
+    number in flight.
 
     ``Executor.map`` would queue every item at once; a window of a few per worker keeps
-    memory flat for 100,000 images while keeping the workers busy.
+    memory flat for 100,000 images while keeping the workers busy. The pool starts on
+    entering (so forked workers never inherit files opened inside the block, such as the
+    pack being written) and is shut down on leaving, even when the consumer stops early.
     """
     if workers <= 1 or len(items) < _INLINE_BELOW:
-        for item in items:
-            yield fn(item, *args)
+        yield (fn(item, *args) for item in items)
         return
-    # spawn: the app's server may have TensorFlow loaded, which must not be forked.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        window: collections.deque[Future] = collections.deque()
-        it = iter(items)
-        for item in it:
-            window.append(pool.submit(fn, item, *args))
-            if len(window) >= 4 * workers:
-                break
-        for item in it:
-            yield window.popleft().result()
-            window.append(pool.submit(fn, item, *args))
-        while window:
-            yield window.popleft().result()
+    ctx = multiprocessing.get_context(_start_method())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        pool.submit(int).result()  # start the workers now, before the caller opens files
+
+        def run_chunk(chunk: list) -> list:
+            return pool.submit(_apply_chunk, fn, chunk, args)
+
+        def results() -> Iterator[Any]:
+            # Items go out in chunks: one future and one message per chunk, not per image,
+            # so the parent (which also writes the pack) spends its core on writing.
+            chunks = (items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK))
+            window: collections.deque[Future] = collections.deque()
+            for chunk in chunks:
+                window.append(run_chunk(chunk))
+                if len(window) >= 2 * workers:
+                    break
+            for chunk in chunks:
+                yield from window.popleft().result()
+                window.append(run_chunk(chunk))
+            while window:
+                yield from window.popleft().result()
+
+        yield results()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _resolve_workers(workers: int | None) -> int:
@@ -222,7 +259,8 @@ def pack_manifest(
     positives = None
     if config.split.stratify:
         if any(s.positive is None for s in samples):
-            flags = list(_ordered_map(_sample_positive, samples, (), workers))
+            with _ordered_map(_sample_positive, samples, (), workers) as flag_iter:
+                flags = list(flag_iter)
             bad = [(s.id, f) for s, f in zip(samples, flags) if isinstance(f, str)]
             if bad and not config.skip_bad:
                 raise InputError(bad[0][1])
@@ -239,85 +277,85 @@ def pack_manifest(
     counts = {s: 0 for s in SPLITS}
     n_pos = {s: 0 for s in SPLITS}
     started = time.time()
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            kw: dict[str, Any] = {"compression": config.compression} if config.compression else {}
-            for split in SPLITS:
-                n = len(parts[split])
-                for prefix in ("X", "Y"):
-                    f.create_dataset(
-                        f"{prefix}_{split}", shape=(n, size, size, 1), maxshape=(None, size, size, 1),
-                        dtype=np.uint8, chunks=(1, size, size, 1), **kw,
-                    )
-                f.create_dataset(f"ids_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
+    sources_in_order = [samples[i] for _, i in order]
+    with _ordered_map(_load_resized, sources_in_order, (size,), workers) as results, \
+            atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        kw: dict[str, Any] = {"compression": config.compression} if config.compression else {}
+        for split in SPLITS:
+            n = len(parts[split])
+            for prefix in ("X", "Y"):
+                f.create_dataset(
+                    f"{prefix}_{split}", shape=(n, size, size, 1), maxshape=(None, size, size, 1),
+                    dtype=np.uint8, chunks=(1, size, size, 1), **kw,
+                )
+            f.create_dataset(f"ids_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
 
-            buf: dict[str, list] = {s: [] for s in SPLITS}
+        buf: dict[str, list] = {s: [] for s in SPLITS}
 
-            def flush(split: str) -> None:
-                items = buf[split]
-                if not items:
-                    return
-                start = counts[split]
-                stop = start + len(items)
-                f[f"X_{split}"][start:stop, ..., 0] = np.stack([it[1] for it in items])
-                f[f"Y_{split}"][start:stop, ..., 0] = np.stack([it[2] for it in items])
-                f[f"ids_{split}"][start:stop] = [it[0] for it in items]
-                counts[split] = stop
-                items.clear()
+        def flush(split: str) -> None:
+            items = buf[split]
+            if not items:
+                return
+            start = counts[split]
+            stop = start + len(items)
+            f[f"X_{split}"][start:stop, ..., 0] = np.stack([it[1] for it in items])
+            f[f"Y_{split}"][start:stop, ..., 0] = np.stack([it[2] for it in items])
+            f[f"ids_{split}"][start:stop] = [it[0] for it in items]
+            counts[split] = stop
+            items.clear()
 
-            results = _ordered_map(_load_resized, [samples[i] for _, i in order], (size,), workers)
-            for done, ((split, i), result) in enumerate(zip(order, results), 1):
-                sample = samples[i]
-                if isinstance(result, str):
-                    if not config.skip_bad:
-                        raise InputError(result)
-                    skipped.append((sample.id, result))
-                else:
-                    image, mask = result
-                    n_pos[split] += bool(mask.any())
-                    buf[split].append((sample.id, image, mask))
-                    if len(buf[split]) >= _WRITE_BLOCK:
-                        flush(split)
-                if progress is not None:
-                    progress(done, total)
-            for split in SPLITS:
-                flush(split)
-                if counts[split] != len(parts[split]):  # skipped files shrink the split
-                    for prefix in ("X", "Y", "ids"):
-                        f[f"{prefix}_{split}"].resize(counts[split], axis=0)
+        for done, ((split, i), result) in enumerate(zip(order, results), 1):
+            sample = samples[i]
+            if isinstance(result, str):
+                if not config.skip_bad:
+                    raise InputError(result)
+                skipped.append((sample.id, result))
+            else:
+                image, mask = result
+                n_pos[split] += bool(mask.any())
+                buf[split].append((sample.id, image, mask))
+                if len(buf[split]) >= _WRITE_BLOCK:
+                    flush(split)
+            if progress is not None:
+                progress(done, total)
+        for split in SPLITS:
+            flush(split)
+            if counts[split] != len(parts[split]):  # skipped files shrink the split
+                for prefix in ("X", "Y", "ids"):
+                    f[f"{prefix}_{split}"].resize(counts[split], axis=0)
 
-            fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
-            # HDF5 attributes are limited to 64 KiB: the full skipped list is a dataset,
-            # the report attribute keeps the first few.
-            if skipped:
-                f.create_dataset("skipped", data=np.array([[str(a), str(b)] for a, b in skipped], dtype=object),
-                                 dtype=h5py.string_dtype())
-            report = {
-                "source": manifest.kind,
-                "pairs_found": len(manifest.samples),
-                "packed": sum(counts.values()),
-                "unused": len(samples) - len(order),
-                "n_skipped": len(skipped),
-                "skipped": [[str(a), str(b)[:300]] for a, b in skipped[:_REPORT_SKIPPED]],
-                "info": dict(getattr(manifest, "info", {}) or {}),
-                "seconds": round(time.time() - started, 2),
-                "workers": workers,
-            }
-            f.attrs.update(
-                format=FORMAT,
-                format_version=FORMAT_VERSION,
-                size=size,
-                seed=config.split.seed,
-                split=json.dumps(to_dict(config.split)),
-                source=manifest.kind,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                pneumo_version=__version__,
-                report=json.dumps(report),
-                compression=config.compression or "none",
-            )
-            for s in SPLITS:
-                f.attrs[f"count_{s}"] = counts[s]
-                f.attrs[f"positive_fraction_{s}"] = fractions[s]
+        fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
+        # HDF5 attributes are limited to 64 KiB: the full skipped list is a dataset,
+        # the report attribute keeps the first few.
+        if skipped:
+            f.create_dataset("skipped", data=np.array([[str(a), str(b)] for a, b in skipped], dtype=object),
+                             dtype=h5py.string_dtype())
+        report = {
+            "source": manifest.kind,
+            "pairs_found": len(manifest.samples),
+            "packed": sum(counts.values()),
+            "unused": len(samples) - len(order),
+            "n_skipped": len(skipped),
+            "skipped": [[str(a), str(b)[:300]] for a, b in skipped[:_REPORT_SKIPPED]],
+            "info": dict(getattr(manifest, "info", {}) or {}),
+            "seconds": round(time.time() - started, 2),
+            "workers": workers,
+        }
+        f.attrs.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            size=size,
+            seed=config.split.seed,
+            split=json.dumps(to_dict(config.split)),
+            source=manifest.kind,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            pneumo_version=__version__,
+            report=json.dumps(report),
+            compression=config.compression or "none",
+        )
+        for s in SPLITS:
+            f.attrs[f"count_{s}"] = counts[s]
+            f.attrs[f"positive_fraction_{s}"] = fractions[s]
     return read_info(out)
 
 
@@ -381,8 +419,9 @@ def write_demo_folders(
     images, masks = out_dir / "train", out_dir / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
-    for done, _ in enumerate(_ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, images, masks),
-                                          _resolve_workers(workers)), 1):
-        if progress is not None:
-            progress(done, count)
+    with _ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, images, masks),
+                      _resolve_workers(workers)) as written:
+        for done, _ in enumerate(written, 1):
+            if progress is not None:
+                progress(done, count)
     return images, masks
