@@ -310,3 +310,15 @@ def test_siim_absolute_rle_csv_detected_and_packed_like_relative(tmp_path, fmt):
         assert np.array_equal(sources.load_pair(sample)[1], truth[sample.id])
     positives = [s for s in m.samples if s.positive]
     assert positives and all(sources.load_pair(s)[1].any() for s in positives)
+
+
+def test_cli_parallel_workers_match_one_worker(tmp_path):
+    # The CLI has no TensorFlow and one thread, so its workers are forked (pack._start_method);
+    # in this test process they would be spawned. Both must give the same pack.
+    for workers in ("1", "2"):
+        r = _cli("pack", "demo", "--count", "64", "--size", "32", "--workers", workers,
+                 "--out", f"w{workers}.h5", "--quiet", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    for s in SPLITS:
+        a, b = load_split(tmp_path / "w1.h5", s), load_split(tmp_path / "w2.h5", s)
+        assert a[2] == b[2] and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
