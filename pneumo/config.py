@@ -82,6 +82,21 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+def normalise_train_paths(config: TrainConfig) -> TrainConfig:
+    """``encoder_weights`` "none"/"" as None, and the pack and a weights file as absolute paths.
+
+    Runs outlive the folder they were started from: the app, the CLI and a resumed run must
+    all find the same files from ``config.json``.
+    """
+    weights = config.encoder_weights
+    if isinstance(weights, str) and weights.strip().lower() in ("", "none", "null"):
+        weights = None
+    elif isinstance(weights, str) and weights != "imagenet":
+        weights = str(Path(weights).expanduser().absolute())
+    pack = str(Path(config.pack).expanduser().absolute()) if config.pack else config.pack
+    return dataclasses.replace(config, pack=pack, encoder_weights=weights)
+
+
 # --------------------------------------------------------------------------- helpers
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""

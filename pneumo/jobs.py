@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import math
 import os
 import shlex
@@ -29,7 +28,7 @@ from typing import Any, Iterator
 
 from . import settings
 from ._io import atomic_write_json, atomic_write_text, read_json
-from .config import TrainConfig, save_config, to_dict
+from .config import TrainConfig, normalise_train_paths, save_config, to_dict
 from .errors import InputError
 
 __all__ = [
@@ -116,17 +115,6 @@ def _start_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _absolute_paths(config: TrainConfig) -> TrainConfig:
-    """The pack and a weights file as absolute paths (as the trainer saves them), "none" as None."""
-    weights = config.encoder_weights
-    if isinstance(weights, str) and weights.strip().lower() in ("", "none", "null"):
-        weights = None
-    elif isinstance(weights, str) and weights != "imagenet":
-        weights = str(Path(weights).expanduser().absolute())
-    pack = str(Path(config.pack).expanduser().absolute()) if config.pack else config.pack
-    return dataclasses.replace(config, pack=pack, encoder_weights=weights)
-
-
 def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False) -> int:
     """Launch a training process for ``config`` in ``run_dir``; return its pid.
 
@@ -141,7 +129,7 @@ def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: b
     if not isinstance(config, TrainConfig):
         raise InputError(f"start_training: config must be a TrainConfig, got {type(config).__name__}")
     run_dir = Path(run_dir).expanduser().absolute()
-    config = _absolute_paths(config)
+    config = normalise_train_paths(config)
     with _start_lock(run_dir.parent):
         for folder in dict.fromkeys([run_dir.parent, settings.runs_dir().expanduser().absolute()]):
             other = active_run(folder)

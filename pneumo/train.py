@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import importlib.util
 import io
 import json
@@ -59,7 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from ._io import atomic_write_json, atomic_write_text, read_json
-from .config import AugmentConfig, TrainConfig, load_config, save_config, to_dict
+from .config import AugmentConfig, TrainConfig, load_config, normalise_train_paths, save_config, to_dict
 from .errors import InputError, PneumoError
 
 __all__ = [
@@ -90,17 +89,6 @@ def _now() -> str:
 
 
 # =========================================================================== validation
-def _normalise(config: TrainConfig) -> TrainConfig:
-    """``encoder_weights`` "none"/"" -> None and the pack path made absolute (runs outlive cwd)."""
-    weights = config.encoder_weights
-    if isinstance(weights, str) and weights.strip().lower() in ("", "none", "null"):
-        weights = None
-    elif isinstance(weights, str) and weights != "imagenet":
-        weights = str(Path(weights).expanduser().absolute())
-    pack = str(Path(config.pack).expanduser().absolute()) if config.pack else config.pack
-    return dataclasses.replace(config, encoder_weights=weights, pack=pack)
-
-
 def _positive_int(value: Any, option: str, *, allow_none: bool = False, allow_zero: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -205,7 +193,7 @@ def _resolve_config(config: TrainConfig | None, run_dir: Path, resume: bool, chi
             raise InputError(f"run folder {run_dir}: no config.json, so there is nothing to resume")
         saved = load_config(TrainConfig, saved_path)
         if config is not None:
-            config = _normalise(config)
+            config = normalise_train_paths(config)
             diff = _config_diff(config, saved)
             if diff:
                 raise InputError(f"run folder {run_dir}: resuming needs the run's own config, but "
@@ -218,7 +206,7 @@ def _resolve_config(config: TrainConfig | None, run_dir: Path, resume: bool, chi
         if why:
             raise InputError(f"run folder {run_dir} already holds a run ({why}); use --resume to "
                              f"continue it or choose another --run-dir")
-    return _normalise(config)
+    return normalise_train_paths(config)
 
 
 # =========================================================================== devices
