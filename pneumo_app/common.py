@@ -384,8 +384,9 @@ def safe_extract_zip(
 
 # --------------------------------------------------------------------------- training presets
 # The quick demo must finish in a few minutes on 2 CPU cores. Measured on this project's
-# 2-core machine (shared, loaded): the VGG16-U-Net trains at 1-4 images/s at 128 px and
-# 0.3-1 image/s at 256 px (batch 8), so the quick demo uses a 128 px demo pack and
+# 2-core machine: the VGG16-U-Net with a trainable encoder trains at about 5 images/s at
+# 128 px when the machine is idle (docs/benchmarks.md; 1-2 under load) and a quarter of that
+# at 256 px, so the quick demo uses a 128 px demo pack and
 # 6 x 20 steps of 8 images (about 1,000 images, 4-6 minutes). No ImageNet weights (no
 # download needed), so a higher learning rate than the blog's 2e-5, and BCE + Dice so the
 # small lesions are not ignored. A real run of exactly this (CLI, 4 min 43 s) reached a
