@@ -239,8 +239,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     lines = [
         SECTION,
         "",
-        f"Machine: {ncpu} cores ({cpu_model()}), no GPU; shared with other agents' work while measured "
-        f"(load average {load[0]:.1f} at the end), so figures are indicative. Each figure is the best of "
+        f"Machine: {ncpu} cores ({cpu_model()}), no GPU; load average {load[0]:.1f} at the end (anything "
+        "well above 0 means other work shared the cores, and figures are indicative). Each figure is the best of "
         f"{args.rounds} interleaved windows (all paths exposed to the same load); ratios are within the run. "
         f"Date: {dt.date.today().isoformat()}. Command: `python bench/pipeline.py --write-docs`. "
         f"Pack: {args.count} demo phantoms at 256 px, batch {bs}.",
@@ -263,7 +263,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             f"Input share of a training step (128 px, batch {bs}, {which}, Adam, BCE, CPU only): "
             f"{const_rate:.3f} steps/s on one constant batch vs {fed_rate:.3f} steps/s fed by "
             f"`make_dataset(augment=True)` (by wall clock {fed_rate / const_rate:.2f}x the constant-batch "
-            f"rate: on this shared machine that is load noise); CPU time per step {const_cpu:.2f} s vs "
+            f"rate); CPU time per step {const_cpu:.2f} s vs "
             f"{fed_cpu:.2f} s: **{100 * cpu_share:.1f}% of a step's CPU goes to input**. On a CPU the "
             "pipeline and the model share the cores, so this bounds what a GPU run loses (there the "
             "model leaves the CPU to the pipeline).",
@@ -272,9 +272,9 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     lines += [
         "Notes: augmentation is two `ImageProjectiveTransformV3` calls per batch (images bilinear in "
         "float32, masks nearest in uint8, only the non-empty masks). No GPU was lent to this task, so "
-        "augmentation on a GPU is not measured here. The 1-thread vs all-threads rows are child "
-        "processes with TensorFlow's pools capped; on this shared 2-core machine the difference is "
-        "within the noise, so scaling with cores is not demonstrated by these figures.",
+        "augmentation on a GPU is not measured here. Scaling with cores: the 1-thread and "
+        f"{ncpu}-thread rows are child processes with TensorFlow's pools capped; {ncpu} threads ran "
+        f"{two / one:.2f}x the rate of 1 (a load from other work flattens this ratio).",
         "",
     ]
     text = "\n".join(lines)
