@@ -21,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -375,15 +375,6 @@ def make_demo_pack(
 
     config = PackConfig(size=size, split=split, workers=workers)
     return pack_manifest(demo_source(count, size=size, seed=seed), out, config, force=force, progress=progress)
-
-
-def iter_split(path: str | os.PathLike, split: str, batch: int = 256) -> Iterable[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Stream a split in blocks of ``batch``: ``(X, Y, ids)`` with ``(b, S, S, 1) uint8`` arrays."""
-    with open_pack(path) as f:
-        x, y, ids = f[f"X_{split}"], f[f"Y_{split}"], f[f"ids_{split}"]
-        for start in range(0, x.shape[0], batch):
-            stop = min(start + batch, x.shape[0])
-            yield x[start:stop], y[start:stop], [s.decode() if isinstance(s, bytes) else str(s) for s in ids[start:stop]]
 
 
 def _write_phantom_pngs(index: int, seed: int, size: int, images: Path, masks: Path) -> None:

@@ -28,8 +28,8 @@ from . import evaluate as ev
 from ._io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .config import TrainConfig, load_config
 from .errors import InputError
+from .split import SPLITS
 
-SPLITS = ("train", "dev", "test")
 CHECKPOINTS = ("best", "last")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 CASES_COLUMNS = ("id", "category", "dice", "true_area", "pred_area", "score")

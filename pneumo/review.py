@@ -36,8 +36,8 @@ import numpy as np
 from pneumo import evaluate
 from pneumo._io import atomic_path, atomic_write_json, read_json
 from pneumo.errors import InputError
+from pneumo.split import SPLITS
 
-SPLITS = ("train", "dev", "test")
 CHECKPOINTS = ("best", "last")
 CATEGORIES = ("FP", "FN", "TP", "TN")  # review order: false positives first
 FILTERS = CATEGORIES + ("all",)

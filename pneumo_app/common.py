@@ -21,6 +21,7 @@ import streamlit as st
 from pneumo import settings
 from pneumo.config import AugmentConfig
 from pneumo.errors import InputError, PneumoError
+from pneumo.split import SPLITS
 
 # Keyword arguments for the demo pack the app makes on first launch; tests shrink it.
 DEMO_PACK_OPTIONS: dict[str, Any] = {}
@@ -30,7 +31,6 @@ DEMO_PACK_OPTIONS: dict[str, Any] = {}
 PACK_KEY = "pneumo_pack"
 RUN_KEY = "pneumo_run"
 
-SPLITS = ("train", "dev", "test")
 
 
 # --------------------------------------------------------------------------- navigation
