@@ -1,6 +1,6 @@
 """pneumo's Streamlit app: `streamlit run streamlit_app.py`.
 
-Navigation only (`pneumo_app.common.run_app`); every page lives in `pages/` and calls the
+Navigation only (`pneumo_app.common.run_app`); every page lives in `app_pages/` and calls the
 `pneumo` library. On first launch (no pack in the workspace) the demo pack is made here, so
 every page has data to show.
 """

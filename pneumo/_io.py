@@ -1,12 +1,25 @@
-"""Atomic file writing: a crash or kill never leaves a half-written file at the target."""
+"""Atomic file writing and tolerant reading of files other processes write.
+
+Writers: a crash, kill or power cut never leaves a half-written file at the target (a
+temporary file beside it is written, fsynced, renamed over it, then the folder is fsynced so
+the rename itself is durable). Readers of live files (:func:`read_json`) never raise: a
+missing, half-written or damaged file reads as ``None``; :func:`load_json` also says why.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 to the second (``2026-01-31T12:00:00+00:00``): the one
+    timestamp format of every file pneumo writes."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _umask() -> int:
@@ -35,18 +48,45 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename (or creation) in ``folder`` durable; a no-op where folders cannot be
+    opened or synced (Windows, some network filesystems)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path to write; on success it is fsynced and replaces ``path`` (and
+    the folder is fsynced), on error it is removed."""
     path = Path(path)
     tmp = temp_path_for(path)
     try:
         yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    fsync_dir(path.parent)
+
+
+def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)`` for a file written elsewhere (e.g. by Keras): fsync it, rename,
+    fsync the folder."""
+    _fsync_file(Path(src))
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -54,8 +94,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -63,10 +101,57 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing or half-written file gives ``None`` (readers poll live files)."""
+def load_json(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """Read a JSON file without ever raising: ``(value, None)``, or ``(None, reason)``.
+
+    ``reason`` is ``"missing"`` for an absent file, else a short sentence for a damaged or
+    unreadable one ("not valid UTF-8", "is a folder", "not valid JSON (line 1 ...)", an OS
+    error such as a permission problem).
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None, "missing"
+    except IsADirectoryError:
+        return None, "is a folder, not a file"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or type(e).__name__})"
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, "not valid UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at line {e.lineno})"
+    except RecursionError:
+        return None, "not valid JSON (nested too deeply)"
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; ``None`` when it is missing, half-written or damaged (invalid UTF-8,
+    a folder of that name, unreadable): readers poll live files and must never raise. Use
+    :func:`load_json` to learn why a file gave ``None``."""
+    return load_json(path)[0]
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection).
+
+    Strings starting with ``= + - @``, tab or CR get a leading apostrophe; other values
+    (numbers included, so ``-0.5`` stays a number) are returned unchanged.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """Undo :func:`csv_cell` on a cell read back: one leading apostrophe is dropped when the
+    rest starts like a formula (``= + - @``, tab or CR), so ``'=x`` reads as ``=x``; any other
+    cell (``'quoted`` included) is returned unchanged."""
+    if isinstance(cell, str) and cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell

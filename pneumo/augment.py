@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .config import AugmentConfig
+from .config import FILL_MODES, AugmentConfig
 from .errors import InputError
 
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 INTERPOLATIONS = ("bilinear", "nearest")
 PARAM_NAMES = ("angle", "shift_x", "shift_y", "zoom_x", "zoom_y", "flip")
 

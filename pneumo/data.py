@@ -3,9 +3,14 @@
 One pipeline for every split, built from an index stream so that the in-memory and the
 streaming paths give exactly the same batches:
 
-1. indices ``0..N-1`` per epoch, permuted (stateless, from ``seed`` and the epoch
-   number) when shuffling, repeated forever when repeating;
-2. ``batch`` (the last partial batch is kept unless ``drop_remainder``);
+1. indices ``0..N-1`` per epoch (without ``exclude_indices``: then the positions kept, in
+   order), permuted (stateless, from ``seed`` and the epoch number) when shuffling, repeated
+   forever when repeating;
+2. ``batch`` (the last partial batch is kept unless ``drop_remainder``); or, with
+   ``positive_fraction``, two such endless streams, one over the positive images (a
+   non-empty mask) and one over the negatives, each permuted per pass with its own seed,
+   cut into ``round(fraction * B)`` and ``B - that`` per batch and concatenated
+   (positives first);
 3. fetch: numpy indexing into the split held in memory (parallel), or a read from the
    HDF5 file (one thread: h5py serialises access anyway; one read per run of
    consecutive indices, so an in-order batch is a single slice);
@@ -39,10 +44,13 @@ from .split import SPLITS
 # Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
 _SHUFFLE_TAG = 0x5348
 _AUGMENT_TAG = 0x4147
+_POSITIVE_TAG = 0x504F
+_NEGATIVE_TAG = 0x4E45
+_FLAG_BLOCK = 256  # masks read per block when finding the positive images of a streamed split
 _MEMORY_FRACTION = 0.5
 _FALLBACK_MEMORY = 2 * 1024**3
 
-__all__ = ["SPLITS", "make_dataset", "split_size", "split_shape", "memory_available", "fits_in_memory"]
+__all__ = ["SPLITS", "make_dataset", "positive_flags", "split_size", "split_shape", "memory_available", "fits_in_memory"]
 
 
 # --------------------------------------------------------------------------- pack access
@@ -179,6 +187,8 @@ def make_dataset(
     drop_remainder: bool = False,
     in_memory: bool | None = None,
     deterministic: bool = True,
+    positive_fraction: float | None = None,
+    exclude_indices: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(images (B, S, S, 1) uint8, masks (B, S, S, 1) float32 in {0, 1})``.
 
@@ -187,7 +197,12 @@ def make_dataset(
     unless ``drop_remainder``). ``augment``: False, True (the blog's ranges) or an
     :class:`AugmentConfig`; it is never on by default, callers pass it for training.
     ``seed`` fixes the shuffling and the augmentation: the same seed gives the same
-    stream. ``in_memory``: None chooses by the memory rule (module docstring), True/False
+    stream. ``positive_fraction`` (0..1; needs ``repeat``): every batch holds exactly
+    ``round(positive_fraction * batch_size)`` images with a non-empty mask, the rest
+    empty ones (the split must have both when both counts are non-zero); None draws
+    uniformly. ``exclude_indices``: positions in the split (int, ``(K,)``) that never enter a
+    batch (``train --exclude``); the split is then the ``N - K`` others, in order, with the
+    same shuffling, balancing and step rules. ``in_memory``: None chooses by the memory rule (module docstring), True/False
     forces it; both give identical batches. ``deterministic=False`` lets parallel
     augmentation hand batches out of order (each batch's content is still fixed by
     ``seed``). Errors name the file and split: missing file, foreign or damaged file,
@@ -207,14 +222,106 @@ def make_dataset(
         n, size = int(X.shape[0]), int(X.shape[1])
         if n == 0:
             raise InputError(f"{path}: split {split!r} is empty (0 samples); nothing to feed")
+        keep = _kept_positions(n, exclude_indices, path, split)
         nbytes = 2 * n * size * size
         if in_memory is None:
             in_memory = fits_in_memory(nbytes)
         if in_memory:
             x_all, y_all = X[()], Y[()]
+        if positive_fraction is not None:
+            if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)) \
+                    or not 0 <= positive_fraction <= 1:
+                raise InputError(f"positive_fraction: expected a number in 0..1 or None, got {positive_fraction!r}")
+            if not repeat:
+                raise InputError("positive_fraction needs repeat=True (balanced batches have no natural end)")
+            flags = positive_flags(y_all) if in_memory else _stream_flags(Y)
 
+    # ---- 1-2. index stream and batches
+    if positive_fraction is not None:
+        ds = _balanced_batches(flags, float(positive_fraction), batch_size, seed, path, split, keep).enumerate()
+    else:
+        ds = _uniform_batches(n, batch_size, seed, shuffle, repeat, drop_remainder, keep)
+    spec_shape = [batch_size if (drop_remainder or positive_fraction is not None) else None, size, size, 1]
+    return _finish_pipeline(ds, spec_shape, in_memory, x_all if in_memory else None,
+                            y_all if in_memory else None, path, split, config, seed, deterministic)
+
+
+def _kept_positions(n: int, exclude: Any, path: Path, split: str) -> np.ndarray | None:
+    """The sorted positions of ``0..n-1`` not in ``exclude`` (int64), or None when nothing is left out."""
+    if exclude is None:
+        return None
+    exclude = np.asarray(exclude)
+    if exclude.size and (exclude.dtype.kind not in "iu" or exclude.min() < 0 or exclude.max() >= n):
+        raise InputError(f"exclude_indices: expected positions in 0..{n - 1} of split {split!r}, "
+                         f"got {exclude.dtype} values {exclude.min()}..{exclude.max()}")
+    if exclude.size == 0:
+        return None
+    keep = np.setdiff1d(np.arange(n, dtype=np.int64), exclude.astype(np.int64))
+    if keep.size == 0:
+        raise InputError(f"{path}: every image of split {split!r} is excluded; nothing to feed")
+    return keep
+
+
+def positive_flags(masks: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: which of ``masks`` ``(N, S, S[, 1])`` uint8 have a pixel >= 128 (a lesion)."""
+    masks = np.asarray(masks)
+    return (masks.reshape(len(masks), -1) >= 128).any(axis=1)
+
+
+def _stream_flags(Y: h5py.Dataset) -> np.ndarray:
+    return np.concatenate([positive_flags(Y[i:i + _FLAG_BLOCK]) for i in range(0, len(Y), _FLAG_BLOCK)]
+                          or [np.zeros(0, bool)])
+
+
+def _endless_permutations(indices: np.ndarray, seed: int, tag: int) -> tf.data.Dataset:
+    """``indices`` in a fresh stateless permutation per pass, forever (scalars, int64)."""
+    values = tf.constant(indices, tf.int64)
+    m = len(indices)
+    key0 = tf.constant([seed, tag], tf.int64)
+
+    def one_pass(p: tf.Tensor) -> tf.data.Dataset:
+        key = tf.random.experimental.stateless_fold_in(key0, p)
+        order = tf.argsort(tf.random.stateless_uniform([m], seed=key), stable=True)
+        return tf.data.Dataset.from_tensor_slices(tf.gather(values, order))
+
+    return tf.data.Dataset.counter().flat_map(one_pass)
+
+
+def _balanced_batches(flags: np.ndarray, fraction: float, batch_size: int, seed: int,
+                      path: Path, split: str, keep: np.ndarray | None = None) -> tf.data.Dataset:
+    """Endless index batches with ``round(fraction * batch_size)`` positives first, then negatives
+    (drawn from the positions in ``keep`` when given)."""
+    k = int(round(fraction * batch_size))
+    kept = np.ones(len(flags), bool)
+    if keep is not None:
+        kept = np.zeros(len(flags), bool)
+        kept[keep] = True
+    positives = np.flatnonzero(flags & kept)
+    negatives = np.flatnonzero(~flags & kept)
+    parts = []
+    for count, idx, tag, what in ((k, positives, _POSITIVE_TAG, "positive"),
+                                  (batch_size - k, negatives, _NEGATIVE_TAG, "empty")):
+        if count == 0:
+            continue
+        if len(idx) == 0:
+            left = " left after the exclusion" if keep is not None else ""
+            raise InputError(f"{path}: split {split!r} has no {what} images{left}, so positive_fraction "
+                             f"{fraction} cannot be met; use positive_fraction=None (uniform)")
+        parts.append(_endless_permutations(idx, seed, tag).batch(count, drop_remainder=True))
+    if len(parts) == 1:
+        return parts[0]
+    return tf.data.Dataset.zip(tuple(parts)).map(lambda a, b: tf.concat([a, b], axis=0))
+
+
+def _uniform_batches(n: int, batch_size: int, seed: int, shuffle: bool, repeat: bool,
+                     drop_remainder: bool, keep: np.ndarray | None = None) -> tf.data.Dataset:
+    """Numbered index batches over ``0..n-1`` (or the positions in ``keep``): permuted per epoch
+    when shuffling, endless when repeating."""
     # ---- 1. index stream
     shuffle_key = tf.constant([seed, _SHUFFLE_TAG], tf.int64)
+    positions = None if keep is None else tf.constant(keep, tf.int64)
+    if keep is not None:
+        n = len(keep)
 
     def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
         if shuffle:
@@ -223,16 +330,21 @@ def make_dataset(
             order = tf.cast(order, tf.int64)
         else:
             order = tf.range(n, dtype=tf.int64)
+        if positions is not None:
+            order = tf.gather(positions, order)
         return tf.data.Dataset.from_tensor_slices(order)
 
     epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
     ds = epochs.flat_map(epoch_indices)
-
-    # ---- 2. batch
     # Numbered before any parallel map: with deterministic=False batches may overtake
     # each other, and each must keep the augmentation seed of its own number.
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
-    spec_shape = [batch_size if drop_remainder else None, size, size, 1]
+    return ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
+
+
+def _finish_pipeline(ds: tf.data.Dataset, spec_shape: list, in_memory: bool, x_all: Any, y_all: Any,
+                     path: Path, split: str, config: AugmentConfig | None, seed: int,
+                     deterministic: bool) -> tf.data.Dataset:
+    """Steps 3-5 of the module docstring on numbered index batches."""
 
     # ---- 3. fetch. Both paths hand numpy batches to TensorFlow through numpy_function:
     # capturing a whole split as a tf constant would copy it (and the dataset graph

@@ -19,3 +19,14 @@ class InputError(PneumoError, ValueError):
 
 class PackFormatError(InputError):
     """A file that is not a pneumo pack, or a damaged one."""
+
+
+def user_message(e: BaseException) -> str:
+    """One line for a status file or log: a :class:`PneumoError`'s own message, else
+    ``Type: first line`` (at most 500 characters), "interrupted" for Ctrl-C."""
+    if isinstance(e, PneumoError):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text[:500]}" if text else type(e).__name__

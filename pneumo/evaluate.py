@@ -213,12 +213,6 @@ def presence_scores(probs: np.ndarray, min_area: int = 1) -> np.ndarray:
     return kth.astype(np.float64) / 255.0 if p.dtype == np.uint8 else kth.astype(np.float64)
 
 
-def area_above(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Pixels above ``threshold`` per image, ``(N,) int64`` (the other natural presence score)."""
-    p = _flat_probs(probs)
-    return np.count_nonzero(_above(p, threshold).reshape(p.shape[0], -1), axis=1).astype(np.int64)
-
-
 def confusion(true_pos: Sequence[bool] | np.ndarray, pred_pos: Sequence[bool] | np.ndarray) -> dict[str, int]:
     """Image-level confusion counts ``{"tp", "fp", "fn", "tn"}`` from two ``(N,)`` bool arrays."""
     t = np.asarray(true_pos, bool)

@@ -1,101 +1,95 @@
-"""Training runs as separate processes, controlled through their run folders.
+"""Jobs: the one launcher of training and evaluation processes, and their control.
 
-The app never trains in its own process: :func:`start_training` launches
-``python -m pneumo train --config RUN/config.json --run-dir RUN`` in a new session with
-its output in ``RUN/train.log``, and everything else here only reads or writes files of
-the run folder (docs/architecture.md, "Run folder"). So a page reload, a second browser
-tab or a restarted app finds a running job, follows it and can stop it.
+The app never trains or evaluates in its own process: :func:`start_training` launches
+``python -m pneumo train --config RUN/config.json --run-dir RUN`` and :func:`start_evaluation`
+``python -m pneumo evaluate RUN --split S --checkpoint C``, each in a new session with its
+output in a log file of the run folder. Everything else reads or writes files of the run
+folder (:mod:`pneumo.runs`, docs/architecture.md "Run folder"), so a page reload, a second
+browser tab or a restarted app finds a running job, follows it and can stop it.
 
-No TensorFlow here: the app imports this module on every page.
+- One job at a time, across both kinds: a start is refused while any training or
+  evaluation runs (in the run's parent folder or the workspace's runs folder).
+- A recorded pid is only trusted while it is still the same process (pid and start time,
+  :mod:`pneumo._procs`): a pid reused by another program is never signalled.
+- Evaluation reports progress in ``RUN/evaluate_<split>.progress.json`` (written by
+  :func:`pneumo.predict.evaluate_run`), and a failure as the command's one-line error; raw
+  log lines (TensorFlow's C++ chatter) stay in the log file.
 
-``$PNEUMO_TRAIN_COMMAND`` (split with :func:`shlex.split`) replaces the
-``python -m pneumo train`` prefix; the tests use it to run ``tests/fake_trainer.py``.
+The readers pages use (:func:`read_status`, :func:`list_runs`, ...) are :mod:`pneumo.runs`'
+own, re-exported here. No TensorFlow here: the app imports this module on every page.
+
+Test hooks: with ``PNEUMO_TESTING=1`` set, ``$PNEUMO_TRAIN_COMMAND`` and
+``$PNEUMO_EVALUATE_COMMAND`` (split with :func:`shlex.split`) replace the ``python -m pneumo``
+prefix of the commands; without it they are ignored.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import math
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from . import settings
-from ._io import atomic_write_json, atomic_write_text, read_json
+from ._io import atomic_write_json, load_json, now_iso, read_json
+from ._procs import CHILDREN, is_ours, process_start
 from .config import TrainConfig, normalise_train_paths, save_config, to_dict
 from .errors import InputError
+from .runs import (STATES, RunInfo, active_run, eval_progress_path, holds_run, is_run_dir, list_runs, log_tail,
+                   new_run_dir, read_history, read_progress, read_status, request_stop, write_prepared_status)
+from .split import SPLITS
 
 __all__ = [
-    "RunInfo",
-    "start_training",
-    "read_status",
-    "read_progress",
-    "read_history",
-    "request_stop",
-    "list_runs",
-    "active_run",
-    "new_run_dir",
-    "is_run_dir",
-    "encoder_weights_available",
-    "encoder_weights_cache_path",
-    "IMAGENET_NOTOP_FILE",
-    "STATES",
+    "start_training", "start_evaluation", "evaluation_job", "stop_evaluation", "evaluate_command",
+    "running_job", "eval_progress_path",
+    # pneumo.runs' readers, for the pages
+    "RunInfo", "read_status", "read_progress", "read_history", "request_stop", "list_runs",
+    "active_run", "new_run_dir", "is_run_dir", "STATES",
 ]
 
-STATES = ("running", "finished", "stopped", "failed")
-IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-HISTORY_COLUMNS = ("epoch", "stage", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr", "seconds")
-
-# Popen objects of the trainers this process launched: polling them reaps finished
-# children, which would otherwise linger as zombies and look alive to os.kill(pid, 0).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+CHECKPOINTS = ("best", "last")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- processes
-def _pid_alive(pid: Any, run_dir: Path | None = None) -> bool:
-    """Whether process ``pid`` is alive (not a zombie) and, where /proc tells, still our trainer."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        with contextlib.suppress(OSError, IndexError):
-            # state is the field after "(comm)"; comm may contain spaces or parentheses
-            stat = (proc / "stat").read_text()
-            if stat[stat.rindex(")") + 2] in "ZX":
-                return False
-        if run_dir is not None:
-            # A recycled pid belongs to another program: its command line lacks the run folder.
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
-                if run_dir.name not in cmdline:
-                    return False
-    return True
+# --------------------------------------------------------------------------- commands
+def _test_hook(name: str) -> list[str] | None:
+    """``$name`` split into words, only while ``PNEUMO_TESTING=1`` (never in production)."""
+    value = os.environ.get(name, "").strip()
+    if value and os.environ.get("PNEUMO_TESTING") == "1":
+        return shlex.split(value)
+    return None
 
 
 def _train_command() -> list[str]:
-    env = os.environ.get("PNEUMO_TRAIN_COMMAND", "").strip()
-    if env:
-        return shlex.split(env)
-    return [sys.executable, "-m", "pneumo", "train"]
+    return _test_hook("PNEUMO_TRAIN_COMMAND") or [sys.executable, "-m", "pneumo", "train"]
+
+
+def evaluate_command(run_dir: str | os.PathLike, split: str, checkpoint: str, *,
+                     allow_changed_pack: bool = False) -> list[str]:
+    """``python -m pneumo evaluate RUN --split S --checkpoint C [--allow-changed-pack]``."""
+    head = _test_hook("PNEUMO_EVALUATE_COMMAND") or [sys.executable, "-m", "pneumo"]
+    cmd = [*head, "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
+    return cmd + (["--allow-changed-pack"] if allow_changed_pack else [])
+
+
+def _launch(cmd: list[str], log_path: Path, header: bool) -> subprocess.Popen:
+    with open(log_path, "ab" if header else "wb") as log:
+        if header:
+            log.write(f"\n# {now_iso()} started: {shlex.join(cmd)}\n".encode())
+            log.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the app's restart; Ctrl-C in the app's terminal spares it
+            close_fds=True,
+        )
+    CHILDREN[proc.pid] = proc
+    return proc
 
 
 @contextlib.contextmanager
@@ -115,38 +109,62 @@ def _start_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False) -> int:
+def _folders(run_dir: Path) -> list[Path]:
+    return list(dict.fromkeys([run_dir.parent, settings.runs_dir().expanduser().absolute()]))
+
+
+def running_job(runs_dir: str | os.PathLike | None = None) -> str | None:
+    """What job runs now in ``runs_dir`` (default the workspace's): "training run X" or
+    "evaluation of X (split)", or None."""
+    folder = Path(runs_dir) if runs_dir is not None else settings.runs_dir()
+    run = active_run(folder)
+    if run is not None:
+        return f"training run {run.name}"
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.iterdir()):
+            for split in SPLITS:
+                if _job_path(path, split).is_file():
+                    job = evaluation_job(path, split)
+                    if job is not None and job["state"] == "running":
+                        return f"evaluation of {path.name} ({split})"
+    return None
+
+
+def _refuse_if_busy(folders: list[Path]) -> None:
+    for folder in folders:
+        busy = running_job(folder)
+        if busy is not None:
+            raise InputError(f"another job is running ({busy}); stop it or wait until it ends "
+                             f"before starting a new one (one job at a time)")
+
+
+# --------------------------------------------------------------------------- training
+def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False,
+                   allow_changed_pack: bool = False) -> int:
     """Launch a training process for ``config`` in ``run_dir``; return its pid.
 
     Writes ``RUN/config.json`` and a first ``status.json`` (``running``, with the pid), then
-    starts ``python -m pneumo train --config RUN/config.json --run-dir RUN`` (``--resume``
-    added with ``resume=True``) in a new session, stdout and stderr to ``RUN/train.log``.
-    The trainer validates the config itself; a bad one ends the run ``failed`` with the
-    message. Raises :class:`InputError` when another run is active (in ``run_dir``'s parent
-    or in :func:`pneumo.settings.runs_dir`), or when ``run_dir`` already holds a run and
-    ``resume`` is False (or holds none and ``resume`` is True).
+    starts ``python -m pneumo train --config RUN/config.json --run-dir RUN`` (``--resume``,
+    ``--allow-changed-pack`` as asked) in a new session, output to ``RUN/train.log``. The
+    trainer validates the config itself; a bad one ends the run ``failed`` with the message.
+    Raises :class:`InputError` when another job (training or evaluation) is running, or when
+    ``run_dir`` already holds a run and ``resume`` is False (or holds none and ``resume`` is True).
     """
     if not isinstance(config, TrainConfig):
         raise InputError(f"start_training: config must be a TrainConfig, got {type(config).__name__}")
     run_dir = Path(run_dir).expanduser().absolute()
     config = normalise_train_paths(config)
     with _start_lock(run_dir.parent):
-        for folder in dict.fromkeys([run_dir.parent, settings.runs_dir().expanduser().absolute()]):
-            other = active_run(folder)
-            if other is not None:
-                raise InputError(
-                    f"another training run is active ({other}); stop it or wait until it ends "
-                    f"before starting a new one"
-                )
-        held = is_run_dir(run_dir) and read_status(run_dir)["state"] != "new"
-        if held and not resume:
-            raise InputError(f"run folder {run_dir} already holds a run; resume it or choose a new folder")
+        _refuse_if_busy(_folders(run_dir))
+        if not resume:
+            why = holds_run(run_dir)
+            if why:
+                raise InputError(f"run folder {run_dir} already holds a run ({why}); resume it or choose a new folder")
         if resume and not (run_dir / "config.json").is_file():
             raise InputError(f"run folder {run_dir}: no config.json, nothing to resume")
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            saved = read_json(run_dir / "config.json")
-            if saved != to_dict(config):
+            if read_json(run_dir / "config.json") != to_dict(config):
                 raise InputError(f"run folder {run_dir}: config.json differs from the given config; "
                                  f"resume with the run's own config")
         else:
@@ -154,224 +172,124 @@ def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: b
         with contextlib.suppress(FileNotFoundError):
             (run_dir / "STOP").unlink()  # a stale STOP would end the new process at once
         cmd = _train_command() + ["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]
-        if resume:
-            cmd.append("--resume")
-        with open(run_dir / "train.log", "ab") as log:
-            log.write(f"\n# {_now()} started: {shlex.join(cmd)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # survives the app's restart; Ctrl-C in the app's terminal spares it
-                close_fds=True,
-            )
-        _CHILDREN[proc.pid] = proc
-        # Written before the trainer starts, so readers see "running" at once; the trainer
-        # recognises its own pid here and takes the file over.
-        previous = read_json(run_dir / "status.json") or {}
-        epochs = config.epochs + config.fine_tune_epochs
-        atomic_write_json(run_dir / "status.json", {
-            "state": "running", "pid": proc.pid, "started": _now(), "updated": _now(), "ended": None,
-            "error": None, "epoch": int(previous.get("epoch") or 0) if resume else 0, "epochs": epochs,
+        cmd += ["--resume"] if resume else []
+        cmd += ["--allow-changed-pack"] if allow_changed_pack else []
+        previous = read_status(run_dir) if resume else {}
+        proc = _launch(cmd, run_dir / "train.log", header=True)
+        # Written before the trainer starts, so readers see "running" at once.
+        epoch = previous.get("epoch") if isinstance(previous.get("epoch"), int) else 0
+        write_prepared_status(run_dir, proc.pid, config.epochs + config.fine_tune_epochs, epoch)
+        return proc.pid
+
+
+# --------------------------------------------------------------------------- evaluation
+def _job_path(run_dir: str | os.PathLike, split: str) -> Path:
+    return Path(run_dir) / f"evaluate_{split}.json"
+
+
+def _log_path(run_dir: str | os.PathLike, split: str) -> Path:
+    return Path(run_dir) / f"evaluate_{split}.log"
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "best", *,
+                     allow_changed_pack: bool = False) -> int:
+    """Launch ``python -m pneumo evaluate`` for a run and split in its own session; return the pid.
+
+    Output goes to ``RUN/evaluate_<split>.log``; ``RUN/evaluate_<split>.json`` records the job
+    (pid and its start time) so a reload or a second tab finds it. The same evaluation
+    already running is reused; any other running job refuses the start (:class:`InputError`),
+    as does a missing ``RUN/<checkpoint>.keras``.
+    """
+    _check_choice(split, SPLITS, "split")
+    _check_choice(checkpoint, CHECKPOINTS, "checkpoint")
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not (run_dir / f"{checkpoint}.keras").is_file():
+        raise InputError(f"{run_dir}: no {checkpoint}.keras checkpoint to evaluate")
+    with _start_lock(run_dir.parent):
+        job = evaluation_job(run_dir, split)
+        if job and job["state"] == "running":
+            return int(job["pid"])
+        _refuse_if_busy(_folders(run_dir))
+        with contextlib.suppress(FileNotFoundError):
+            eval_progress_path(run_dir, split).unlink()  # the last job's: not this one's progress
+        log = _log_path(run_dir, split)
+        proc = _launch(evaluate_command(run_dir, split, checkpoint, allow_changed_pack=allow_changed_pack),
+                       log, header=False)
+        atomic_write_json(_job_path(run_dir, split), {
+            "pid": proc.pid, "pid_start": process_start(proc.pid), "split": split, "checkpoint": checkpoint,
+            "started": now_iso(), "log": log.name,
         })
         return proc.pid
 
 
-# --------------------------------------------------------------------------- reading
-def is_run_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding a run (``config.json`` or ``status.json``)."""
-    path = Path(path)
-    return path.is_dir() and ((path / "config.json").is_file() or (path / "status.json").is_file())
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?")
 
 
-def read_status(run_dir: str | os.PathLike) -> dict:
-    """The run's ``status.json`` as a dict, checked against reality.
-
-    A ``running`` state whose process is gone reads as ``failed`` with the error "process
-    ended unexpectedly (see RUN/train.log)". A folder without ``status.json`` reads as
-    ``{"state": "new", ...}`` (prepared, never started). Keys: state, pid, started, updated,
-    ended, error, epoch, epochs.
-    """
-    run_dir = Path(run_dir)
-    status = read_json(run_dir / "status.json")
-    base = {"state": "new", "pid": None, "started": None, "updated": None, "ended": None,
-            "error": None, "epoch": 0, "epochs": None}
-    if not isinstance(status, dict):
-        if (run_dir / "status.json").exists():
-            # Atomic writes make a torn file impossible; a bad one was edited by hand.
-            time.sleep(0.05)
-            status = read_json(run_dir / "status.json")
-        if not isinstance(status, dict):
-            return base
-    out = {**base, **status}
-    if out["state"] == "running" and not _pid_alive(out.get("pid"), run_dir):
-        # Re-read: the process may have finished and written its final state just now.
-        again = read_json(run_dir / "status.json")
-        if isinstance(again, dict) and again.get("state") != "running":
-            return {**base, **again}
-        log = run_dir / "train.log"
-        out["state"] = "failed"
-        out["error"] = "process ended unexpectedly" + (f" (see {log})" if log.exists() else "")
-    return out
+def _job_error(run_dir: Path, split: str) -> str:
+    """The failed command's own message (its ``error: ...`` line, else the exception line of a
+    traceback), never TensorFlow's log lines; names the log for the details."""
+    log = _log_path(run_dir, split)
+    lines = [line.strip() for line in log_tail(log, lines=200).splitlines() if line.strip()]
+    message = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")), None)
+    if message is None and any(line.startswith("Traceback") for line in lines):
+        message = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
+    message = message or "the evaluation ended without results"
+    return f"{message[:500]} (details: {log})"
 
 
-def read_progress(run_dir: str | os.PathLike) -> dict | None:
-    """The live ``progress.json`` (stage, epoch, epochs, step, steps, loss, images_per_s,
-    eta_s, updated), or None before the first batch."""
-    data = read_json(Path(run_dir) / "progress.json")
-    return data if isinstance(data, dict) else None
+def _job_started(job: dict) -> float | None:
+    from datetime import datetime
 
-
-def _parse_cell(key: str, value: str | None) -> Any:
-    if key == "stage":
-        return value or ""
-    if value is None or value.strip() == "":
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    if key == "epoch" and math.isfinite(number):
-        return int(number)
-    return number
-
-
-def read_history(run_dir: str | os.PathLike) -> list[dict]:
-    """Rows of ``history.csv``: ``epoch`` int, ``stage`` str, the rest floats (None when empty).
-
-    An absent file gives ``[]``.
-    """
-    path = Path(run_dir) / "history.csv"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    rows = []
-    for row in csv.DictReader(text.splitlines()):
-        if not row.get("epoch"):
-            continue
-        rows.append({k: _parse_cell(k, v) for k, v in row.items() if k is not None})
-    return rows
-
-
-def request_stop(run_dir: str | os.PathLike) -> None:
-    """Ask the run's trainer to stop: it ends at the next batch, saves ``last.keras``, state ``stopped``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"run folder {run_dir}: not found")
-    atomic_write_text(run_dir / "STOP", f"stop requested {_now()}\n")
-
-
-# --------------------------------------------------------------------------- listing
-@dataclass(frozen=True)
-class RunInfo:
-    """What the app lists about a run folder."""
-
-    path: Path
-    name: str
-    state: str  # running, finished, stopped, failed, or new (config only)
-    config: dict = field(default_factory=dict)  # config.json as saved ({} when unreadable)
-    started: str | None = None
-    ended: str | None = None
-    error: str | None = None
-    epochs_done: int = 0  # rows in history.csv
-    epochs: int | None = None  # planned, both stages
-    best_val_loss: float | None = None
-    best_val_dice: float | None = None  # val_dice of the epoch with the lowest val_loss
-    best_epoch: int | None = None
-    has_best: bool = False  # best.keras exists
-
-
-def _run_info(path: Path) -> RunInfo:
-    status = read_status(path)
-    config = read_json(path / "config.json")
-    config = config if isinstance(config, dict) else {}
-    history = read_history(path)
-    scored = [r for r in history if isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])]
-    best = min(scored, key=lambda r: r["val_loss"]) if scored else None
-    epochs = status.get("epochs")
-    if epochs is None and config:
-        with contextlib.suppress(TypeError):
-            epochs = int(config.get("epochs", 0)) + int(config.get("fine_tune_epochs", 0))
-    return RunInfo(
-        path=path,
-        name=path.name,
-        state=status["state"],
-        config=config,
-        started=status.get("started"),
-        ended=status.get("ended"),
-        error=status.get("error"),
-        epochs_done=len(history),
-        epochs=epochs,
-        best_val_loss=best["val_loss"] if best else None,
-        best_val_dice=best.get("val_dice") if best else None,
-        best_epoch=best["epoch"] if best else None,
-        has_best=(path / "best.keras").is_file(),
-    )
-
-
-def _sort_key(path: Path) -> tuple[str, float]:
-    status = read_json(path / "status.json")
-    started = status.get("started") if isinstance(status, dict) else None
-    with contextlib.suppress(OSError):
-        return (str(started or ""), path.stat().st_mtime)
-    return (str(started or ""), 0.0)
-
-
-def _run_folders(runs_dir: str | os.PathLike | None) -> list[Path]:
-    folder = Path(runs_dir) if runs_dir is not None else settings.runs_dir()
-    if not folder.is_dir():
-        return []
-    runs = [p for p in folder.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
-    return sorted(runs, key=_sort_key, reverse=True)
-
-
-def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunInfo]:
-    """The runs in ``runs_dir`` (default :func:`pneumo.settings.runs_dir`), newest first."""
-    return [_run_info(p) for p in _run_folders(runs_dir)]
-
-
-def active_run(runs_dir: str | os.PathLike | None = None) -> Path | None:
-    """The run folder in ``runs_dir`` whose trainer is running now, or None."""
-    for path in _run_folders(runs_dir):
-        if read_status(path)["state"] == "running":
-            return path
+    with contextlib.suppress(TypeError, ValueError):
+        return datetime.fromisoformat(job["started"]).timestamp()
     return None
 
 
-def new_run_dir(runs_dir: str | os.PathLike | None = None, prefix: str = "run") -> Path:
-    """Create and return a fresh folder ``<runs_dir>/<prefix>-YYYYmmdd-HHMMSS[-n]``."""
-    if not prefix or any(c in prefix for c in "/\\") or prefix.startswith("."):
-        raise InputError(f"run name prefix {prefix!r}: use letters, digits, '-' or '_'")
-    folder = Path(runs_dir) if runs_dir is not None else settings.runs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        path = folder / (f"{prefix}-{stamp}" if n == 1 else f"{prefix}-{stamp}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise InputError(f"{folder}: could not create a new run folder named {prefix}-{stamp}-N")
+def evaluation_job(run_dir: str | os.PathLike, split: str) -> dict[str, Any] | None:
+    """State of the last evaluation launched for this run and split, or None (never raises).
 
-
-# --------------------------------------------------------------------------- weights
-def encoder_weights_cache_path() -> Path:
-    """Where Keras keeps (or would download) the VGG16 ImageNet no-top weights.
-
-    ``$KERAS_HOME/models/`` (default ``~/.keras/models/``) + :data:`IMAGENET_NOTOP_FILE`;
-    Keras falls back to ``/tmp/.keras`` when its home is not writable.
+    ``{"state": "running"|"finished"|"failed", "pid", "checkpoint", "started",
+    "progress": the progress file's dict or None, "fraction": float|None (predicted share),
+    "error": str|None (failed only)}``. Finished: the process is gone and it reported
+    ``done`` (or wrote the predictions after it started).
     """
-    home = Path(os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")))
-    candidates = [home / "models" / IMAGENET_NOTOP_FILE]
-    if not os.access(home if home.exists() else home.parent, os.W_OK):
-        candidates.append(Path("/tmp/.keras/models") / IMAGENET_NOTOP_FILE)
-    return next((p for p in candidates if p.is_file()), candidates[0])
+    run_dir = Path(run_dir)
+    job, _ = load_json(_job_path(run_dir, split))
+    if not isinstance(job, dict) or "pid" not in job:
+        return None
+    progress = read_json(eval_progress_path(run_dir, split))
+    progress = progress if isinstance(progress, dict) else None
+    fraction = progress.get("fraction") if progress else None
+    fraction = float(fraction) if isinstance(fraction, (int, float)) and 0 <= fraction <= 1 else None
+    out = {**job, "progress": progress, "fraction": fraction, "error": None}
+    if is_ours(job.get("pid"), start=job.get("pid_start"), marker=run_dir.name):
+        return {**out, "state": "running"}
+    started = _job_started(job)
+    predictions = run_dir / f"predictions_{split}.h5"
+    wrote = started is not None and predictions.is_file() and predictions.stat().st_mtime >= started - 1
+    if (progress or {}).get("stage") == "done" or wrote:
+        return {**out, "state": "finished", "fraction": 1.0}
+    return {**out, "state": "failed", "error": _job_error(run_dir, split)}
 
 
-def encoder_weights_available() -> bool:
-    """Whether the ImageNet VGG16 weights are cached, so training with them needs no download."""
-    return encoder_weights_cache_path().is_file()
+def stop_evaluation(run_dir: str | os.PathLike, split: str) -> bool:
+    """Terminate this split's running evaluation (its process group); True when signalled.
+
+    Only the recorded process itself is signalled: a pid now used by another program (or one
+    that is no longer a group leader) is left alone.
+    """
+    run_dir = Path(run_dir)
+    job = evaluation_job(run_dir, split)
+    if not job or job["state"] != "running":
+        return False
+    pid = int(job["pid"])
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:  # launched with start_new_session: it leads its group
+            os.killpg(pid, signal.SIGTERM)
+            return True
+    return False

@@ -1,4 +1,4 @@
-"""Losses (BCE, soft Dice, BCE+Dice) and per-image Dice/IoU metrics.
+"""Losses (BCE, soft Dice, BCE+Dice, BCE+batch Dice) and per-image Dice/IoU metrics.
 
 Shapes: ``y_true`` ``(N, S, S, 1)`` float in {0, 1} (what ``pneumo.data`` yields), ``y_pred``
 ``(N, S, S, 1)`` probabilities. Everything is computed in float32, so a float16 ``y_pred``
@@ -8,6 +8,15 @@ The metrics threshold both masks at 0.5 and score each image on its own, then av
 images (not over pixels of the whole batch): a small lesion counts as much as a large one.
 Empty rule, as in the SIIM-ACR pneumothorax metric: an image whose true and predicted masks
 are both empty scores 1; exactly one empty scores 0.
+
+Empty masks in the losses. The per-image soft Dice (``"dice"``, ``"bce+dice"``) scores an
+all-zero output on an empty image as a perfect 0 loss (smoothing 1), so on data where most
+images are empty "predict nothing" is a deep minimum that a from-scratch model falls into.
+The batch Dice (``"bce+batch-dice"``) pools every pixel of the batch into one Dice: empty
+images add only their false positives to the denominator and never reward an empty output;
+the loss is low only when the batch's lesions are found. A batch with no lesion at all
+gives ``1 - s / (sum p + s)``: 0 for an all-zero output, rising with predicted area (BCE
+carries the per-pixel signal there).
 """
 from __future__ import annotations
 
@@ -16,9 +25,9 @@ from typing import Any
 import keras
 from keras import ops
 
+from .config import LOSSES
 from .errors import InputError
 
-LOSSES = ("bce", "dice", "bce+dice")
 DICE_SMOOTH = 1.0  # soft Dice: keeps empty/empty at loss 0 and the gradient finite
 
 
@@ -66,6 +75,13 @@ def soft_dice_loss_per_image(y_true, y_pred, smooth: float = DICE_SMOOTH):
     return 1.0 - (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
 
 
+def soft_dice_loss_batch(y_true, y_pred, smooth: float = DICE_SMOOTH):
+    """One soft Dice loss over all pixels of the batch (module docstring: empty masks); scalar float32."""
+    t, p = _flat_f32(y_true, y_pred)
+    inter = ops.sum(t * p)
+    return 1.0 - (2.0 * inter + smooth) / (ops.sum(t) + ops.sum(p) + smooth)
+
+
 def bce_per_image(y_true, y_pred):
     """Binary cross-entropy averaged over each image's pixels; ``(N,)`` float32.
 
@@ -106,14 +122,36 @@ class BCEDiceLoss(keras.losses.Loss):
         return {**super().get_config(), "smooth": self.smooth}
 
 
+@keras.saving.register_keras_serializable(package="pneumo")
+class BCEBatchDiceLoss(keras.losses.Loss):
+    """Per-image binary cross-entropy plus one soft Dice loss over the whole batch, weight 1.
+
+    Keras averages the returned ``(N,)`` values: the batch Dice is added to every image's
+    BCE, so the result is ``mean BCE + batch Dice``.
+    """
+
+    def __init__(self, smooth: float = DICE_SMOOTH, name: str = "bce_batch_dice_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        return bce_per_image(y_true, y_pred) + soft_dice_loss_batch(y_true, y_pred, self.smooth)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "smooth": self.smooth}
+
+
 def get_loss(name: str) -> keras.losses.Loss:
-    """The loss called ``name``: ``"bce"`` (the blog's binary cross-entropy), ``"dice"``, ``"bce+dice"``."""
+    """The loss called ``name``: ``"bce"`` (the blog's binary cross-entropy), ``"dice"``,
+    ``"bce+dice"`` (both per image) or ``"bce+batch-dice"`` (Dice over the batch)."""
     if name == "bce":
         return keras.losses.BinaryCrossentropy(name="bce")
     if name == "dice":
         return DiceLoss()
     if name == "bce+dice":
         return BCEDiceLoss()
+    if name == "bce+batch-dice":
+        return BCEBatchDiceLoss()
     raise InputError(f"loss {name!r} is unknown (choose one of: {', '.join(LOSSES)})")
 
 

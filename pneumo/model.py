@@ -22,17 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
+from .config import IMAGENET_NOTOP_FILE, VARIANTS, check_width  # check_width: TensorFlow-free, re-exported
 from .errors import InputError
-
-VARIANTS = ("unet", "blog", "blog-code")
+from .imagenet import imagenet_cache_path, imagenet_cache_problem, imagenet_fix
 
 _BN_MOMENTUM = 0.9  # decoder BatchNorm; see _conv_bn_relu
 # Encoder layers whose outputs feed the U-Net decoder, deepest first (qubvel's VGG16 skips).
 SKIP_LAYERS = ("block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2", "block1_conv2")
 UNET_BOTTLENECK = "block5_pool"
 UNET_DECODER_FILTERS = (256, 128, 64, 32, 16)
+# VGG16's conv blocks: (filters, convs) at width 1. "unet-bn" scales the filters by its width.
+VGG_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+_MIN_DECODER_FILTERS = 8  # the full-resolution decoder stages of a narrow unet-bn keep this many
 
 # The blog's printed summary: VGG16 cut at block4_pool (``conv_base.layers[-5]``).
 BLOG_ENCODER_END = "block4_pool"
@@ -42,8 +46,6 @@ BLOG_CODE_ENCODER_END = "block5_pool"
 BLOG_CODE_DECODER_FILTERS = (64, 32, 32, 16, 8)
 
 ENCODER_PREFIX = "block"  # every VGG16 layer name starts with it; no other layer's does
-
-IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 # ImageNet channel means in BGR order (keras.applications.imagenet_utils, mode="caffe").
 _CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
@@ -184,46 +186,96 @@ def _build_unet(image, vgg: keras.Model, filters: tuple[int, ...] = UNET_DECODER
     return keras.Model(image, out, name="pneumo_unet")
 
 
-# =========================================================================== encoder weights
-def _imagenet_cache_candidates() -> list[Path]:
-    """Where the ImageNet no-top file may be cached, most likely first (as keras get_file does)."""
-    from keras.src.backend import config as _kconfig  # keras_home() has no public alias
-
-    # KERAS_HOME read now (Keras reads it once, at import) so a changed environment counts.
-    home = Path(os.path.expanduser(os.environ.get("KERAS_HOME") or _kconfig.keras_home()))
-    out = [home / "models" / IMAGENET_NOTOP_FILE]
-    if not os.access(home, os.W_OK):  # get_file's fallback for a read-only home
-        out.append(Path("/tmp/.keras/models") / IMAGENET_NOTOP_FILE)
-    return out
+def _scaled(filters: int, width: float, floor: int = 1) -> int:
+    return max(floor, int(round(filters * width)))
 
 
-def imagenet_cache_path() -> Path:
-    """The cached VGG16 ImageNet no-top weights file: the existing one, else where it belongs.
+def _vgg_bn_encoder(x, width: float) -> dict[str, Any]:
+    """VGG16's conv layout with BatchNorm after every conv, filters scaled by ``width``.
 
-    ``$KERAS_HOME/models/`` (default ``~/.keras/models/``) + ``IMAGENET_NOTOP_FILE``.
+    Layer names are VGG16's (``block1_conv1`` ..., ``block5_pool``) plus ``_bn``/``_relu``
+    suffixes, so the skip table, :func:`encoder_layers` and, at width 1, ImageNet conv
+    weights all apply. The convs keep their bias (redundant before BatchNorm) only so that
+    VGG16 weight files fit them unchanged.
     """
-    candidates = _imagenet_cache_candidates()
-    return next((p for p in candidates if p.is_file()), candidates[0])
+    outputs = {}
+    for b, (filters, convs) in enumerate(VGG_BLOCKS, start=1):
+        for c in range(1, convs + 1):
+            name = f"block{b}_conv{c}"
+            x = layers.Conv2D(_scaled(filters, width), 3, padding="same",
+                              kernel_initializer="he_uniform", name=name)(x)
+            x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
+            x = layers.Activation("relu", name=f"{name}_relu")(x)
+            outputs[name] = x
+        x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        outputs[f"block{b}_pool"] = x
+    return outputs
 
 
-_PARTIAL_LOAD_WARNINGS = ("Skipping", "could not be loaded", "freshly-initialized", "mismatch")
+def _build_unet_bn(image, width: float):
+    """:func:`_build_unet`'s graph on a BatchNorm VGG encoder of ``width``; decoder scaled too."""
+    x = ToFloat32(name="cast_float32")(image)
+    x = GrayToRGB(name="gray_to_3ch")(x)
+    x = VGGPreprocess(name="vgg_caffe_preprocess")(x)
+    feats = _vgg_bn_encoder(x, width)
+    x = feats[UNET_BOTTLENECK]
+    for stage, f in enumerate(UNET_DECODER_FILTERS):
+        skip = feats[SKIP_LAYERS[stage]] if stage < len(SKIP_LAYERS) else None
+        x = _unet_decoder_block(_scaled(f, width, _MIN_DECODER_FILTERS), stage)(x, skip)
+    out = _sigmoid_head(x, "final")
+    return keras.Model(image, out, name="pneumo_unet_bn")
 
 
+# =========================================================================== encoder weights
 def _load_vgg_weights(vgg: keras.Model, path: Path, what: str, hint: str = "") -> None:
+    """Load ``path`` into ``vgg``; InputError unless every variable came from the file.
+
+    Whether a load was complete is decided from the weights, not from Keras' messages: every
+    variable is set to NaN first, so one that the file did not fill (Keras skips some parts
+    of a file with only a warning) still holds NaN afterwards.
+    """
+    for v in vgg.weights:
+        v.assign(np.full(tuple(v.shape), np.nan, dtype=v.dtype))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             vgg.load_weights(str(path))
-        for w in caught:
-            # Keras only warns when it skips part of a file: that is a file that does not fit.
-            if any(k in str(w.message) for k in _PARTIAL_LOAD_WARNINGS):
-                raise ValueError(str(w.message))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        unset = [v.path for v in vgg.weights if not np.isfinite(np.asarray(v)).all()]
+        if unset:
+            raise ValueError(f"{len(unset)} of {len(vgg.weights)} weights not set by the file "
+                             f"or not finite, e.g. {', '.join(unset[:3])}")
     except Exception as e:
         raise InputError(
             f"{what} {path}: does not fit VGG16 without top ({_first_line(e)}). "
             f"Expected Keras' {IMAGENET_NOTOP_FILE} or a file saved by save_weights of a "
             f"VGG16(include_top=False) model (name ending .weights.h5).{hint}"
+        ) from None
+    for w in caught:  # a complete load: pass on what Keras had to say
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _imagenet_vgg16(shape: tuple[int, int, int]) -> keras.Model:
+    """VGG16 no-top with Keras' ImageNet weights: the verified cache file, else Keras' download."""
+    cache = imagenet_cache_path()
+    if cache.is_file():
+        # Checked (md5, as Keras does) and loaded here: no network, and a wrong file is
+        # named instead of being silently downloaded again (or failing offline).
+        problem = imagenet_cache_problem(cache)
+        if problem is not None:
+            raise InputError(f"encoder_weights='imagenet': {problem}. Delete it so that Keras "
+                             f"downloads it again (needs internet), or: {imagenet_fix(cache)}")
+        vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
+        _load_vgg_weights(vgg, cache, "cached ImageNet weights file")
+        return vgg
+    try:
+        # Keras' own download into the same cache (md5-checked by get_file).
+        return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
+    except Exception as e:  # URL errors (offline), hash mismatch, ...
+        raise InputError(
+            f"encoder_weights='imagenet': the VGG16 ImageNet weights are not on this machine "
+            f"({cache} is not there) and could not be downloaded ({_first_line(e)}). "
+            f"{imagenet_fix(cache)} A VGG16 no-top weights file of your own can be passed as "
+            f"a path instead."
         ) from None
 
 
@@ -233,25 +285,7 @@ def _vgg16(input_size: int, encoder_weights: str | os.PathLike | None) -> keras.
     if encoder_weights is None:
         return keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     if isinstance(encoder_weights, str) and encoder_weights == "imagenet":
-        cache = imagenet_cache_path()
-        if cache.is_file():
-            # Load the cached file directly: no network, even where Keras would re-check it.
-            vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
-            _load_vgg_weights(vgg, cache, "cached ImageNet weights file",
-                              " Delete it to download it again.")
-            return vgg
-        try:
-            # Keras' own download into its cache (hash-checked).
-            return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
-        except Exception as e:  # URL errors, hash mismatch, ...
-            raise InputError(
-                f"encoder_weights='imagenet': could not download the VGG16 ImageNet weights "
-                f"({_first_line(e)}), and the cache file {cache} is not there. Without "
-                f"internet, fetch https://storage.googleapis.com/tensorflow/keras-applications/"
-                f"vgg16/{IMAGENET_NOTOP_FILE} elsewhere and place it at that path, or pass a "
-                f"local weights file path as encoder weights, or use encoder_weights=None to "
-                f"train from scratch."
-            ) from None
+        return _imagenet_vgg16(shape)
     path = Path(encoder_weights)
     if not path.is_file():
         raise InputError(f"encoder weights file {path}: not found (expected a VGG16 no-top .h5 "
@@ -267,6 +301,7 @@ def build_model(
     input_size: int = 256,
     encoder_weights: str | os.PathLike | None = "imagenet",
     freeze_encoder: bool | None = None,
+    width: float = 1.0,
 ) -> keras.Model:
     """Build a segmentation model.
 
@@ -274,10 +309,15 @@ def build_model(
         variant: ``"unet"`` (VGG16 U-Net, VGG preprocessing), ``"blog"`` (the blog's printed
             table: VGG16 to block4_pool, Conv2D 32,16,16,8 + UpSampling2D, Conv2D(1); 7,790,929
             parameters, 155,665 trainable) or ``"blog-code"`` (the blog's code: full VGG16 conv
-            base, Conv2D 64,32,32,16,8 + UpSampling2D, Conv2D(1); 15,043,233 / 328,545).
+            base, Conv2D 64,32,32,16,8 + UpSampling2D, Conv2D(1); 15,043,233 / 328,545),
+            or ``"unet-bn"`` (the U-Net with BatchNorm in the encoder too and every filter
+            count scaled by ``width``: made to learn from random weights on a CPU; 1,2 M
+            parameters at width 0.25).
         input_size: side S, a positive multiple of 32.
         encoder_weights: ``"imagenet"``, a path to VGG16 no-top weights (``.h5``), or None.
         freeze_encoder: None = frozen exactly when weights are pretrained.
+        width: filter multiplier of ``"unet-bn"`` (0.25: 16 filters in block 1); must be 1
+            for the other variants and whenever ``encoder_weights`` is not None.
 
     Returns:
         A ``keras.Model``: input ``(N, S, S, 1)`` uint8 or float32 in 0..255, output
@@ -289,8 +329,20 @@ def build_model(
             or input_size <= 0 or input_size % 32):
         raise InputError(f"input_size {input_size!r} is not a positive multiple of 32 "
                          f"(the encoder halves it five times; e.g. 64, 128, 256)")
-    vgg = _vgg16(input_size, encoder_weights)
+    width = check_width(variant, width, encoder_weights)
     image = keras.Input((input_size, input_size, 1), name="image")
+    if variant == "unet-bn":
+        model = _build_unet_bn(image, width)
+        if encoder_weights is not None:
+            vgg = _vgg16(input_size, encoder_weights)
+            for layer in vgg.layers:
+                if isinstance(layer, layers.Conv2D):
+                    model.get_layer(layer.name).set_weights(layer.get_weights())
+        if freeze_encoder is None:
+            freeze_encoder = encoder_weights is not None
+        set_encoder_trainable(model, not freeze_encoder)
+        return model
+    vgg = _vgg16(input_size, encoder_weights)
     if variant == "unet":
         model = _build_unet(image, vgg)
     elif variant == "blog":
@@ -333,6 +385,23 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
     except Exception as e:
         raise InputError(f"model file {path}: cannot be read as a Keras model "
                          f"({_first_line(e)})") from None
+
+
+def warm_start(model: keras.Model, path: str | os.PathLike, size: int) -> None:
+    """Copy every weight of the model saved at ``path`` into ``model`` (same architecture, ``size`` px).
+
+    The warm start of ``train --init-from``; :class:`InputError` naming ``path`` when its image
+    side or its weights differ.
+    """
+    source = load_model(path, compile=False)
+    other = int(source.input_shape[1])
+    if other != size:
+        raise InputError(f"init_from {path}: trained on {other} px images, this pack is {size} px; a warm "
+                         f"start needs the same image size")
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as e:
+        raise InputError(f"init_from {path}: its weights do not fit this model ({_first_line(e)})") from None
 
 
 def _first_line(e: BaseException, limit: int = 240) -> str:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import multiprocessing
 import os
-import sys
-import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,17 +26,18 @@ from PIL import Image
 
 from . import __version__
 from ._io import atomic_path
-from .config import PackConfig, SplitConfig, check_size, to_dict
+from .config import DICOM_WINDOWS, PackConfig, SplitConfig, check_size, to_dict
 from .errors import InputError, PackFormatError
 from .split import SPLITS, format_report, split_samples
+from .workers import worker_pool
 
 FORMAT = "pneumo-pack"
 FORMAT_VERSION = 1
 DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/49/48 with the blog's proportions
 _WRITE_BLOCK = 32  # images buffered per HDF5 write: fewer, larger writes
 _REPORT_SKIPPED = 50  # skipped files listed in the report attribute (all are in dataset "skipped")
-_INLINE_BELOW = 48
-_CHUNK = 8  # items per task sent to a worker  # fewer samples than this: decode in-process (pool start-up costs more)
+_INLINE_BELOW = 48  # fewer samples than this: decode in-process (pool start-up costs more)
+_CHUNK = 8  # items per task sent to a worker
 
 ProgressFn = Callable[[int, int], None]
 
@@ -88,14 +86,22 @@ def open_pack(path: str | os.PathLike) -> h5py.File:
     return f
 
 
+def _int_attr(f: h5py.File, name: str, path: Path) -> int:
+    raw = f.attrs.get(name, 0)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise PackFormatError(f"{path}: damaged pack, attribute {name} is {raw!r}, not a number") from None
+
+
 def _check_layout(f: h5py.File, path: Path) -> None:
     fmt = f.attrs.get("format")
     if fmt != FORMAT:
         raise PackFormatError(f"{path}: not a pneumo pack (format attribute is {fmt!r}); create one with `python -m pneumo pack`")
-    version = int(f.attrs.get("format_version", 0))
+    version = _int_attr(f, "format_version", path)
     if version > FORMAT_VERSION:
         raise PackFormatError(f"{path}: pack format version {version} is newer than this pneumo reads ({FORMAT_VERSION}); upgrade pneumo")
-    size = int(f.attrs.get("size", 0))
+    size = _int_attr(f, "size", path)
     for split in SPLITS:
         for name in (f"X_{split}", f"Y_{split}", f"ids_{split}"):
             if name not in f:
@@ -128,60 +134,114 @@ def load_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndar
         return f[f"X_{split}"][()], f[f"Y_{split}"][()], ids
 
 
-def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
-    """Valid packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name."""
+@dataclass(frozen=True)
+class SourceRef:
+    """Where one packed image came from (optional datasets ``source_path_<split>``,
+    ``source_hw_<split>``; packs made before pneumo 0.x lack them)."""
+
+    path: str  # the image file as the source gave it (SIIM: the DICOM); "demo:<seed>" for a phantom
+    height: int  # native size before resizing to the pack's size
+    width: int
+
+
+def read_sources(path: str | os.PathLike, split: str) -> list[SourceRef] | None:
+    """The source reference of every image of ``split``, in the order of ``ids_<split>``;
+    ``None`` for a pack written without them. ``PackFormatError`` when they are damaged."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    with open_pack(path) as f:
+        names = (f"source_path_{split}", f"source_hw_{split}")
+        if names[0] not in f and names[1] not in f:
+            return None
+        n = f[f"ids_{split}"].shape[0]
+        if any(name not in f for name in names) or f[names[0]].shape != (n,) or f[names[1]].shape != (n, 2):
+            raise PackFormatError(f"{path}: damaged pack, {names[0]}/{names[1]} do not match ids_{split} ({n} images)")
+        paths, hw = f[names[0]].asstr()[()], f[names[1]][()]
+    return [SourceRef(str(p), int(h), int(w)) for p, (h, w) in zip(paths, hw)]
+
+
+@dataclass
+class DamagedPack:
+    """An ``*.h5`` file of the data folder that is not a readable pack, and why."""
+
+    path: Path
+    reason: str
+
+
+def scan_packs(folder: str | os.PathLike | None = None) -> tuple[list[PackInfo], list[DamagedPack]]:
+    """Packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name: the valid ones
+    and the damaged or foreign ones with the reason. Never raises for a bad file."""
     from .settings import data_dir
 
     folder = Path(folder) if folder is not None else data_dir()
-    infos = []
-    for p in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+    infos: list[PackInfo] = []
+    damaged: list[DamagedPack] = []
+    try:
+        paths = sorted(p for p in folder.glob("*.h5") if not p.name.startswith(".")) if folder.is_dir() else []
+    except OSError:
+        paths = []
+    for p in paths:
         try:
             infos.append(read_info(p))
-        except PackFormatError:
-            continue
-    return infos
+        except PackFormatError as e:
+            damaged.append(DamagedPack(p, str(e)))
+        except Exception as e:  # h5py and numpy raise many types for odd attributes
+            damaged.append(DamagedPack(p, f"{p}: unreadable pack ({type(e).__name__}: {e})"))
+    return infos, damaged
+
+
+def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
+    """Valid packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name; damaged
+    or foreign files are left out (:func:`scan_packs` names them)."""
+    return scan_packs(folder)[0]
+
+
+def out_path(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """The pack file ``folder/name`` (default folder ``settings.data_dir()``; ``.h5`` added when
+    missing). ``InputError`` unless ``name`` is a plain file name (no folder, not hidden)."""
+    from .settings import data_dir
+
+    name = name.strip()
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise InputError(f"pack file name {name!r}: give a plain file name such as my-pack.h5")
+    if not name.endswith(".h5"):
+        name += ".h5"
+    return (Path(folder) if folder is not None else data_dir()) / name
 
 
 # --------------------------------------------------------------------------- writing
-def _load_resized(sample: Any, size: int) -> tuple[np.ndarray, np.ndarray] | str:
-    """Worker: decode one pair and resize it; a bad file returns its error message."""
-    from .sources import load_resized
+def _load_resized(sample: Any, size: int, max_pixels: int | None, dicom_window: str = "voi") -> tuple | str:
+    """Worker: decode one pair, resize it, and give its native (height, width); a bad file
+    returns its error message."""
+    from .sources import load_for_pack
 
     try:
-        return load_resized(sample, size)
+        return load_for_pack(sample, size, max_pixels, dicom_window)
     except InputError as e:
         return str(e)
+    except MemoryError:  # the worker's memory cap (PackConfig.worker_memory) was hit
+        return f"{getattr(sample, 'image', '') or sample.id}: out of memory while decoding; refused"
 
 
-def _sample_positive(sample: Any) -> bool | str:
+def _sample_positive(sample: Any, max_pixels: int | None) -> bool | str:
     from .sources import sample_positive
 
     try:
-        return sample_positive(sample)
+        return sample_positive(sample, max_pixels)
     except InputError as e:
         return str(e)
+    except MemoryError:
+        return f"{getattr(sample, 'mask', '') or sample.id}: out of memory while decoding; refused"
 
 
 def _apply_chunk(fn: Callable, chunk: list, args: tuple) -> list:
     return [fn(item, *args) for item in chunk]
 
 
-def _start_method() -> str:
-    """``fork`` where it is safe (a single-threaded process without TensorFlow: the CLI),
-    else ``spawn``.
-
-    Forked workers start at once, where spawned ones spend about a second importing numpy,
-    h5py and Pillow; but forking a multi-threaded process (the app's server, anything with
-    TensorFlow loaded) can deadlock the child on a lock some other thread held.
-    """
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 \
-            and "tensorflow" not in sys.modules:
-        return "fork"
-    return "spawn"
-
-
 @contextlib.contextmanager
-def _ordered_map(fn: Callable, items: list, args: tuple, workers: int) -> Iterator[Iterator[Any]]:
+def _ordered_map(
+    fn: Callable, items: list, args: tuple, workers: int, *, isolate: bool = False, memory_limit: int | None = None
+) -> Iterator[Iterator[Any]]:
     """A context giving ``map(fn, items)`` in order over worker processes, with a bounded
     number in flight.
 
@@ -189,12 +249,12 @@ def _ordered_map(fn: Callable, items: list, args: tuple, workers: int) -> Iterat
     memory flat for 100,000 images while keeping the workers busy. The pool starts on
     entering (so forked workers never inherit files opened inside the block, such as the
     pack being written) and is shut down on leaving, even when the consumer stops early.
+    ``isolate`` always uses worker processes (each capped at ``memory_limit`` bytes).
     """
-    if workers <= 1 or len(items) < _INLINE_BELOW:
+    if not isolate and (workers <= 1 or len(items) < _INLINE_BELOW):
         yield (fn(item, *args) for item in items)
         return
-    ctx = multiprocessing.get_context(_start_method())
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = worker_pool(workers, memory_limit)
     try:
         pool.submit(int).result()  # start the workers now, before the caller opens files
 
@@ -246,20 +306,32 @@ def pack_manifest(
     size = check_size(config.size)
     if config.compression not in (None, "gzip", "lzf"):
         raise InputError(f"compression must be none, gzip or lzf, got {config.compression!r}")
+    if config.dicom_window not in DICOM_WINDOWS:
+        raise InputError(f"dicom_window must be one of {', '.join(DICOM_WINDOWS)}, got {config.dicom_window!r}")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists; use --force to replace it")
     if out.is_dir():
         raise InputError(f"{out}: is a folder, not a file")
+    from .sources import source_path
+
+    exclusion = None
+    if config.exclude:
+        from .exclude import apply_exclusion
+
+        manifest, exclusion = apply_exclusion(manifest, config.exclude)
     samples = list(manifest.samples)
     if not samples:
+        if exclusion is not None and exclusion.excluded:
+            raise InputError(f"nothing to pack: {config.exclude} excludes all {len(exclusion.excluded)} images of the source")
         raise InputError("nothing to pack: the source has no image/mask pairs")
     workers = _resolve_workers(config.workers)
+    isolation = {"isolate": config.isolate, "memory_limit": config.worker_memory}
     skipped: list[tuple[str, str]] = list(manifest.skipped)
 
     positives = None
     if config.split.stratify:
         if any(s.positive is None for s in samples):
-            with _ordered_map(_sample_positive, samples, (), workers) as flag_iter:
+            with _ordered_map(_sample_positive, samples, (config.max_pixels,), workers, **isolation) as flag_iter:
                 flags = list(flag_iter)
             bad = [(s.id, f) for s, f in zip(samples, flags) if isinstance(f, str)]
             if bad and not config.skip_bad:
@@ -278,7 +350,8 @@ def pack_manifest(
     n_pos = {s: 0 for s in SPLITS}
     started = time.time()
     sources_in_order = [samples[i] for _, i in order]
-    with _ordered_map(_load_resized, sources_in_order, (size,), workers) as results, \
+    load_args = (size, config.max_pixels, config.dicom_window)
+    with _ordered_map(_load_resized, sources_in_order, load_args, workers, **isolation) as results, \
             atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         kw: dict[str, Any] = {"compression": config.compression} if config.compression else {}
         for split in SPLITS:
@@ -289,6 +362,8 @@ def pack_manifest(
                     dtype=np.uint8, chunks=(1, size, size, 1), **kw,
                 )
             f.create_dataset(f"ids_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
+            f.create_dataset(f"source_path_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
+            f.create_dataset(f"source_hw_{split}", shape=(n, 2), maxshape=(None, 2), dtype=np.int32)
 
         buf: dict[str, list] = {s: [] for s in SPLITS}
 
@@ -301,6 +376,8 @@ def pack_manifest(
             f[f"X_{split}"][start:stop, ..., 0] = np.stack([it[1] for it in items])
             f[f"Y_{split}"][start:stop, ..., 0] = np.stack([it[2] for it in items])
             f[f"ids_{split}"][start:stop] = [it[0] for it in items]
+            f[f"source_path_{split}"][start:stop] = [it[3] for it in items]
+            f[f"source_hw_{split}"][start:stop] = np.array([it[4] for it in items], np.int32)
             counts[split] = stop
             items.clear()
 
@@ -311,9 +388,9 @@ def pack_manifest(
                     raise InputError(result)
                 skipped.append((sample.id, result))
             else:
-                image, mask = result
+                image, mask, native = result
                 n_pos[split] += bool(mask.any())
-                buf[split].append((sample.id, image, mask))
+                buf[split].append((sample.id, image, mask, source_path(sample), native))
                 if len(buf[split]) >= _WRITE_BLOCK:
                     flush(split)
             if progress is not None:
@@ -321,7 +398,7 @@ def pack_manifest(
         for split in SPLITS:
             flush(split)
             if counts[split] != len(parts[split]):  # skipped files shrink the split
-                for prefix in ("X", "Y", "ids"):
+                for prefix in ("X", "Y", "ids", "source_path", "source_hw"):
                     f[f"{prefix}_{split}"].resize(counts[split], axis=0)
 
         fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
@@ -341,6 +418,11 @@ def pack_manifest(
             "seconds": round(time.time() - started, 2),
             "workers": workers,
         }
+        if exclusion is not None:
+            report["exclusion"] = exclusion.report()
+            if exclusion.excluded:
+                f.create_dataset("excluded_ids", data=np.array(exclusion.excluded, dtype=object),
+                                 dtype=h5py.string_dtype())
         f.attrs.update(
             format=FORMAT,
             format_version=FORMAT_VERSION,
@@ -352,6 +434,9 @@ def pack_manifest(
             pneumo_version=__version__,
             report=json.dumps(report),
             compression=config.compression or "none",
+            dicom_window=config.dicom_window,
+            excluded=len(exclusion.excluded) if exclusion is not None else 0,
+            exclude_list=exclusion.path if exclusion is not None else "",
         )
         for s in SPLITS:
             f.attrs[f"count_{s}"] = counts[s]

@@ -3,9 +3,10 @@
 Files written into the run folder (docs/architecture.md, "Evaluation files"), atomically:
 
 * ``predictions_<split>.h5``: ``probs (N, S, S, 1) uint8`` = round(p * 255) and ``ids``, attrs
-  ``checkpoint``, ``checkpoint_mtime``, ``pack``, ``pack_mtime``, ``split``, ``created``. It
-  is reused while it was made from the same checkpoint file (same name and modification
-  time) and the same pack; a newer checkpoint (training went on) makes it stale.
+  :func:`pneumo.artifacts.prediction_attrs` (checkpoint name and mtime; pack path, size,
+  mtime and ids digest; split; created). It is reused while it is fresh
+  (:func:`pneumo.artifacts.freshness`); a newer checkpoint (training went on) or a re-packed
+  pack makes it stale.
 * ``metrics_<split>.json`` and ``cases_<split>.csv``: :func:`evaluate_run`.
 
 TensorFlow is imported only when a model has to run, so evaluating from fresh caches (and
@@ -16,73 +17,49 @@ from __future__ import annotations
 import csv
 import io
 import os
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
 from PIL import Image
 
 from . import evaluate as ev
-from ._io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from ._io import atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_value, now_iso
+from .artifacts import (CHECKPOINTS, cases_path, checkpoint_path, check_split, decode_ids, freshness, metrics_path,
+                        prediction_attrs, predictions_path, run_triplet)
 from .config import TrainConfig, load_config
 from .errors import InputError
-from .split import SPLITS
+from . import imageio
+from .imageio import is_dicom
 
-CHECKPOINTS = ("best", "last")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+# CHECKPOINTS, the *_path functions and run_triplet are pneumo.artifacts' (one owner); predict
+# re-exports them because they are part of how its callers name its outputs.
+IMAGE_EXTENSIONS = tuple(sorted(imageio.IMAGE_EXTENSIONS))  # what predict reads from a folder
 CASES_COLUMNS = ("id", "category", "dice", "true_area", "pred_area", "score")
 ProgressFn = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------- run folder
-def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
-    if value not in choices:
-        raise InputError(f"{what} {value!r} is unknown (choose one of: {', '.join(choices)})")
-    return value
-
-
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The run's ``config.json``; :class:`InputError` naming the folder if it is not a run."""
+    from .artifacts import require_run
+
     run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise InputError(f"{run_dir}: run folder not found")
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a folder (expected a run folder)")
-    if not (run_dir / "config.json").is_file():
-        raise InputError(f"{run_dir}: not a run folder (no config.json)")
+    require_run(run_dir)
     return load_config(TrainConfig, run_dir / "config.json")
 
 
-def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str = "best") -> Path:
-    """``RUN/<checkpoint>.keras``; :class:`InputError` when the run has no such model."""
-    run_dir = Path(run_dir)
-    _check_choice(checkpoint, CHECKPOINTS, "checkpoint")
-    run_config(run_dir)
-    path = run_dir / f"{checkpoint}.keras"
-    if not path.is_file():
-        have = [p.name for p in sorted(run_dir.glob("*.keras"))]
-        hint = f"it has {', '.join(have)}" if have else "training has not saved a model yet"
-        raise InputError(f"{run_dir}: no model {path.name} in the run folder ({hint})")
-    return path
-
-
 def pack_path(run_dir: str | os.PathLike) -> Path:
-    """The pack named in the run's config (relative paths: to the current directory, the
-    workspace, then the run folder); :class:`InputError` when it is missing."""
-    from .settings import workspace
+    """The pack named in the run's config, found by :func:`pneumo.artifacts.find_pack`;
+    :class:`InputError` when it is missing."""
+    from .artifacts import find_pack
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     if not cfg.pack:
         raise InputError(f"{run_dir / 'config.json'}: no pack given")
-    p = Path(cfg.pack).expanduser()
-    candidates = [p] if p.is_absolute() else [p, workspace() / p, run_dir / p]
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    raise InputError(f"{run_dir / 'config.json'}: pack {cfg.pack} not found")
+    return find_pack(run_dir)
 
 
 def _open_pack(path: Path) -> h5py.File:
@@ -91,8 +68,7 @@ def _open_pack(path: Path) -> h5py.File:
     return open_pack(path)
 
 
-def _decode_ids(values: Iterable[Any]) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+_decode_ids = decode_ids
 
 
 # --------------------------------------------------------------------------- model
@@ -116,36 +92,13 @@ def _predict_u8(model, images: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- prediction cache
-def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
-    """``RUN/predictions_<split>.h5``."""
-    return Path(run_dir) / f"predictions_{_check_choice(split, SPLITS, 'split')}.h5"
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime
-
-
 def cache_is_fresh(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best") -> bool:
-    """Whether ``predictions_<split>.h5`` can be reused: made from this checkpoint file (name
-    and modification time) and from the run's pack as it is now. No TensorFlow."""
-    path = predictions_path(run_dir, split)
-    if not path.is_file():
-        return False
-    ckpt = checkpoint_path(run_dir, checkpoint)
-    pack = pack_path(run_dir)
-    try:
-        with h5py.File(path, "r") as f:
-            a = f.attrs
-            return (
-                str(a.get("checkpoint", "")) == checkpoint
-                and abs(float(a.get("checkpoint_mtime", -1)) - _mtime(ckpt)) < 1e-3
-                and str(a.get("pack", "")) == str(pack)
-                and abs(float(a.get("pack_mtime", -1)) - _mtime(pack)) < 1e-3
-                and str(a.get("split", "")) == split
-                and "probs" in f and "ids" in f
-            )
-    except (OSError, ValueError, TypeError):
-        return False  # damaged or foreign file: recompute
+    """Whether ``predictions_<split>.h5`` can be reused: made from this checkpoint file as it
+    is now and from the run's pack as it is now (:func:`pneumo.artifacts.freshness`;
+    :class:`InputError` when the run has no such checkpoint or pack). No TensorFlow."""
+    checkpoint_path(run_dir, checkpoint)
+    pack_path(run_dir)
+    return freshness(run_dir, split, checkpoint).fresh
 
 
 def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best", *,
@@ -165,7 +118,7 @@ def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: s
         return out
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    ckpt_mtime, pack_mtime = _mtime(ckpt), _mtime(pack)
+    attrs = prediction_attrs(run_dir, split, checkpoint, pack)  # before predicting: see its docstring
     with _open_pack(pack) as f:
         x = f[f"X_{split}"]
         n, size = int(x.shape[0]), int(x.shape[1])
@@ -184,9 +137,7 @@ def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: s
                     if progress:
                         progress(b, n)
                 g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-                g.attrs.update(checkpoint=checkpoint, checkpoint_mtime=ckpt_mtime, pack=str(pack),
-                               pack_mtime=pack_mtime, split=split, size=size,
-                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                g.attrs.update(size=size, **attrs)
     return out
 
 
@@ -203,16 +154,6 @@ def load_predictions(run_dir: str | os.PathLike, split: str = "test") -> tuple[n
 
 
 # --------------------------------------------------------------------------- evaluation
-def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
-    """``RUN/metrics_<split>.json``."""
-    return Path(run_dir) / f"metrics_{_check_choice(split, SPLITS, 'split')}.json"
-
-
-def cases_path(run_dir: str | os.PathLike, split: str) -> Path:
-    """``RUN/cases_<split>.csv``."""
-    return Path(run_dir) / f"cases_{_check_choice(split, SPLITS, 'split')}.csv"
-
-
 def split_stats(run_dir: str | os.PathLike, split: str) -> tuple[ev.ProbStats, list[str]]:
     """:class:`pneumo.evaluate.ProbStats` of the cached predictions against the pack's masks,
     and the ids (read chunk by chunk; memory stays small)."""
@@ -234,7 +175,7 @@ def write_cases_csv(path: str | os.PathLike, cases: dict[str, np.ndarray]) -> No
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CASES_COLUMNS)
     for i in range(len(cases["category"])):
-        w.writerow([cases["id"][i], cases["category"][i], f"{cases['dice'][i]:.6f}",
+        w.writerow([csv_cell(str(cases["id"][i])), csv_cell(str(cases["category"][i])), f"{cases['dice'][i]:.6f}",
                     int(cases["true_area"][i]), int(cases["pred_area"][i]), f"{cases['score'][i]:.6f}"])
     atomic_write_text(path, buf.getvalue())
 
@@ -247,6 +188,7 @@ def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     for r in rows:
+        r["id"], r["category"] = csv_value(r["id"]), csv_value(r["category"])  # undo csv_cell
         r["dice"], r["score"] = float(r["dice"]), float(r["score"])
         r["true_area"], r["pred_area"] = int(r["true_area"]), int(r["pred_area"])
     return rows
@@ -254,7 +196,7 @@ def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
                  progress: ProgressFn | None = None, *, force: bool = False, batch_size: int = 32,
-                 grid: ev.TripletGrid | None = None) -> dict[str, Any]:
+                 grid: ev.TripletGrid | None = None, allow_changed_pack: bool = False) -> dict[str, Any]:
     """Predict (or reuse) the dev split and ``split``, tune the triplet on dev, score ``split``.
 
     Writes ``RUN/metrics_<split>.json`` (the :func:`pneumo.evaluate.summarize` keys plus
@@ -262,12 +204,20 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     ``dev_siim_score``, ``dev_n_images``, ``pack``, ``created``) and ``RUN/cases_<split>.csv``;
     returns the metrics. The triplet is never tuned on test; with ``split="dev"`` the score
     is optimistic (tuned and scored on the same images). ``progress(done, total)`` counts
-    the images predicted across both splits (not called when the caches are fresh).
+    the images predicted across both splits (not called when the caches are fresh); the same
+    progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.runs.EvalProgress`).
+    A pack that differs from the run's recorded fingerprint raises :class:`InputError` unless
+    ``allow_changed_pack``.
     """
+    from .fingerprint import check_pack
+    from .runs import EvalProgress
+
     run_dir = Path(run_dir)
-    _check_choice(split, SPLITS, "split")
+    check_split(split)
     checkpoint_path(run_dir, checkpoint)
     pack = pack_path(run_dir)
+    check_pack(run_dir, pack, allow_changed=allow_changed_pack)
+    report = EvalProgress(run_dir, split, progress)
     needed = list(dict.fromkeys(["dev", split]))
     stale = [s for s in needed if force or not cache_is_fresh(run_dir, s, checkpoint)]
     if stale:
@@ -276,10 +226,11 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         total, done = sum(counts.values()), 0
         for s in stale:
             offset = done
-            cb = (lambda d, _n, o=offset: progress(o + d, total)) if progress else None
-            predict_split(run_dir, s, checkpoint, batch_size=batch_size, progress=cb, force=True)
+            predict_split(run_dir, s, checkpoint, batch_size=batch_size, force=True,
+                          progress=lambda d, _n, o=offset: report(o + d, total))
             done += counts[s]
 
+    report.stage("score")
     dev_stats, dev_ids = split_stats(run_dir, "dev")
     if dev_stats.n:
         triplet, dev_score = ev.tune_triplet(None, None, grid, stats=dev_stats)
@@ -296,42 +247,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         "dev_siim_score": dev_score,
         "dev_n_images": dev_stats.n,
         "pack": str(pack),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now_iso(),
     }
     write_cases_csv(cases_path(run_dir, split), cases)
     atomic_write_json(metrics_path(run_dir, split), metrics)
+    report.stage("done")
     return metrics
 
 
-def run_triplet(run_dir: str | os.PathLike, size: int | None = None, checkpoint: str | None = None
-                ) -> tuple[ev.Triplet, str]:
-    """The run's tuned triplet, from ``metrics_test.json`` (else ``_dev``, ``_train``; those
-    made with ``checkpoint`` first), and the file it came from;
-    :data:`pneumo.evaluate.DEFAULT_TRIPLET` and ``"default"`` when none exists. With
-    ``size``, ``min_area`` is rescaled if the metrics were made at another size."""
-    found = []
-    for split in ("test", "dev", "train"):
-        m = read_json(metrics_path(run_dir, split))
-        if isinstance(m, dict) and isinstance(m.get("triplet"), dict):
-            found.append((checkpoint is not None and m.get("checkpoint") != checkpoint, split, m))
-    if not found:
-        return ev.DEFAULT_TRIPLET, "default"
-    _, split, m = min(found, key=lambda t: t[0])  # stable: split order kept among equals
-    return ev.Triplet.from_dict(m["triplet"], size=size), metrics_path(run_dir, split).name
-
-
 # --------------------------------------------------------------------------- new images
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
     """Files to predict: each input file as given, each folder's image files (recursively,
     by extension: :data:`IMAGE_EXTENSIONS`), sorted, without files under ``exclude``."""
@@ -357,8 +281,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLi
 
 def _image_id(path: Path) -> str:
     """SOPInstanceUID for DICOM (the SIIM ImageId), else the file stem."""
-    if _is_dicom_file(path):
-        from .sources import read_dicom_meta
+    if is_dicom(path):
+        from .imageio import read_dicom_meta
 
         uid = read_dicom_meta(path)[0]
         if uid:
@@ -436,7 +360,7 @@ def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike
     earlier files stay written (each atomically) but the CSV is not written.
     """
     from .rle import siim_encode
-    from .sources import read_image
+    from .imageio import read_image
 
     run_dir = Path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)

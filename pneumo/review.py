@@ -1,90 +1,47 @@
 """Reviewing a model's predictions case by case, as a radiologist would: the model of a session.
 
-No streamlit and no TensorFlow: the review page (``pages/review.py``) is a thin view over this.
+No streamlit and no TensorFlow: the review page (``app_pages/review.py``) is a thin view over this.
+File names, freshness and the triplet rule are :mod:`pneumo.artifacts`; verdicts are
+:mod:`pneumo.verdicts`.
 
 * :class:`ReviewData` reads a run's cached predictions (``RUN/predictions_<split>.h5``,
   written by ``python -m pneumo evaluate``) and the pack's images and masks for that split,
   lazily: per-image histograms once (:func:`pneumo.evaluate.prob_stats`), then any triplet is
   re-scored in milliseconds by :func:`pneumo.evaluate.evaluate_stats`; pixels are read only
-  for the cases shown.
-* :func:`select`, :func:`position_label`: filter by category (FP first by default) and sort.
-* :class:`VerdictStore`: the reviewer's verdicts in ``RUN/reviews.sqlite`` (WAL mode, one
-  connection per operation, committed at once), so two tabs or processes never lose a click.
-* :func:`start_evaluation` / :func:`evaluation_job`: the page computes missing predictions by
-  launching ``python -m pneumo evaluate`` as a separate process and polling it.
+  for the cases shown, each with its id from the same read.
+* :func:`identity`: what a cache of a :class:`ReviewData` must be keyed by.
+* :func:`select`, :func:`shown_category`, :func:`position_label`: filter by category (FP
+  first by default, falling back to the next non-empty one) and sort.
+* Missing predictions are computed by an evaluation job: :func:`pneumo.jobs.start_evaluation`.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime as _dt
-import io
 import os
-import re
-import shlex
-import signal
-import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
 
-from pneumo import evaluate
-from pneumo._io import atomic_path, atomic_write_json, read_json
+from pneumo import artifacts, evaluate
+from pneumo.artifacts import FileStamp, decode_ids, predictions_path, run_checkpoints
 from pneumo.errors import InputError
-from pneumo.split import SPLITS
 
-CHECKPOINTS = ("best", "last")
 CATEGORIES = ("FP", "FN", "TP", "TN")  # review order: false positives first
 FILTERS = CATEGORIES + ("all",)
 SORTS = ("most confident first", "worst Dice", "largest predicted area")
-
-#: Verdict vocabulary per category at the time of review.
-VERDICTS: dict[str, tuple[str, ...]] = {
-    "FP": ("model wrong", "label missed a pneumothorax", "unsure"),
-    "FN": ("model missed it", "label doubtful", "unsure"),
-    "TP": ("agree", "disagree", "unsure"),
-    "TN": ("agree", "disagree", "unsure"),
-}
-ALL_VERDICTS = tuple(dict.fromkeys(v for vs in VERDICTS.values() for v in vs))
-
-DB_NAME = "reviews.sqlite"
-EXPORT_COLUMNS = ("run", "split", "image_id", "category", "verdict", "note", "reviewer", "updated")
-
-
-def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
-    """``RUN/predictions_<split>.h5`` (the evaluation cache)."""
-    return Path(run_dir) / f"predictions_{split}.h5"
-
-
-def metrics_path(run_dir: str | os.PathLike, split: str) -> Path:
-    """``RUN/metrics_<split>.json``."""
-    return Path(run_dir) / f"metrics_{split}.json"
+#: A category in a sentence ("no false positives at these thresholds").
+CATEGORY_NAMES = {"FP": "false positives", "FN": "misses", "TP": "true positives", "TN": "true negatives",
+                  "all": "cases"}
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-
-
-def _str(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    artifacts.check_split(split)
 
 
 # --------------------------------------------------------------------------- runs
-def run_checkpoints(run_dir: str | os.PathLike) -> list[str]:
-    """Checkpoints present in a run folder, in ``CHECKPOINTS`` order (``best``, ``last``)."""
-    return [c for c in CHECKPOINTS if (Path(run_dir) / f"{c}.keras").is_file()]
-
-
 def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
     """Run folders holding a model (``best.keras``/``last.keras``) or cached predictions, newest first."""
     if runs_dir is None:
@@ -107,27 +64,37 @@ def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
     return sorted(out, key=_key, reverse=True)
 
 
-def cached_splits(run_dir: str | os.PathLike) -> list[str]:
-    """Splits whose predictions are cached in the run folder."""
-    return [s for s in SPLITS if predictions_path(run_dir, s).is_file()]
+def run_label(path: Path) -> str:
+    """``"run-... (finished)"``: the run's name and the state in its ``status.json``."""
+    try:
+        from pneumo import jobs
+
+        state = jobs.read_status(path).get("state", "")
+    except Exception:  # a damaged status file must not hide the run
+        state = ""
+    return f"{path.name}  ({state})" if state else path.name
 
 
-def default_triplet(run_dir: str | os.PathLike, split: str, size: int | None = None) -> evaluate.Triplet:
-    """The triplet tuned on dev, as recorded in ``metrics_<split>.json`` (else ``metrics_dev.json``);
-    plain 0.5 thresholding when neither has one. ``min_area`` rescaled to ``size`` when given."""
-    for s in (split, "dev"):
-        m = read_json(metrics_path(run_dir, s))
-        if isinstance(m, dict) and isinstance(m.get("triplet"), dict):
-            with contextlib.suppress(InputError):
-                return evaluate.Triplet.from_dict(m["triplet"], size)
-    return evaluate.DEFAULT_TRIPLET
+def default_run(runs: Sequence[Path]) -> tuple[Path | None, str]:
+    """The run a new review session opens, and why, from ``runs`` (newest first): the newest
+    with ``best.keras`` (a model that passed validation at least once), else the newest with
+    any checkpoint, else the newest with cached predictions."""
+    rules = ((lambda d: "best" in run_checkpoints(d), "the newest run with a best.keras checkpoint"),
+             (lambda d: bool(run_checkpoints(d)), "the newest run with a checkpoint"),
+             (lambda d: True, "the newest run with cached predictions"))
+    for has, why in rules:
+        for d in runs:
+            if has(d):
+                return Path(d), why
+    return None, "no run to review"
 
 
 # --------------------------------------------------------------------------- data
 @dataclass
 class Case:
     """One case at the pack's resolution: ``image``, ``target`` (0/255) and ``probs``
-    (levels 0..255), each ``(S, S) uint8``; ``index`` into the predictions file."""
+    (levels 0..255), each ``(S, S) uint8``; ``index`` into the predictions file; ``id`` as
+    read from the pack together with the pixels."""
 
     index: int
     id: str
@@ -153,6 +120,24 @@ class Evaluation:
         return {c: int(self.summary[c.lower()]) for c in CATEGORIES}
 
 
+def _stored_pack(path: Path) -> str | None:
+    try:
+        with h5py.File(path, "r") as f:
+            v = f.attrs.get("pack")
+    except OSError:
+        return None
+    return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+
+
+def identity(run_dir: str | os.PathLike, split: str) -> tuple[FileStamp, FileStamp, str]:
+    """What the content of a :class:`ReviewData` depends on: stamps (path, size, mtime) of the
+    predictions file and of its pack, and a digest of the pack split's ids. A cache keyed by
+    this never serves pixels of a re-packed pack under the old ids."""
+    pred = predictions_path(run_dir, split)
+    pack = artifacts.find_pack(run_dir, _stored_pack(pred))
+    return FileStamp.of(pred), FileStamp.of(pack), artifacts.ids_digest(artifacts.pack_split_ids(pack, split))
+
+
 class ReviewData:
     """A run's cached predictions for one split, with the pack's images and masks.
 
@@ -171,6 +156,7 @@ class ReviewData:
                 f"{self.predictions_path}: no cached predictions; run `python -m pneumo evaluate "
                 f"{self.run_dir} --split {split}` first"
             )
+        self.predictions_stamp = FileStamp.of(self.predictions_path)
         try:
             with h5py.File(self.predictions_path, "r") as f:
                 if "probs" not in f or "ids" not in f:
@@ -178,41 +164,26 @@ class ReviewData:
                 probs = f["probs"]
                 if probs.dtype != np.uint8 or probs.ndim != 4 or probs.shape[-1] != 1:
                     raise InputError(f"{self.predictions_path}: probs must be (N, S, S, 1) uint8, got {probs.shape} {probs.dtype}")
-                self.ids: list[str] = [_str(s) for s in f["ids"][()]]
+                self.ids: list[str] = decode_ids(f["ids"][()])
                 self.shape: tuple[int, int] = (int(probs.shape[1]), int(probs.shape[2]))
                 self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         except OSError as e:
             raise InputError(f"{self.predictions_path}: unreadable predictions file ({e})") from None
         if len(self.ids) != int(probs.shape[0]):
             raise InputError(f"{self.predictions_path}: {len(self.ids)} ids for {probs.shape[0]} predictions")
-        self.pack_path = Path(pack_path) if pack_path is not None else self._find_pack()
+        stored = self.attrs.get("pack")
+        self.pack_path = Path(pack_path) if pack_path is not None else artifacts.find_pack(
+            self.run_dir, stored.decode() if isinstance(stored, bytes) else stored)
+        self.pack_stamp = FileStamp.of(self.pack_path)
         self._rows = self._match_pack_rows()
         self._stats: evaluate.ProbStats | None = None
 
     # ---- setup
-    def _find_pack(self) -> Path:
-        from pneumo import settings
-
-        candidates: list[Path] = []
-        stored = self.attrs.get("pack")
-        cfg = read_json(self.run_dir / "config.json")
-        for p in (stored, cfg.get("pack") if isinstance(cfg, dict) else None):
-            if p:
-                p = Path(_str(p))
-                candidates += [p] if p.is_absolute() else [p, settings.workspace() / p, self.run_dir / p]
-        for p in candidates:
-            if p.is_file():
-                return p
-        raise InputError(
-            f"{self.predictions_path}: cannot find the pack it was made from "
-            f"(tried {', '.join(map(str, candidates)) or 'nothing: no pack attribute or config.json'})"
-        )
-
     def _match_pack_rows(self) -> np.ndarray:
         from pneumo import pack
 
         with pack.open_pack(self.pack_path) as f:
-            pack_ids = [_str(s) for s in f[f"ids_{self.split}"][()]]
+            pack_ids = decode_ids(f[f"ids_{self.split}"][()])
             size = int(f.attrs["size"])
         if (size, size) != self.shape:
             raise InputError(
@@ -237,6 +208,12 @@ class ReviewData:
     def size(self) -> int:
         return self.shape[0]
 
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint the predictions were made from (``best``/``last``), None if unrecorded."""
+        v = self.attrs.get("checkpoint")
+        return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+
     # ---- scoring
     @property
     def stats(self) -> evaluate.ProbStats:
@@ -246,16 +223,10 @@ class ReviewData:
 
             with h5py.File(self.predictions_path, "r") as fp, pack.open_pack(self.pack_path) as fk:
                 Y = fk[f"Y_{self.split}"]
-                identity = bool(np.array_equal(self._rows, np.arange(self.n)))
-                masks = Y if identity else Y[()][self._rows]
+                identity_rows = bool(np.array_equal(self._rows, np.arange(self.n)))
+                masks = Y if identity_rows else Y[()][self._rows]
                 self._stats = evaluate.prob_stats(fp["probs"], masks, chunk=64)
         return self._stats
-
-    def set_stats(self, stats: evaluate.ProbStats) -> None:
-        """Reuse histograms computed elsewhere (e.g. a cache keyed by file mtimes)."""
-        if stats.n != self.n:
-            raise InputError(f"stats hold {stats.n} images, the predictions {self.n}")
-        self._stats = stats
 
     def evaluate(self, triplet: evaluate.Triplet) -> Evaluation:
         """Every category, Dice and the summary for ``triplet`` (O(N), by :mod:`pneumo.evaluate`)."""
@@ -266,7 +237,12 @@ class ReviewData:
 
     # ---- pixels
     def cases(self, indices: Sequence[int]) -> list[Case]:
-        """Read only these cases (indices into the predictions), in the given order."""
+        """Read only these cases (indices into the predictions), in the given order.
+
+        Each case's id is read from the pack in the same read as its pixels and must be the
+        id the predictions hold for it; a pack rewritten since opening raises
+        :class:`InputError` instead of showing one image under another's id.
+        """
         from pneumo import pack
 
         idx = [int(i) for i in indices]
@@ -275,31 +251,37 @@ class ReviewData:
                 raise InputError(f"case index {i} out of range 0..{self.n - 1}")
         if not idx:
             return []
-        # h5py fancy indexing wants increasing, unique indices
         uniq = sorted(set(idx))
         rows = self._rows[uniq]
         order_rows = np.argsort(rows, kind="stable")
+        sorted_rows = [int(r) for r in rows[order_rows]]  # h5py wants increasing, unique indices
         with h5py.File(self.predictions_path, "r") as fp, pack.open_pack(self.pack_path) as fk:
-            P = fp["probs"][uniq][..., 0] if len(uniq) > 1 else fp["probs"][uniq[0]][None, ..., 0]
-            sorted_rows = rows[order_rows]
-            X = fk[f"X_{self.split}"]
-            Y = fk[f"Y_{self.split}"]
-            if len(uniq) > 1:
-                Xs, Ys = X[sorted_rows][..., 0], Y[sorted_rows][..., 0]
-            else:
-                Xs, Ys = X[int(sorted_rows[0])][None, ..., 0], Y[int(sorted_rows[0])][None, ..., 0]
+            P = fp["probs"][uniq][..., 0]
+            Xs = fk[f"X_{self.split}"][sorted_rows][..., 0]
+            Ys = fk[f"Y_{self.split}"][sorted_rows][..., 0]
+            Is = decode_ids(fk[f"ids_{self.split}"][sorted_rows])
         inv = np.empty_like(order_rows)
         inv[order_rows] = np.arange(order_rows.size)
         pos = {u: k for k, u in enumerate(uniq)}
-        return [Case(i, self.ids[i], Xs[inv[pos[i]]], Ys[inv[pos[i]]], P[pos[i]]) for i in idx]
+        out = []
+        for i in idx:
+            k = int(inv[pos[i]])
+            if Is[k] != self.ids[i]:
+                raise InputError(
+                    f"{self.pack_path}: the pack changed since these predictions were opened (row "
+                    f"{sorted_rows[k]} now holds {Is[k]!r}, not {self.ids[i]!r}); reload the page"
+                )
+            out.append(Case(i, Is[k], Xs[k], Ys[k], P[pos[i]]))
+        return out
 
     def case(self, index: int) -> Case:
         """One case: image, target and probabilities at the pack's resolution."""
         return self.cases([index])[0]
 
     def default_triplet(self) -> evaluate.Triplet:
-        """The dev-tuned triplet from the run's metrics (see :func:`default_triplet`)."""
-        return default_triplet(self.run_dir, self.split, self.size)
+        """The run's triplet by the one rule of :func:`pneumo.artifacts.run_triplet` (made with
+        this file's checkpoint first), at this pack's size."""
+        return artifacts.run_triplet(self.run_dir, self.size, self.checkpoint)[0]
 
 
 # --------------------------------------------------------------------------- navigation
@@ -335,6 +317,22 @@ def select(cases: dict[str, np.ndarray], category: str = "FP", sort: str = SORTS
     return idx[np.lexsort(keys)].astype(np.int64)
 
 
+def shown_category(counts: dict[str, int], category: str) -> tuple[str, str | None]:
+    """The category to show for the chosen ``category`` filter, and a one-line note when it
+    differs: an empty category falls back to the next non-empty one in review order
+    (``"No false positives at these thresholds: showing misses."``), then to ``"all"``.
+    The chosen filter itself is kept by the caller, so it returns when cases come back."""
+    if category not in FILTERS:
+        raise InputError(f"unknown category filter {category!r}; choose one of {', '.join(FILTERS)}")
+    if category == "all" or counts.get(category, 0) > 0:
+        return category, None
+    k = CATEGORIES.index(category)
+    for c in (*CATEGORIES[k + 1 :], *CATEGORIES[:k]):
+        if counts.get(c, 0) > 0:
+            return c, f"No {CATEGORY_NAMES[category]} at these thresholds: showing {CATEGORY_NAMES[c]}."
+    return "all", f"No {CATEGORY_NAMES[category]} at these thresholds."
+
+
 def position_label(category: str, position: int, total: int) -> str:
     """``("FP", 2, 41) -> "FP 3 of 41"`` (position is 0-based); ``"no FP cases"`` when empty."""
     name = "cases" if category == "all" else category
@@ -350,290 +348,52 @@ def step(position: int, total: int, delta: int) -> int:
     return int(min(max(position + delta, 0), total - 1))
 
 
-# --------------------------------------------------------------------------- verdicts
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS verdicts (
-    run TEXT NOT NULL,
-    split TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    verdict TEXT,
-    note TEXT NOT NULL DEFAULT '',
-    category TEXT,
-    reviewer TEXT,
-    updated TEXT NOT NULL,
-    PRIMARY KEY (run, split, image_id)
-)
-"""
+# --------------------------------------------------------------------------- drawing
+def case_panels(case: Case, triplet: evaluate.Triplet, view: dict[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Input, target and prediction panels of a case, each ``(H, W, 3) uint8`` (``view``: the
+    keyword arguments of :func:`pneumo.viz.triptych_panels`). The prediction mask is exactly
+    the post-processed mask that was scored (:func:`pneumo.evaluate.postprocess`)."""
+    from pneumo import viz
+
+    pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
+    return viz.triptych_panels(case.image, case.target, case.probs, pred_mask=pred_mask, **view)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One stored review row."""
+def case_thumbnail(case: Case, category: str, triplet: evaluate.Triplet, view: dict[str, Any],
+                   size: int) -> np.ndarray:
+    """A grid thumbnail ``(size, size, 3) uint8``: target (green) and post-processed prediction
+    (red) over the windowed image, framed in the category's colour."""
+    from pneumo import viz
 
-    run: str
-    split: str
-    image_id: str
-    category: str | None
-    verdict: str | None
-    note: str
-    reviewer: str | None
-    updated: str
-
-
-class VerdictStore:
-    """Verdicts in a SQLite file (``RUN/reviews.sqlite``), keyed by ``(run, split, image_id)``.
-
-    WAL journal (readers never block the writer), a busy timeout for concurrent writers, one
-    short-lived connection per call and a commit per change: two browser tabs or two
-    processes can review the same run and no click is lost on reload.
-    """
-
-    def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 10.0):
-        self.path = Path(path)
-        self.busy_timeout_s = float(busy_timeout_s)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.execute(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise InputError(f"{self.path}: not a usable review database ({e})") from None
-
-    @classmethod
-    def for_run(cls, run_dir: str | os.PathLike) -> "VerdictStore":
-        """The store of a run folder: ``RUN/reviews.sqlite``."""
-        return cls(Path(run_dir) / DB_NAME)
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            yield con
-        finally:
-            con.close()
-
-    def journal_mode(self) -> str:
-        """The database's journal mode (``"wal"``)."""
-        with self._connect() as con:
-            return str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-
-    @staticmethod
-    def _check(verdict: str | None, category: str | None) -> None:
-        if category is not None and category not in VERDICTS:
-            raise InputError(f"unknown category {category!r}; choose one of {', '.join(VERDICTS)}")
-        if verdict is None:
-            return
-        allowed = VERDICTS[category] if category is not None else ALL_VERDICTS
-        if verdict not in allowed:
-            where = f"a {category} case" if category else "any case"
-            raise InputError(f"verdict {verdict!r} is not one for {where}; choose one of {', '.join(allowed)}")
-
-    def set_verdict(
-        self,
-        run: str,
-        split: str,
-        image_id: str,
-        verdict: str | None,
-        *,
-        category: str | None = None,
-        note: str | None = None,
-        reviewer: str | None = None,
-    ) -> Verdict:
-        """Insert or update a case's verdict (and note, when given), committed at once.
-
-        ``verdict`` must belong to ``category``'s vocabulary (:data:`VERDICTS`); ``None`` keeps
-        the stored verdict (e.g. to save only a note). ``note=None`` keeps the stored note.
-        Returns the stored row.
-        """
-        self._check(verdict, category)
-        with self._connect() as con:
-            con.execute(
-                """INSERT INTO verdicts (run, split, image_id, verdict, note, category, reviewer, updated)
-                   VALUES (?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?)
-                   ON CONFLICT (run, split, image_id) DO UPDATE SET
-                     verdict = COALESCE(excluded.verdict, verdict),
-                     note = COALESCE(?, note),
-                     category = COALESCE(excluded.category, category),
-                     reviewer = COALESCE(excluded.reviewer, reviewer),
-                     updated = excluded.updated""",
-                (str(run), str(split), str(image_id), verdict, note, category, reviewer, _now(), note),
-            )
-        got = self.get(run, split, image_id)
-        assert got is not None
-        return got
-
-    def set_note(self, run: str, split: str, image_id: str, note: str, *, category: str | None = None,
-                 reviewer: str | None = None) -> Verdict:
-        """Save a free-text note for a case, keeping its verdict."""
-        return self.set_verdict(run, split, image_id, None, category=category, note=str(note), reviewer=reviewer)
-
-    def clear(self, run: str, split: str, image_id: str) -> None:
-        """Remove a case's verdict and note."""
-        with self._connect() as con:
-            con.execute("DELETE FROM verdicts WHERE run=? AND split=? AND image_id=?", (str(run), str(split), str(image_id)))
-
-    def get(self, run: str, split: str, image_id: str) -> Verdict | None:
-        """The stored row of a case, or None."""
-        with self._connect() as con:
-            row = con.execute(
-                f"SELECT {', '.join(EXPORT_COLUMNS)} FROM verdicts WHERE run=? AND split=? AND image_id=?",
-                (str(run), str(split), str(image_id)),
-            ).fetchone()
-        return _verdict(row) if row else None
-
-    def all(self, run: str, split: str) -> list[Verdict]:
-        """Every row of a run and split, by image id."""
-        with self._connect() as con:
-            rows = con.execute(
-                f"SELECT {', '.join(EXPORT_COLUMNS)} FROM verdicts WHERE run=? AND split=? ORDER BY image_id",
-                (str(run), str(split)),
-            ).fetchall()
-        return [_verdict(r) for r in rows]
-
-    def reviewed_ids(self, run: str, split: str) -> set[str]:
-        """Ids of the cases that have a verdict."""
-        with self._connect() as con:
-            rows = con.execute(
-                "SELECT image_id FROM verdicts WHERE run=? AND split=? AND verdict IS NOT NULL", (str(run), str(split))
-            ).fetchall()
-        return {r[0] for r in rows}
-
-    def progress(self, run: str, split: str, ids: Sequence[str]) -> tuple[int, int]:
-        """``(reviewed, total)``: how many of ``ids`` have a verdict ("12 of 41 reviewed")."""
-        done = self.reviewed_ids(run, split)
-        return sum(1 for i in ids if str(i) in done), len(ids)
-
-    def export_csv(self, path_or_buffer: str | os.PathLike | IO[str], run: str, split: str) -> int:
-        """Write the rows of a run and split as CSV (columns :data:`EXPORT_COLUMNS`); returns
-        the row count. A path is written atomically; a text buffer is written in place."""
-        rows = self.all(run, split)
-        if isinstance(path_or_buffer, (str, os.PathLike)):
-            with atomic_path(path_or_buffer) as tmp:
-                with open(tmp, "w", newline="", encoding="utf-8") as f:
-                    _write_csv(f, rows)
-        else:
-            _write_csv(path_or_buffer, rows)
-        return len(rows)
-
-    def csv_text(self, run: str, split: str) -> str:
-        """The export as a string (for a download button)."""
-        buf = io.StringIO()
-        self.export_csv(buf, run, split)
-        return buf.getvalue()
+    pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
+    gray = viz.window_level(case.image, *view["window"]) if view["window"] else case.image
+    img = viz.overlay(gray, case.target, viz.TARGET_COLOR, view["alpha"], view["mode"])
+    img = viz.overlay(img, pred_mask, viz.PRED_COLOR, view["alpha"], view["mode"])
+    return viz.thumbnail_grid([img], cols=1, size=size, gap=0, borders=[viz.CATEGORY_COLORS[category]])
 
 
-def _verdict(row: Sequence[Any]) -> Verdict:
-    return Verdict(*row)
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
 
 
-def _write_csv(f: IO[str], rows: list[Verdict]) -> None:
-    w = csv.writer(f, lineterminator="\n")
-    w.writerow(EXPORT_COLUMNS)
-    for r in rows:
-        w.writerow([r.run, r.split, r.image_id, r.category or "", r.verdict or "", r.note, r.reviewer or "", r.updated])
-
-
-# --------------------------------------------------------------------------- computing predictions
-def _job_path(run_dir: str | os.PathLike, split: str) -> Path:
-    return Path(run_dir) / f"evaluate_{split}.json"
-
-
-def _log_path(run_dir: str | os.PathLike, split: str) -> Path:
-    return Path(run_dir) / f"evaluate_{split}.log"
-
-
-def evaluate_command(run_dir: str | os.PathLike, split: str, checkpoint: str) -> list[str]:
-    """``python -m pneumo evaluate RUN --split S --checkpoint C``; the prefix before ``evaluate``
-    can be replaced by ``$PNEUMO_EVALUATE_COMMAND`` (tests use a fake)."""
-    prefix = os.environ.get("PNEUMO_EVALUATE_COMMAND")
-    head = shlex.split(prefix) if prefix else [sys.executable, "-m", "pneumo"]
-    return [*head, "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a finished child not yet reaped is a zombie: treat as gone
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(") ")[-1][:1] == "Z":
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                return False
-    return True
-
-
-def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "best") -> int:
-    """Launch ``python -m pneumo evaluate`` for a run and split in its own session; returns the pid.
-
-    Output goes to ``RUN/evaluate_<split>.log``; ``RUN/evaluate_<split>.json`` records the job
-    so a reload or a second tab finds it. A job already running for this split is reused.
-    """
-    _check_split(split)
-    if checkpoint not in CHECKPOINTS:
-        raise InputError(f"unknown checkpoint {checkpoint!r}; choose one of {', '.join(CHECKPOINTS)}")
-    run_dir = Path(run_dir)
-    if not (run_dir / f"{checkpoint}.keras").is_file() and not os.environ.get("PNEUMO_EVALUATE_COMMAND"):
-        raise InputError(f"{run_dir}: no {checkpoint}.keras checkpoint to evaluate")
-    job = evaluation_job(run_dir, split)
-    if job and job["state"] == "running":
-        return int(job["pid"])
-    log = _log_path(run_dir, split)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            evaluate_command(run_dir, split, checkpoint),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    atomic_write_json(
-        _job_path(run_dir, split),
-        {"pid": proc.pid, "split": split, "checkpoint": checkpoint, "started": _now(), "log": log.name},
-    )
-    return proc.pid
-
-
-_PROGRESS_RE = re.compile(r"(\d+)\s*/\s*(\d+)")
-
-
-def evaluation_job(run_dir: str | os.PathLike, split: str) -> dict[str, Any] | None:
-    """State of the last evaluation launched from the app for this split, or None.
-
-    ``{"state": "running"|"finished"|"failed", "pid", "checkpoint", "started",
-    "fraction": float|None (from the last "k/n" in the log), "log_tail": str}``.
-    Finished means the process is gone and the predictions file exists.
-    """
-    job = read_json(_job_path(run_dir, split))
-    if not isinstance(job, dict) or "pid" not in job:
-        return None
-    try:
-        text = _log_path(run_dir, split).read_text(errors="replace")
-    except OSError:
-        text = ""
-    tail = text[-2000:]
-    fraction = None
-    for m in _PROGRESS_RE.finditer(tail.replace("\r", "\n")):
-        k, n = int(m.group(1)), int(m.group(2))
-        if 0 < n and k <= n:
-            fraction = k / n
-    if _alive(int(job["pid"])):
-        state = "running"
-    elif predictions_path(run_dir, split).is_file():
-        state = "finished"
-    else:
-        state = "failed"
-    return {**job, "state": state, "fraction": fraction, "log_tail": tail[-800:]}
-
-
-def stop_evaluation(run_dir: str | os.PathLike, split: str) -> None:
-    """Terminate a running evaluation job of this split (its whole process group)."""
-    job = evaluation_job(run_dir, split)
-    if job and job["state"] == "running":
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(job["pid"]), signal.SIGTERM)
+def roc_figure(ev: Evaluation) -> dict[str, Any]:
+    """The presence ROC curve with the triplet's operating point, as a plotly figure dict
+    (a dict skips plotly's slow validation: the page redraws it on every click)."""
+    s = ev.summary
+    fpr, tpr, _ = ev.roc
+    data: list[dict[str, Any]] = []
+    if fpr.size and np.isfinite(fpr).all() and np.isfinite(tpr).all():
+        data.append({"type": "scatter", "x": fpr.tolist(), "y": tpr.tolist(), "mode": "lines",
+                     "name": f"ROC (AUC {_fmt(s['auc'])})", "line": {"color": "#3366cc"}})
+        tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
+        if tp + fn and fp + tn:
+            data.append({"type": "scatter", "x": [fp / (fp + tn)], "y": [tp / (tp + fn)], "mode": "markers",
+                         "name": "current triplet", "marker": {"size": 11, "color": "#d62728"}})
+    data.append({"type": "scatter", "x": [0, 1], "y": [0, 1], "mode": "lines", "name": "chance",
+                 "line": {"dash": "dot", "color": "#999"}})
+    layout = {"height": 280, "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
+              "title": {"text": "ROC of the presence score"},
+              "xaxis": {"title": {"text": "false positive rate"}, "range": [0, 1]},
+              "yaxis": {"title": {"text": "true positive rate"}, "range": [0, 1.02]}}
+    return {"data": data, "layout": layout}

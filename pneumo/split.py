@@ -14,10 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from .config import SplitConfig
+from .config import SPLITS, SplitConfig
 from .errors import InputError
 
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)

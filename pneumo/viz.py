@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from pneumo.errors import InputError
+from pneumo.evaluate import threshold_level
 
 Color = tuple[int, int, int]
 
@@ -233,7 +234,8 @@ def triptych_panels(
 
     ``image``, ``target`` (0/255) and ``probs`` (uint8 0..255 or float 0..1) are ``(H, W)``.
     Input: the X-ray after ``window=(center, width)``. Target: the label drawn on it in green.
-    Prediction: ``pred_view="mask"`` draws ``pred_mask`` (default ``probs >= pixel_threshold``;
+    Prediction: ``pred_view="mask"`` draws ``pred_mask`` (default ``probs > pixel_threshold``, the
+    rule of :mod:`pneumo.evaluate`;
     pass the post-processed mask to show exactly what was scored) in red;
     ``pred_view="heatmap"`` blends the probability heat map onto the X-ray and outlines
     ``pred_mask``. ``box=(top, left, height, width)`` zooms on a region, enlarged ``scale`` times.
@@ -245,7 +247,7 @@ def triptych_panels(
         gray = window_level(gray, *window)
     p8 = to_uint8_probs(probs)
     if pred_mask is None:
-        pred_mask = p8.astype(np.float32) >= float(pixel_threshold) * 255.0
+        pred_mask = p8 > threshold_level(float(pixel_threshold))  # exactly what evaluate keeps
     base = _as_rgb(gray)
     target_panel = overlay(base, target, TARGET_COLOR, alpha, mode, thickness)
     if pred_view == "mask":

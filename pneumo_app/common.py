@@ -7,19 +7,17 @@ No TensorFlow here: the Home, Data and Training pages must start fast.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import shutil
-import stat
-import uuid
-import zipfile
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Iterator
+import re
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import streamlit as st
 
-from pneumo import settings
-from pneumo.config import AugmentConfig
+from pneumo import config, settings
+from pneumo.config import FILL_MODES, AugmentConfig, TrainConfig
 from pneumo.errors import InputError, PneumoError
 from pneumo.split import SPLITS
 
@@ -31,22 +29,43 @@ DEMO_PACK_OPTIONS: dict[str, Any] = {}
 PACK_KEY = "pneumo_pack"
 RUN_KEY = "pneumo_run"
 
+# Address-space cap of each worker process that decodes the user's files for the Data page:
+# a 50 Mpx image needs well under 1 GB; the rest is the interpreter, numpy, Pillow and pydicom.
+WORKER_MEMORY = 3 * 1024**3
+
+# Markdown (and Streamlit's :directive[...] and $math$) characters, escaped when text that a
+# user or a file controls is shown with st.markdown, st.caption, st.error...
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` shown literally in Markdown: no links, images, emphasis, HTML or directives."""
+    escaped = _MD_SPECIAL.sub(r"\\\1", str(text))
+    return escaped.replace("\r", " ").replace("\n", "  \n")
+
 
 
 # --------------------------------------------------------------------------- navigation
-APP_ROOT = Path(__file__).resolve().parents[1]  # where streamlit_app.py and pages/ live
+# The page scripts live in app_pages/, not pages/: Streamlit treats a pages/ folder beside the
+# main script as an old-style multipage app and, on a fresh server whose first request is a
+# deep link such as /data, would run that page alone (no navigation, no sidebar, no demo
+# pack). With no pages/ folder there is no old mode to enter; st.navigation serves every URL,
+# each page's URL being its file name (/data, /training, ...).
+APP_ROOT = Path(__file__).resolve().parents[1]  # where streamlit_app.py and app_pages/ live
+APP_ICON = Path(__file__).resolve().parent / "icon.png"  # the browser tab's icon, served by the app
 APP_PAGES = [
-    ("pages/home.py", "Home", ":material/home:"),
-    ("pages/data.py", "Data", ":material/database:"),
-    ("pages/augmentation.py", "Augmentation", ":material/auto_awesome_motion:"),
-    ("pages/training.py", "Training", ":material/model_training:"),
-    ("pages/review.py", "Review", ":material/fact_check:"),
+    ("app_pages/home.py", "Home", ":material/home:"),
+    ("app_pages/data.py", "Data", ":material/database:"),
+    ("app_pages/augmentation.py", "Augmentation", ":material/auto_awesome_motion:"),
+    ("app_pages/training.py", "Training", ":material/model_training:"),
+    ("app_pages/review.py", "Review", ":material/fact_check:"),
 ]
 
 
 def run_app() -> None:
     """The app: page config, navigation, workspace sidebar, first-launch demo pack, the page."""
-    st.set_page_config(page_title="pneumo", page_icon=":material/pulmonology:", layout="wide")
+    # A local file: a :material/...: or emoji page icon is fetched from a font CDN by the browser.
+    st.set_page_config(page_title="pneumo", page_icon=str(APP_ICON), layout="wide")
     pages = [
         st.Page(path, title=title, icon=icon, default=(title == "Home"))
         for path, title, icon in APP_PAGES
@@ -56,25 +75,6 @@ def run_app() -> None:
     workspace_sidebar()
     ensure_demo_pack()
     page.run()
-
-
-def page_guard() -> None:
-    """Call first in every page: if Streamlit ran this page file alone, run the app instead.
-
-    Streamlit treats a folder named ``pages/`` beside the main script as an old-style
-    multipage app until a script calls ``st.navigation``; on a fresh server whose first
-    request is a bookmarked ``/data`` (and on every ``AppTest`` re-run) it executes
-    ``pages/data.py`` by itself: no navigation, no sidebar, no first-launch demo pack. Here
-    the app's navigation takes over in the same run (so a click in that run is not lost) and
-    draws the same page; the outer, lone execution then stops.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the old mode
-        return
-    if PagesManager.uses_pages_directory:
-        run_app()  # st.navigation switches the old mode off, so the nested page renders normally
-        st.stop()
 
 
 # --------------------------------------------------------------------------- errors
@@ -87,7 +87,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except PneumoError as e:
-        st.error(str(e))
+        st.error(md_escape(e))  # messages name files and zip members: shown literally
         st.stop()
 
 
@@ -124,16 +124,47 @@ def _folder_key(folder: Path) -> tuple[tuple[str, float, int], ...]:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _list_packs(folder: str, key: tuple) -> list:
+def _list_packs(folder: str, key: tuple) -> tuple[list, list]:
     from pneumo import pack
 
-    return pack.list_packs(Path(folder))
+    return pack.scan_packs(Path(folder))
 
 
 def packs() -> list:
-    """Valid packs in the data folder (``list[PackInfo]``), cached until a file changes."""
+    """Valid packs in the data folder (``list[PackInfo]``), cached until a file changes.
+    Damaged or foreign ``.h5`` files are left out (see :func:`damaged_packs`)."""
     folder = settings.data_dir()
-    return _list_packs(str(folder), _folder_key(folder))
+    return _list_packs(str(folder), _folder_key(folder))[0]
+
+
+def damaged_packs() -> list:
+    """``.h5`` files of the data folder that are not readable packs (``list[DamagedPack]``)."""
+    folder = settings.data_dir()
+    return _list_packs(str(folder), _folder_key(folder))[1]
+
+
+def damaged_packs_note() -> None:
+    """A caption naming the damaged or foreign ``.h5`` files, if any (they are never opened)."""
+    damaged = damaged_packs()
+    if damaged:
+        names = "; ".join(
+            f"{md_escape(d.path.name)} ({md_escape(d.reason.removeprefix(f'{d.path}: '))})" for d in damaged[:5]
+        )
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        st.caption(f"Not listed, not a readable pack: {names}{more}")
+
+
+@st.cache_resource(show_spinner=False)
+def _sweep_once(data_dir: str) -> int:
+    from pneumo import uploads
+
+    return len(uploads.sweep_temp_files(data_dir)) + len(uploads.sweep_uploads(data_dir))
+
+
+def sweep_workspace() -> None:
+    """Once per server and data folder: delete what a killed pack or upload left behind
+    (``.NAME.*.tmp`` files older than an hour, upload folders older than a day)."""
+    _sweep_once(str(settings.data_dir()))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -151,8 +182,10 @@ def pack_info(path: str | Path):
 def ensure_demo_pack() -> Any:
     """On first launch (no pack at all), build the demo pack with a progress bar.
 
-    Returns the new ``PackInfo``, or ``None`` when packs already exist.
+    Returns the new ``PackInfo``, or ``None`` when packs already exist. Sweeps the
+    workspace's leftovers first (once per server).
     """
+    sweep_workspace()
     if packs():
         return None
     from pneumo import pack
@@ -174,6 +207,7 @@ def ensure_demo_pack() -> Any:
 def pack_picker(label: str = "Pack", key: str = "pack_picker") -> Any:
     """Select a pack of the data folder; remembered across pages. ``PackInfo`` or ``None``."""
     available = packs()
+    damaged_packs_note()
     if not available:
         st.info("No pack yet. Make one on the **Data** page.")
         return None
@@ -221,7 +255,9 @@ def positives(path: str | Path, split: str) -> np.ndarray:
     return _positives(str(path), mtime(path), split)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# One entry is one page of the sample browser (8 images and masks): 16 pages stay under
+# ~0.5 GB even for a 2048 px pack, where 256 entries could have held 16 GB.
+@st.cache_data(show_spinner=False, max_entries=16)
 def _read_samples(path: str, mtime: float, split: str, indices: tuple[int, ...]):
     from pneumo import pack
 
@@ -263,9 +299,8 @@ def augment_config_ui(key: str, default: AugmentConfig | None = None) -> Augment
         )
         zoom = st.slider("Zoom (fraction, +/-)", 0.0, 0.5, float(d.zoom), 0.005, key=f"{key}_zoom", format="%.3f")
     with c2:
-        fill_modes = ["nearest", "constant", "reflect", "wrap"]
         fill_mode = st.selectbox(
-            "Fill mode (pixels shifted in)", fill_modes, index=fill_modes.index(d.fill_mode), key=f"{key}_fill"
+            "Fill mode (pixels shifted in)", FILL_MODES, index=FILL_MODES.index(d.fill_mode), key=f"{key}_fill"
         )
         horizontal_flip = st.checkbox("Horizontal flip (p = 1/2)", d.horizontal_flip, key=f"{key}_hflip")
         per_batch = st.checkbox(
@@ -307,107 +342,19 @@ def to_float(v: Any) -> float | None:
     return f if np.isfinite(f) else None
 
 
-# --------------------------------------------------------------------------- zip upload
-MAX_ZIP_MEMBERS = 50_000
-MAX_ZIP_BYTES = 4 * 1024**3  # uncompressed; bigger sets belong on the server, not in an upload
-MAX_ZIP_RATIO = 200  # a member expanding more than this is a zip bomb, not an image
-
-
-def upload_dir() -> Path:
-    """A fresh folder under the data folder for one unpacked upload."""
-    d = settings.data_dir() / "uploads" / uuid.uuid4().hex[:12]
-    d.mkdir(parents=True, exist_ok=False)
-    return d
-
-
-def safe_extract_zip(
-    file: str | Path | BinaryIO,
-    dest: str | Path,
-    *,
-    max_members: int = MAX_ZIP_MEMBERS,
-    max_bytes: int = MAX_ZIP_BYTES,
-    max_ratio: float = MAX_ZIP_RATIO,
-) -> Path:
-    """Unpack a zip into ``dest`` refusing anything that could escape it or fill the disk.
-
-    Rejected (``InputError`` naming the member): absolute paths, drive letters, ``..``
-    components, symbolic links, more than ``max_members`` files, more than ``max_bytes``
-    uncompressed in total (counted while writing, not trusted from the header), and members
-    whose compression ratio exceeds ``max_ratio``. Nothing is written unless the listing
-    passes; a failure while writing removes what was written.
-    """
-    dest = Path(dest)
-    try:
-        zf = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"upload: not a readable zip file ({e})") from None
-    with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(infos) > max_members:
-            raise InputError(f"upload: {len(infos)} files in the zip; the limit is {max_members}")
-        targets = []
-        declared = 0
-        for info in infos:
-            name = info.filename.replace("\\", "/")
-            parts = PurePosixPath(name).parts
-            if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts or not parts:
-                raise InputError(f"upload: unsafe path in the zip: {info.filename!r}")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InputError(f"upload: symbolic link in the zip: {info.filename!r}")
-            if info.compress_size and info.file_size / info.compress_size > max_ratio and info.file_size > 1 << 20:
-                raise InputError(f"upload: {info.filename!r} expands {info.file_size / info.compress_size:.0f}x (zip bomb?)")
-            declared += info.file_size
-            targets.append((info, dest.joinpath(*parts)))
-        if declared > max_bytes:
-            raise InputError(f"upload: {declared / 1e9:.1f} GB uncompressed; the limit is {max_bytes / 1e9:.1f} GB")
-        dest.mkdir(parents=True, exist_ok=True)
-        root = dest.resolve()
-        written = 0
-        try:
-            for info, target in targets:
-                if root not in target.resolve().parents:
-                    raise InputError(f"upload: unsafe path in the zip: {info.filename!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise InputError(
-                                f"upload: more than {max_bytes / 1e9:.1f} GB uncompressed; the limit is reached"
-                            )
-                        out.write(chunk)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    return dest
-
-
 # --------------------------------------------------------------------------- training presets
-# The quick demo must finish in a few minutes on 2 CPU cores. Measured on this project's
-# 2-core machine: the VGG16-U-Net with a trainable encoder trains at about 5 images/s at
-# 128 px when the machine is idle (docs/benchmarks.md; 1-2 under load) and a quarter of that
-# at 256 px, so the quick demo uses a 128 px demo pack and
-# 6 x 20 steps of 8 images (about 1,000 images, 4-6 minutes). No ImageNet weights (no
-# download needed), so a higher learning rate than the blog's 2e-5, and BCE + Dice so the
-# small lesions are not ignored. A real run of exactly this (CLI, 4 min 43 s) reached a
-# presence AUC of 0.80 on the demo test split with a Dice of 0.13 on positives: it finds
-# lesions before it can outline them, which gives the Review page real FPs and FNs.
-QUICK_PACK_NAME = "demo-128.h5"
-QUICK_PACK_OPTIONS: dict[str, Any] = {"size": 128}
+# One set of presets for the CLI (``--preset``), ``quickstart`` and the app: pneumo.config's
+# TrainConfig values (pack empty) and their menu titles; measured in docs/benchmarks.md.
+PRESETS: dict[str, TrainConfig] = config.PRESETS
+PRESET_TITLES: dict[str, str] = config.PRESET_TITLES
+QUICK_PRESET = config.QUICK_PRESET
+QUICK_PACK_NAME = config.QUICK_PACK_NAME
+QUICK_PACK_OPTIONS: dict[str, Any] = config.QUICK_PACK_OPTIONS
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "Quick demo on CPU (a few minutes)": dict(
-        variant="unet", encoder_weights=None, freeze_encoder=None, epochs=6, steps_per_epoch=20,
-        validation_steps=None, batch_size=8, lr=1e-3, loss="bce+dice", fine_tune_epochs=0,
-        fine_tune_lr=1e-5, mixed_precision=False, xla=False, seed=0,
-    ),
-    "Blog (2019) settings": dict(
-        variant="blog", encoder_weights="imagenet", freeze_encoder=None, epochs=90, steps_per_epoch=None,
-        validation_steps=None, batch_size=32, lr=2e-5, loss="bce", fine_tune_epochs=0,
-        fine_tune_lr=1e-5, mixed_precision=False, xla=False, seed=0,
-    ),
-}
-QUICK_PRESET = next(iter(PRESETS))
+
+def preset_config(name: str, pack_path: str | Path) -> TrainConfig:
+    """The preset ``name`` for the pack at ``pack_path`` (a ``TrainConfig`` ready to start)."""
+    return dataclasses.replace(config.preset(name), pack=str(pack_path))
 
 
 def quick_pack() -> Any:

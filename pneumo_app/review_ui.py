@@ -5,27 +5,30 @@ of the session (categories, sorting, verdicts) is :mod:`pneumo.review`; drawing 
 :mod:`pneumo.viz`; metrics are :mod:`pneumo.evaluate`. Nothing here runs a model: missing
 predictions are computed by a ``python -m pneumo evaluate`` subprocess that the page polls.
 
-Speed with thousands of images: the per-image histograms are computed once per predictions
-file (``st.cache_resource`` keyed by path and mtime); a threshold change re-scores them in
-O(N) (``st.cache_data``); only the shown cases' pixels are read (``st.cache_data`` per case).
-Position and view options live in ``st.session_state`` keyed by run and split; verdicts live
-in SQLite (``RUN/reviews.sqlite``), so nothing entered is lost on reload.
+Speed with thousands of images: the per-image histograms are computed once per version of
+the predictions and the pack (``st.cache_resource`` keyed by :func:`pneumo.review.identity`:
+path, size and mtime of both files and a digest of the split's ids, so a re-packed pack is
+never read under the old ids); a threshold change re-scores them in O(N) (``st.cache_data``);
+only the shown cases' pixels are read, each with its id from the same read. Predictions that
+are not fresh for the chosen checkpoint and the pack (:func:`pneumo.artifacts.freshness`) are
+never shown as current. Position and view options live in ``st.session_state`` keyed by run
+and split; verdicts and notes live in SQLite (``RUN/reviews.sqlite``, :mod:`pneumo.verdicts`),
+so nothing entered is lost on reload and a second tab sees them.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from pneumo import evaluate, review, settings, viz
+from pneumo import artifacts, evaluate, fullres, jobs, review, settings, verdicts
+from pneumo.review import case_panels  # noqa: F401  (bench/review.py times it from here)
 from pneumo.errors import InputError
+from pneumo.split import SPLITS
+from pneumo_app import review_nav, review_readers
 
-GRID_COLUMNS = 6
-GRID_ROWS = 3
-THUMB_SIZE = 160
 PRED_VIEWS = {"mask": "Thresholded mask", "heatmap": "Probability heat map"}
 MODES = ("Case", "Grid")
 
@@ -46,66 +49,86 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _mtime(path: str | Path) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
-
-
 def _k(name: str, run_dir: Path, split: str) -> str:
     """A session-state key scoped to one run and split."""
     return f"rv_{name}::{run_dir.name}::{split}"
 
 
 # --------------------------------------------------------------------------- cached readers
+Ident = tuple[str, int, int, str, int, int, str]
+
+
+def _ident(run_dir: Path, split: str) -> Ident:
+    pred, pack, digest = review.identity(run_dir, split)
+    return (pred.path, pred.size, pred.mtime_ns, pack.path, pack.size, pack.mtime_ns, digest)
+
+
 @st.cache_resource(show_spinner="Reading the cached predictions...", max_entries=4)
-def _data(run_dir: str, split: str, mtime: float) -> review.ReviewData:
-    data = review.ReviewData(run_dir, split)
+def _data(run_dir: str, split: str, ident: Ident) -> review.ReviewData:
+    data = review.ReviewData(run_dir, split, pack_path=ident[3])
     _ = data.stats  # one pass over all predictions; everything after is O(N) or per case
     return data
 
 
 def load_data(run_dir: Path, split: str) -> review.ReviewData:
-    """The run's :class:`ReviewData` with its histograms, shared by all sessions until the
-    predictions file changes."""
-    path = review.predictions_path(run_dir, split)
-    return _data(str(run_dir), split, _mtime(path))
+    """The run's :class:`ReviewData` with its histograms, shared by all sessions while the
+    predictions file and the pack are unchanged (:func:`pneumo.review.identity`)."""
+    return _data(str(run_dir), split, _ident(run_dir, split))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _evaluate(run_dir: str, split: str, mtime: float, triplet: tuple[float, float, int]) -> review.Evaluation:
-    return _data(run_dir, split, mtime).evaluate(evaluate.Triplet(*triplet))
+def _evaluate(run_dir: str, split: str, ident: Ident, triplet: tuple[float, float, int]) -> review.Evaluation:
+    return _data(run_dir, split, ident).evaluate(evaluate.Triplet(*triplet))
 
 
 def evaluation(run_dir: Path, split: str, triplet: evaluate.Triplet) -> review.Evaluation:
-    """Scores of every image under ``triplet`` (cached per triplet)."""
+    """Scores of every image under ``triplet`` (cached per triplet and file versions)."""
     t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-    return _evaluate(str(run_dir), split, _mtime(review.predictions_path(run_dir, split)), t)
+    return _evaluate(str(run_dir), split, _ident(run_dir, split), t)
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _cases(run_dir: str, split: str, mtime: float, indices: tuple[int, ...]) -> list[review.Case]:
-    return _data(run_dir, split, mtime).cases(list(indices))
+# Pixels of the cases shown, shared by every session: bounded in bytes, not entries (a grid
+# page of 1024 px cases weighs ~57 MB). The arrays are read-only since sessions share them.
+CASES_CACHE_BYTES = 256 * 1024**2
+
+
+def _case_bytes(cases: list[review.Case]) -> int:
+    return sum(c.image.nbytes + c.target.nbytes + c.probs.nbytes for c in cases)
+
+
+@st.cache_resource(show_spinner=False)
+def _case_cache() -> fullres.ImageCache:
+    return fullres.ImageCache(CASES_CACHE_BYTES, sizeof=_case_bytes)
+
+
+def _read_only(cases: list[review.Case]) -> list[review.Case]:
+    for c in cases:
+        for a in (c.image, c.target, c.probs):
+            a.setflags(write=False)
+    return cases
+
+
+def _cases(run_dir: str, split: str, ident: Ident, indices: tuple[int, ...]) -> list[review.Case]:
+    return _case_cache().get((run_dir, split, ident, indices),
+                             lambda: _read_only(_data(run_dir, split, ident).cases(list(indices))))
 
 
 def read_cases(run_dir: Path, split: str, indices: list[int]) -> list[review.Case]:
-    """Pixels of only these cases (cached per set of indices)."""
-    mtime = _mtime(review.predictions_path(run_dir, split))
-    return _cases(str(run_dir), split, mtime, tuple(int(i) for i in indices))
+    """Pixels and ids of only these cases (cached per set of indices and file versions)."""
+    return _cases(str(run_dir), split, _ident(run_dir, split), tuple(int(i) for i in indices))
+
+
+# Readers reviewing together step through the same cases in the same order: the second
+# one's Next reuses the first one's encoded panels (a third of the server's work per Next).
+@st.cache_data(show_spinner=False, max_entries=64)
+def _panel_pngs(run_dir: str, split: str, ident: Ident, index: int, triplet: tuple[float, float, int],
+                view: dict[str, Any]) -> tuple[tuple[bytes, int], ...]:
+    case = _cases(run_dir, split, ident, (index,))[0]
+    return tuple((png_bytes(p), int(p.shape[1]))
+                 for p in review.case_panels(case, evaluate.Triplet(*triplet), view))
 
 
 # --------------------------------------------------------------------------- run, split, predictions
-def _run_label(path: Path) -> str:
-    try:
-        from pneumo import jobs
-
-        state = jobs.read_status(path).get("state", "")
-    except Exception:  # a damaged status file must not hide the run
-        state = ""
-    return f"{path.name}  ({state})" if state else path.name
-
-
 def run_ui() -> Path | None:
     """Pick a run that has a model or cached predictions; remembered across pages."""
     from pneumo_app import common
@@ -116,10 +139,19 @@ def run_ui() -> Path | None:
         return None
     paths = [str(p) for p in runs]
     key = "rv_run"
+    opened = None
     if st.session_state.get(key) not in paths:
         remembered = st.session_state.get(common.RUN_KEY)
-        st.session_state[key] = remembered if remembered in paths else paths[0]
-    chosen = st.selectbox("Run", paths, key=key, format_func=lambda p: _run_label(Path(p)))
+        default, why = review.default_run(runs)
+        # a run chosen on another page is kept only if it can be reviewed with a model
+        if remembered in paths and artifacts.run_checkpoints(remembered):
+            st.session_state[key] = remembered
+        else:
+            st.session_state[key] = str(default)
+            opened = f"Opened **{Path(str(default)).name}**: {why}."
+    chosen = st.selectbox("Run", paths, key=key, format_func=lambda p: review.run_label(Path(p)))
+    if opened:
+        st.caption(opened)
     st.session_state[common.RUN_KEY] = chosen
     return Path(chosen)
 
@@ -127,9 +159,9 @@ def run_ui() -> Path | None:
 def split_checkpoint_ui(run_dir: Path) -> tuple[str, str | None]:
     """Pick the split (test by default) and the checkpoint (best by default)."""
     c1, c2 = st.columns(2)
-    split = c1.selectbox("Split", review.SPLITS, index=review.SPLITS.index("test"), key="rv_split",
+    split = c1.selectbox("Split", SPLITS, index=SPLITS.index("test"), key="rv_split",
                          help="Review on test; the post-processing defaults were tuned on dev.")
-    ckpts = review.run_checkpoints(run_dir)
+    ckpts = artifacts.run_checkpoints(run_dir)
     checkpoint = c2.selectbox("Checkpoint", ckpts, key=f"rv_ckpt::{run_dir.name}") if ckpts else None
     if not ckpts:
         c2.caption("No checkpoint in this run; reviewing its cached predictions.")
@@ -138,7 +170,7 @@ def split_checkpoint_ui(run_dir: Path) -> tuple[str, str | None]:
 
 def _launch(run_dir: Path, split: str, checkpoint: str) -> None:
     try:
-        review.start_evaluation(run_dir, split, checkpoint)
+        jobs.start_evaluation(run_dir, split, checkpoint)
     except InputError as e:
         st.session_state["rv_launch_error"] = str(e)
 
@@ -151,21 +183,26 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
     """
     if err := st.session_state.pop("rv_launch_error", None):
         st.error(err)
-    path = review.predictions_path(run_dir, split)
-    job = review.evaluation_job(run_dir, split)
+    path = artifacts.predictions_path(run_dir, split)
+    job = jobs.evaluation_job(run_dir, split)
     if job and job["state"] == "running":
         _job_progress_ui(run_dir, split)
         return False
     if path.is_file():
-        stored = _stored_checkpoint(path)
-        if checkpoint and stored and stored != checkpoint:
-            st.info(f"The cached predictions come from `{stored}.keras`, not `{checkpoint}.keras`.")
-            st.button(f"Recompute with {checkpoint}.keras", key="rv_recompute",
+        fresh = artifacts.freshness(run_dir, split, checkpoint)
+        if fresh.fresh:
+            if checkpoint is None:
+                st.caption("No checkpoint in this run to check them against; the pack is unchanged.")
+            return True
+        # never shown as current: say why, offer to recompute
+        st.warning(f"The cached predictions for **{split}** are out of date: {fresh.reason}. "
+                   "They are not shown, so no verdict lands on the wrong case.")
+        if checkpoint is not None:
+            st.button(f"Recompute with {checkpoint}.keras", type="primary", key="rv_recompute",
                       on_click=_launch, args=(run_dir, split, checkpoint))
-        return True
+        return False
     if job and job["state"] == "failed":
-        st.error("Computing the predictions failed:")
-        st.code(job.get("log_tail") or "(no output)")
+        st.error(f"Computing the predictions failed: {job.get('error') or 'no message'}")
     if checkpoint is None:
         st.warning(f"No cached predictions for **{split}** and no checkpoint to compute them from.")
         return False
@@ -179,31 +216,20 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
     return False
 
 
-def _stored_checkpoint(path: Path) -> str | None:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            v = f.attrs.get("checkpoint")
-    except OSError:
-        return None
-    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
-
-
 @st.fragment(run_every=1.0)
 def _job_progress_ui(run_dir: Path, split: str) -> None:
-    job = review.evaluation_job(run_dir, split)
+    job = jobs.evaluation_job(run_dir, split)
     if job is None or job["state"] != "running":
         st.rerun(scope="app")
         return
     frac = job.get("fraction")
+    stage = (job.get("progress") or {}).get("stage")
+    detail = {"score": ": scoring", None: " (starting: loading the model)..."}.get(
+        stage, f": {frac or 0:.0%}")
     st.progress(frac if frac is not None else 0.0,
-                text=f"Computing predictions for {split} with {job.get('checkpoint')}.keras"
-                + (f": {frac:.0%}" if frac is not None else " (starting)..."))
-    if job.get("log_tail"):
-        st.code(job["log_tail"][-400:])
+                text=f"Computing predictions for {split} with {job.get('checkpoint')}.keras{detail}")
     if st.button("Stop", key="rv_stop_eval"):
-        review.stop_evaluation(run_dir, split)
+        jobs.stop_evaluation(run_dir, split)
 
 
 # --------------------------------------------------------------------------- post-processing
@@ -260,66 +286,7 @@ def summary_ui(ev: review.Evaluation) -> None:
         st.caption(f"sensitivity {_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}; "
                    f"plain 0.5 thresholding scored {_fmt(s['siim_score_raw'])}")
     with right:
-        st.plotly_chart(roc_figure(ev), key="rv_roc", config={"displayModeBar": False})
-
-
-def roc_figure(ev: review.Evaluation) -> dict[str, Any]:
-    """The presence ROC curve with the current triplet's operating point, as a plotly figure
-    dict (a dict skips plotly's slow validation: this redraws on every click)."""
-    s = ev.summary
-    fpr, tpr, _ = ev.roc
-    data: list[dict[str, Any]] = []
-    if fpr.size and np.isfinite(fpr).all() and np.isfinite(tpr).all():
-        data.append({"type": "scatter", "x": fpr.tolist(), "y": tpr.tolist(), "mode": "lines",
-                     "name": f"ROC (AUC {_fmt(s['auc'])})", "line": {"color": "#3366cc"}})
-        tp, fp, fn, tn = s["tp"], s["fp"], s["fn"], s["tn"]
-        if tp + fn and fp + tn:
-            data.append({"type": "scatter", "x": [fp / (fp + tn)], "y": [tp / (tp + fn)], "mode": "markers",
-                         "name": "current triplet", "marker": {"size": 11, "color": "#d62728"}})
-    data.append({"type": "scatter", "x": [0, 1], "y": [0, 1], "mode": "lines", "name": "chance",
-                 "line": {"dash": "dot", "color": "#999"}})
-    layout = {"height": 280, "margin": {"l": 10, "r": 10, "t": 30, "b": 10},
-              "title": {"text": "ROC of the presence score"},
-              "xaxis": {"title": {"text": "false positive rate"}, "range": [0, 1]},
-              "yaxis": {"title": {"text": "true positive rate"}, "range": [0, 1.02]}}
-    return {"data": data, "layout": layout}
-
-
-# --------------------------------------------------------------------------- navigation
-def filter_ui(ev: review.Evaluation, run_dir: Path, split: str) -> tuple[str, str, np.ndarray]:
-    """Category filter (FP first by default) and sort; returns ``(category, sort, order)``."""
-    counts = ev.counts
-    c1, c2 = st.columns([3, 2])
-    category = c1.radio(
-        "Show", review.FILTERS, horizontal=True, key=_k("cat", run_dir, split),
-        format_func=lambda c: f"{c} ({counts[c]})" if c in counts else f"all ({sum(counts.values())})",
-        help="FP: predicted pneumothorax where the label has none. FN: a missed one.",
-    )
-    sort = c2.selectbox("Sort", review.SORTS, key=_k("sort", run_dir, split))
-    return category, sort, review.select(ev.cases, category, sort)
-
-
-def _pos_key(run_dir: Path, split: str, category: str, sort: str) -> str:
-    return f"rv_pos::{run_dir.name}::{split}::{category}::{sort}"
-
-
-def position_ui(order: np.ndarray, category: str, key: str) -> int:
-    """Previous / next (also the Left / Right keys) and "FP 3 of 41"; returns the position."""
-    n = int(order.size)
-    pos = review.step(int(st.session_state.get(key, 0)), n, 0)
-    st.session_state[key] = pos
-
-    def _move(delta: int) -> None:
-        st.session_state[key] = review.step(int(st.session_state.get(key, 0)), n, delta)
-
-    c1, c2, c3 = st.columns([1, 2, 1], vertical_alignment="center")
-    c1.button("Previous", key=f"{key}::prev", on_click=_move, args=(-1,), disabled=pos <= 0,
-              shortcut="Left", width="stretch")
-    c2.markdown(f"<div style='text-align:center;font-size:1.2em'><b>{review.position_label(category, pos, n)}</b></div>",
-                unsafe_allow_html=True)
-    c3.button("Next", key=f"{key}::next", on_click=_move, args=(1,), disabled=pos >= n - 1,
-              shortcut="Right", width="stretch")
-    return pos
+        st.plotly_chart(review.roc_figure(ev), key="rv_roc", config={"displayModeBar": False})
 
 
 # --------------------------------------------------------------------------- display options
@@ -352,128 +319,143 @@ def view_ui(size: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the case
-def case_panels(case: review.Case, triplet: evaluate.Triplet, view: dict[str, Any]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Input, target and prediction panels of a case: the prediction mask is exactly the
-    post-processed mask that was scored (:func:`pneumo.evaluate.postprocess`)."""
-    pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
-    return viz.triptych_panels(case.image, case.target, case.probs, pred_mask=pred_mask, **view)
-
-
-def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any]) -> None:
-    """The triptych of one case with its numbers."""
+def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any]) -> review.Case:
+    """The triptych of one case with its numbers; returns the case (its id read with its pixels)."""
     case = read_cases(data.run_dir, data.split, [index])[0]
     c = ev.cases
-    panels = case_panels(case, ev.triplet, view)
+    t = ev.triplet
+    panels = _panel_pngs(str(data.run_dir), data.split, _ident(data.run_dir, data.split), int(index),
+                         (float(t.pixel_threshold), float(t.top_threshold), int(t.min_area)), view)
     names = (
         "Input",
         f"Target: {int(c['true_area'][index])} px",
         f"Prediction: {int(c['pred_area'][index])} px, Dice {c['dice'][index]:.3f}, score {c['score'][index]:.2f}",
     )
-    st.markdown(f"**{case.id}**: {c['category'][index]}")
-    cols = st.columns(3)
-    for col, panel, name in zip(cols, panels, names):
-        # Stretched to the column: the three panels stay the same size whatever the pack's
-        # resolution (at their natural width a long caption made one panel wider).
-        col.image(png_bytes(panel), caption=name, output_format="PNG", width="stretch")
+    from pneumo_app.common import md_escape
+
+    st.markdown(f"**{md_escape(case.id)}**: {c['category'][index]}")
+    if view["scale"] <= 1:
+        cols = st.columns(3)
+        for col, (png, _), name in zip(cols, panels, names):
+            # Stretched to the column: the three panels stay the same size whatever the pack's
+            # resolution (at their natural width a long caption made one panel wider).
+            col.image(png, caption=name, output_format="PNG", width="stretch")
+        return case
+    # Magnified: one panel per row at its rendered width, so zoom enlarges what is seen
+    # (three columns would squeeze a 4x panel back to a third of the page).
+    for (png, width), name in zip(panels, names):
+        st.image(png, caption=name, output_format="PNG", width=width)
+    return case
 
 
-def verdict_ui(store: review.VerdictStore, run_dir: Path, split: str, image_id: str, category: str,
+def verdict_ui(store: verdicts.VerdictStore, run_dir: Path, split: str, image_id: str, category: str,
                advance: tuple[str, int] | None = None) -> None:
-    """Verdict buttons for the case's category (saved on click) and a free note (saved on change)."""
+    """Verdict buttons for the case's category (saved on click; the chosen one clears it) and
+    a free note (saved on Enter or leaving the field).
+
+    The note shown follows the store: a note saved in another tab replaces the field's text
+    on the next rerun unless this tab has unsaved edits. Saving over a note changed elsewhere
+    since it was loaded is refused by the store (:class:`pneumo.verdicts.NoteConflict`) and
+    the page asks which one to keep.
+    """
     run = run_dir.name
-    current = store.get(run, split, image_id)
+    reader = review_readers.current_reader()
+    current = store.get(run, split, image_id, reader=reader)
+    stored_note = current.note if current else ""
 
     def _save(verdict: str) -> None:
-        store.set_verdict(run, split, image_id, verdict, category=category)
+        store.set_verdict(run, split, image_id, verdict, category=category, reader=reader)
         if advance is not None and st.session_state.get("rv_auto_next", False):
             key, n = advance
             st.session_state[key] = review.step(int(st.session_state.get(key, 0)), n, 1)
 
-    note_key = f"rv_note::{run}::{split}::{image_id}"
-    if note_key not in st.session_state:
-        st.session_state[note_key] = current.note if current else ""
+    def _clear() -> None:
+        store.clear_verdict(run, split, image_id, reader=reader)
 
-    def _save_note() -> None:
-        store.set_note(run, split, image_id, st.session_state[note_key], category=category)
+    note_key = f"rv_note::{run}::{split}::{image_id}"
+    base_key = note_key + "::loaded"  # the stored note this tab's field started from
+    conflict_key = note_key + "::conflict"
+    if note_key not in st.session_state or (
+            st.session_state.get(base_key) != stored_note
+            and st.session_state[note_key] == st.session_state.get(base_key)):
+        st.session_state[note_key] = stored_note  # no unsaved edit here: show the newer note
+        st.session_state[base_key] = stored_note
+
+    def _save_note(force: bool = False) -> None:
+        text = st.session_state[note_key]
+        try:
+            store.set_note(run, split, image_id, text, category=category, reader=reader,
+                           expected=None if force else st.session_state.get(base_key, ""))
+        except verdicts.NoteConflict as e:
+            st.session_state[conflict_key] = e.stored
+            return
+        st.session_state[base_key] = text
+        st.session_state.pop(conflict_key, None)
+
+    def _keep_theirs() -> None:
+        theirs = st.session_state.pop(conflict_key, stored_note)
+        st.session_state[note_key] = theirs
+        st.session_state[base_key] = theirs
 
     st.markdown(f"**Verdict on this {category}**")
-    cols = st.columns(len(review.VERDICTS[category]))
-    for col, v in zip(cols, review.VERDICTS[category]):
+    choices = verdicts.VERDICTS[category]
+    cols = st.columns(len(choices) + 1)
+    for col, v in zip(cols, choices):
         chosen = current is not None and current.verdict == v
         col.button(v, key=f"rv_verdict::{image_id}::{v}", type="primary" if chosen else "secondary",
                    on_click=_save, args=(v,), width="stretch")
+    cols[-1].button("Clear verdict", key=f"rv_clear::{image_id}", on_click=_clear, width="stretch",
+                    disabled=current is None or current.verdict is None)
     st.toggle("Go to the next case after a verdict", key="rv_auto_next")
     st.text_input("Note (saved when you press Enter or leave the field)", key=note_key, on_change=_save_note)
+    if conflict_key in st.session_state:
+        from pneumo_app.common import md_escape
+
+        st.warning("This note was changed in another tab or by another reviewer since you opened it: "
+                   f"it now reads \u201c{md_escape(st.session_state[conflict_key])}\u201d. Yours is not saved yet.")
+        c1, c2 = st.columns(2)
+        c1.button("Overwrite with mine", key=note_key + "::force", on_click=_save_note, args=(True,))
+        c2.button("Keep theirs", key=note_key + "::theirs", on_click=_keep_theirs)
     if current is not None and current.verdict:
         st.caption(f"Saved: **{current.verdict}** ({current.category} at the time, {current.updated})")
+    elif current is not None:
+        st.caption("Note saved; no verdict yet.")
     else:
         st.caption("Not reviewed yet.")
 
 
-# --------------------------------------------------------------------------- grid
-def grid_ui(data: review.ReviewData, ev: review.Evaluation, order: np.ndarray, pos_key: str,
-            view: dict[str, Any], reviewed: set[str]) -> None:
-    """Thumbnails of a page of cases (target green, prediction red); Open shows one in full."""
-    per_page = GRID_COLUMNS * GRID_ROWS
-    n = int(order.size)
-    if n == 0:
-        st.info("No case in this category.")
-        return
-    pages = (n + per_page - 1) // per_page
-    pos = int(st.session_state.get(pos_key, 0))
-    page_key = pos_key + "::page"
-    if not 1 <= int(st.session_state.get(page_key, 0)) <= pages:
-        st.session_state[page_key] = min(pos // per_page + 1, pages)
-    page = int(st.number_input(f"Page (of {pages})", 1, pages, key=page_key)) - 1
-    shown = order[page * per_page : (page + 1) * per_page]
-    cases = read_cases(data.run_dir, data.split, [int(i) for i in shown])
-    def _open(p: int) -> None:
-        st.session_state[pos_key] = p
-        st.session_state["rv_mode"] = "Case"
-
-    for r in range(0, len(cases), GRID_COLUMNS):
-        cols = st.columns(GRID_COLUMNS)
-        for j, (col, case) in enumerate(zip(cols, cases[r : r + GRID_COLUMNS])):
-            p = page * per_page + r + j
-            i = case.index
-            pred_mask = evaluate.postprocess(case.probs[None], ev.triplet)[0]
-            gray = viz.window_level(case.image, *view["window"]) if view["window"] else case.image
-            img = viz.overlay(gray, case.target, viz.TARGET_COLOR, view["alpha"], view["mode"])
-            img = viz.overlay(img, pred_mask, viz.PRED_COLOR, view["alpha"], view["mode"])
-            cat = str(ev.cases["category"][i])
-            thumb = viz.thumbnail_grid([img], cols=1, size=THUMB_SIZE, gap=0, borders=[viz.CATEGORY_COLORS[cat]])
-            mark = " ✓" if case.id in reviewed else ""
-            col.image(png_bytes(thumb), caption=f"{p + 1}. {case.id} {cat}{mark} · {ev.cases['score'][i]:.2f}",
-                      output_format="PNG")
-            col.button("Open", key=f"rv_open::{pos_key}::{p}", on_click=_open, args=(p,), width="stretch")
-
-
 # --------------------------------------------------------------------------- progress, export
-def progress_ui(store: review.VerdictStore, run_dir: Path, split: str, ev: review.Evaluation,
+def progress_ui(store: verdicts.VerdictStore, run_dir: Path, split: str, ev: review.Evaluation,
                 order: np.ndarray, category: str) -> set[str]:
-    """"12 of 41 reviewed" for the shown category and the split; CSV export. Returns reviewed ids."""
+    """"12 of 41 reviewed" for the shown category and the split, by this session's reader
+    (:func:`pneumo_app.review_readers.current_reader`); CSV export of every reader's rows (with
+    the reader column). Returns the ids this reader reviewed.
+
+    A case counts as reviewed when it has a verdict or a note: exactly the rows exported."""
     run = run_dir.name
-    reviewed = store.reviewed_ids(run, split)
+    reader = review_readers.current_reader()
+    reviewed = store.reviewed_ids(run, split, reader=reader)
     ids = ev.cases["id"]
     shown_ids = [str(ids[i]) for i in order]
     done = sum(1 for i in shown_ids if i in reviewed)
     total_done = sum(1 for i in ids if str(i) in reviewed)
     what = "cases" if category == "all" else f"{category} cases"
     st.progress(done / len(shown_ids) if shown_ids else 0.0,
-                text=f"{done} of {len(shown_ids)} {what} reviewed ({total_done} of {len(ids)} in {split})")
+                text=f"{done} of {len(shown_ids)} {what} reviewed ({total_done} of {len(ids)} in {split}) "
+                     f"by you ({reader})")
     rows = store.all(run, split)
     c1, c2 = st.columns([1, 3])
     c1.download_button(
-        f"Export {len(rows)} reviews (CSV)", store.csv_text(run, split), file_name=f"reviews_{run}_{split}.csv",
+        # made when clicked (not on every Next), so it also holds what was saved since
+        f"Export {len(rows)} reviews (CSV)", lambda: store.csv_text(run, split), file_name=f"reviews_{run}_{split}.csv",
         mime="text/csv", key="rv_export", disabled=not rows,
     )
     with c2.expander(f"Reviews so far ({len(rows)})"):
         if rows:
             import pandas as pd
 
-            st.dataframe(pd.DataFrame([r.__dict__ for r in rows], columns=review.EXPORT_COLUMNS),
-                         hide_index=True, key="rv_reviews_table")
+            # a static table wraps long verdicts, notes and dates instead of cutting them
+            st.table(pd.DataFrame([r.__dict__ for r in rows], columns=verdicts.EXPORT_COLUMNS).set_index("image_id"))
     return reviewed
 
 
@@ -486,6 +468,7 @@ def review_page() -> None:
     st.caption("Go through the model's predictions as a radiologist would: false positives first, "
                "then the misses; record a verdict on each.")
     with common.user_errors():
+        review_readers.reader_ui()
         run_dir = run_ui()
         if run_dir is None:
             return
@@ -502,37 +485,44 @@ def review_page() -> None:
         ev = evaluation(run_dir, split, triplet)
         with st.expander("Summary", expanded=True):
             summary_ui(ev)
-        category, sort, _ = filter_ui(ev, run_dir, split)
+        review_readers.readers_ui(run_dir, split, ev)
+        category, sort, _ = review_nav.filter_ui(ev, run_dir, split)
         t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-        cases_area(str(run_dir), split, t, category, sort, view)
+        cases_area(str(run_dir), split, checkpoint, t, category, sort, view)
 
 
 @st.fragment
-def cases_area(run_dir_s: str, split: str, triplet: tuple[float, float, int], category: str, sort: str,
-               view: dict[str, Any]) -> None:
+def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tuple[float, float, int],
+               category: str, sort: str, view: dict[str, Any]) -> None:
     """Progress, export, grid or case with verdicts. A fragment: Next, Previous, a verdict or a
     note rerun only this part, not the summary above (whose inputs have not changed)."""
     from pneumo_app import common
 
     run_dir = Path(run_dir_s)
     with common.user_errors():
+        if not artifacts.freshness(run_dir, split, checkpoint).fresh:
+            st.rerun(scope="app")  # files changed since the page was drawn: the page says why
         data = load_data(run_dir, split)
         ev = evaluation(run_dir, split, evaluate.Triplet(*triplet))
         order = review.select(ev.cases, category, sort)
-        store = review.VerdictStore.for_run(run_dir)
-        pos_key = _pos_key(run_dir, split, category, sort)
+        store = verdicts.VerdictStore.for_run(run_dir)
+        pos_key = review_nav.pos_key(run_dir, split, category, sort)
         reviewed = progress_ui(store, run_dir, split, ev, order, category)
         st.session_state.setdefault("rv_mode", "Case")
         mode = st.segmented_control("View", MODES, key="rv_mode", required=True)
         if mode == "Grid":
-            grid_ui(data, ev, order, pos_key, view, reviewed)
+            review_nav.grid_ui(data, ev, order, pos_key, view, reviewed)
             return
-        pos = position_ui(order, category, pos_key)
+        pos = review_nav.nav_ui(pos_key, category, int(order.size))
         if order.size == 0:
             st.info(f"No {category} case with this post-processing." if category != "all" else "No case.")
             return
         index = int(order[pos])
-        case_ui(data, ev, index, view)
-        image_id = str(ev.cases["id"][index])
-        verdict_ui(store, run_dir, split, image_id, str(ev.cases["category"][index]),
+        case = case_ui(data, ev, index, view)
+        # -- full-resolution view (pneumo_app/review_fullres.py): a toggle, then the viewer
+        from pneumo_app import review_fullres
+
+        review_fullres.fullres_ui(data, case, evaluate.Triplet(*triplet))
+        # -- end full-resolution view
+        verdict_ui(store, run_dir, split, case.id, str(ev.cases["category"][index]),
                    advance=(pos_key, int(order.size)))

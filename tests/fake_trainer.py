@@ -2,7 +2,7 @@
 
 Usage (what the app tests do)::
 
-    PNEUMO_TRAIN_COMMAND="python tests/fake_trainer.py" ...
+    PNEUMO_TESTING=1 PNEUMO_TRAIN_COMMAND="python tests/fake_trainer.py" ...
 
 Accepts the trainer's arguments (``--config C --run-dir R [--resume]``, other options
 ignored) and writes ``status.json``, ``progress.json`` and ``history.csv`` per the run

@@ -69,3 +69,85 @@ def make_trained_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, v
               "error": None, "epoch": 1, "epochs": 1}
     (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
     return run_dir
+
+
+#: The post-processing the designed predictions of :func:`make_review_run` are scored with.
+REVIEW_TRIPLET = {"pixel_threshold": 0.5, "top_threshold": 0.5, "min_area": 4}
+
+
+def designed_probs(masks, seed: int = 0):
+    """Fixed predictions with every category present: ``(N, S, S, 1) uint8`` levels.
+
+    Positives alternate TP (the mask at 200..240) and FN (nothing above 60); negatives
+    alternate FP (a square blob at 180..220, side ``S // 8``) and TN (noise below 60). Levels
+    vary by image, so "most confident first" has a fixed order. Depends only on ``masks``
+    and ``seed``, never on a model.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n, size = masks.shape[0], masks.shape[1]
+    probs = rng.integers(0, 40, masks.shape).astype(np.uint8)
+    positive = masks.reshape(n, -1).max(axis=1) > 0
+    side = max(3, size // 8)
+    kp = kn = 0
+    for i in range(n):
+        if positive[i]:
+            if kp % 2 == 0:  # TP
+                probs[i][masks[i] > 0] = 200 + 10 * (kp // 2 % 5)
+            kp += 1
+        else:
+            if kn % 2 == 0:  # FP: a blob away from the image centre
+                top = size // 4 + (kn // 2 % 3) * side // 2
+                probs[i, top : top + side, top : top + side] = 180 + 10 * (kn // 2 % 5)
+            kn += 1
+    return probs
+
+
+def write_cached_predictions(run_dir, split: str, probs, ids, pack_path, checkpoint: str = "best"):
+    """Write ``RUN/predictions_<split>.h5`` as ``pneumo.predict`` does, fresh for the run's
+    current checkpoint and pack (so the Review page shows it as current)."""
+    from pneumo import artifacts
+
+    return artifacts.write_predictions(run_dir, split, probs, ids, pack_path, checkpoint)
+
+
+def make_review_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, *, splits=("dev", "test"),
+                    seed: int = 0, state: str = "finished") -> Path:
+    """A finished run folder whose predictions are written directly (:func:`designed_probs`),
+    not learnt: ``config.json``, ``status.json``, ``history.csv``, a placeholder ``best.keras``
+    (its modification time is what freshness checks compare; the page never loads it),
+    ``predictions_<split>.h5`` for ``splits`` and ``metrics_<split>.json`` scored with
+    :data:`REVIEW_TRIPLET`. FP, FN, TP and TN are all non-empty when the split has at least
+    two positives and two negatives. No TensorFlow.
+    """
+    import h5py
+
+    from pneumo import evaluate
+    from pneumo._io import atomic_write_json
+    from pneumo.config import TrainConfig, save_config
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(TrainConfig(pack=str(pack_path), encoder_weights=None, epochs=1, seed=seed), run_dir / "config.json")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    (run_dir / "history.csv").write_text(
+        "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds\n"
+        "1,train,0.5,0.1,0.05,0.5,0.1,0.05,0.0003,1.0\n", encoding="utf-8")
+    status = {"state": state, "pid": os.getpid(), "started": now, "updated": now, "ended": now,
+              "error": None, "epoch": 1, "epochs": 1}
+    (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
+    (run_dir / "best.keras").write_bytes(b"placeholder: review fixtures never load the model")
+    triplet = evaluate.Triplet.from_dict(REVIEW_TRIPLET)
+    for split in splits:
+        with h5py.File(pack_path, "r") as f:
+            masks = f[f"Y_{split}"][()]
+            ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][()]]
+        probs = designed_probs(masks, seed)
+        write_cached_predictions(run_dir, split, probs, ids, pack_path)
+        summary, _ = evaluate.evaluate_probs(probs, masks, triplet, ids)
+        atomic_write_json(run_dir / f"metrics_{split}.json", {
+            **summary, "triplet": triplet.to_dict(masks.shape[1]), "split": split, "checkpoint": "best",
+            "triplet_source": "dev", "dev_siim_score": None, "dev_n_images": 0,
+            "pack": str(pack_path), "created": now})
+    return run_dir

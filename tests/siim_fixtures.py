@@ -3,7 +3,9 @@
 ``write_siim_tree(root, n, size, seed)`` mimics the Kaggle layout
 (``dicom/<study>/<series>/<SOPInstanceUID>.dcm`` + ``stage_2_train.csv``); ``write_dicom`` writes
 one file (8/12/16-bit, MONOCHROME1/2, optionally JPEG-baseline compressed like the real data).
-Import from tests as ``from siim_fixtures import write_siim_tree, write_dicom``.
+``write_review_tree(root)`` is the full-resolution review fixture (an 8-bit 1024 px DICOM and a
+12-bit-in-16 2048 px DICOM with window tags, SIIM layout). Import from tests as
+``from siim_fixtures import write_siim_tree, write_dicom``.
 """
 from __future__ import annotations
 
@@ -33,11 +35,15 @@ def write_dicom(
     jpeg_quality: int = 95,
     rescale: tuple[float, float] | None = None,
     frames: int | None = None,
+    window: tuple | None = None,
+    voi_lut: tuple[int, np.ndarray] | None = None,
 ) -> Path:
-    """Write ``pixels`` ``(H, W)`` uint8/uint16 (or ``(F, H, W)`` with ``frames``) as a DICOM file.
+    """Write ``pixels`` ``(H, W)`` uint8/uint16/int16 (or ``(F, H, W)`` with ``frames``) as a DICOM file.
 
     ``bits_stored`` defaults to the dtype's bits; ``jpeg=True`` (uint8 only) JPEG-baseline
-    compresses with Pillow and encapsulates, like the SIIM data; ``rescale`` = (slope, intercept).
+    compresses with Pillow and encapsulates, like the SIIM data; ``rescale`` = (slope, intercept);
+    ``window`` = (WindowCenter, WindowWidth), each a number or a list (multi-valued);
+    ``voi_lut`` = (first mapped value, LUT entries as uint16) for a VOI LUT Sequence.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,16 @@ def write_dicom(
     ds.BitsAllocated = bits_allocated
     ds.BitsStored = bits_stored or bits_allocated
     ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        first, table = voi_lut
+        item = Dataset()
+        item.LUTDescriptor = [len(table), first, 16]
+        item.LUTData = [int(v) for v in table]
+        item["LUTData"].VR = "US"
+        ds.VOILUTSequence = [item]
     if frames is not None:
         ds.NumberOfFrames = frames
     if rescale is not None:
@@ -140,4 +155,38 @@ def write_siim_tree(
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     csv_path.write_text(text, encoding="utf-8")
+    return dicom_dir, csv_path
+
+
+def write_review_tree(root: str | Path, *, small: int = 1024, large: int = 2048, seed: int = 0) -> tuple[Path, Path]:
+    """A SIIM-layout tree of two positive images for full-resolution review; deterministic.
+
+    ``small`` px 8-bit MONOCHROME2 (no window) and ``large`` px 12-bit values in 16 bits with
+    WindowCenter 1800 / WindowWidth 1600 (values spread over 0..4095, so the pack's "voi" and
+    "full" windows differ visibly), each with a thin band-shaped pneumothorax along the edge
+    that downsampling to 256 px nearly erases. Returns ``(dicom_dir, csv_path)``
+    (``stage_2_train.csv``). Meant for browser/bench tests; unit tests use tiny images.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    dicom_dir = root / "dicom"
+    rows: list[tuple[str, str]] = []
+    for k, (size, sixteen) in enumerate(((small, False), (large, True))):
+        uid = f"{UID_ROOT}.5.{seed}.{k}.{1517875000 + k}"
+        yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+        lung = 0.55 + 0.35 * np.exp(-((xx - 0.5) / 0.3) ** 2) - 0.2 * yy
+        band = (xx > 0.78) & (xx < 0.80) & (yy > 0.2) & (yy < 0.6)  # thin pleural band
+        lung[band] -= 0.3
+        lung += rng.normal(0, 0.02, lung.shape).astype(np.float32)
+        if sixteen:
+            pixels = np.clip(np.rint(lung * 4095), 0, 4095).astype(np.uint16)
+            extra = {"bits_stored": 12, "window": (1800, 1600)}
+        else:
+            pixels = np.clip(np.rint(lung * 255), 0, 255).astype(np.uint8)
+            extra = {}
+        path = dicom_dir / f"{uid}.1" / f"{uid}.2" / f"{uid}.dcm"
+        write_dicom(path, pixels, sop_uid=uid, patient_id=f"REV{k:02d}", **extra)
+        rows.append((uid, siim_encode(band)))
+    csv_path = root / "stage_2_train.csv"
+    csv_path.write_text("ImageId,EncodedPixels\n" + "".join(f"{u},{r}\n" for u, r in rows), encoding="utf-8")
     return dicom_dir, csv_path

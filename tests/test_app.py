@@ -45,6 +45,7 @@ def workspace(tmp_path, monkeypatch, demo_pack_file) -> Path:
     monkeypatch.delenv("PNEUMO_DATA_DIR", raising=False)
     monkeypatch.delenv("PNEUMO_RUNS_DIR", raising=False)
     monkeypatch.setenv("PNEUMO_TRAIN_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_TRAINER))}")
+    monkeypatch.setenv("PNEUMO_TESTING", "1")  # the hook is ignored without it
     monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "0.5")
     for name in ("PNEUMO_FAKE_EPOCHS", "PNEUMO_FAKE_FAIL"):
         monkeypatch.delenv(name, raising=False)
@@ -120,18 +121,18 @@ def test_no_first_launch_pack_when_another_pack_exists(workspace):
     assert not settings.demo_pack_path().exists()
 
 
-@pytest.mark.parametrize("page", ["pages/data.py", "pages/augmentation.py", "pages/training.py"])
+@pytest.mark.parametrize("page", ["app_pages/data.py", "app_pages/augmentation.py", "app_pages/training.py"])
 def test_page_renders_on_the_demo_pack(workspace, page):
     at = _app(page)
-    assert at.title[0].value == {"pages/data.py": "Data", "pages/augmentation.py": "Augmentation",
-                                 "pages/training.py": "Training"}[page]
+    assert at.title[0].value == {"app_pages/data.py": "Data", "app_pages/augmentation.py": "Augmentation",
+                                 "app_pages/training.py": "Training"}[page]
     assert not at.error
 
 
 def test_navigation_lists_every_page_and_survives_reruns(workspace):
     assert [p for p, _, _ in common.APP_PAGES] == [
-        "pages/home.py", "pages/data.py", "pages/augmentation.py", "pages/training.py", "pages/review.py"]
-    at = _app("pages/data.py")
+        "app_pages/home.py", "app_pages/data.py", "app_pages/augmentation.py", "app_pages/training.py", "app_pages/review.py"]
+    at = _app("app_pages/data.py")
     at.selectbox(key="data_browse_which").set_value("negative").run()  # a re-run of the page alone...
     _no_exception(at)
     # ...still goes through the app: the workspace sidebar is drawn
@@ -147,13 +148,15 @@ def test_home_quick_start_makes_the_quick_pack_and_starts_a_run(workspace):
     runs = jobs.list_runs()
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
     cfg = runs[0].config
-    assert cfg["pack"] == str(quick) and cfg["encoder_weights"] is None and cfg["epochs"] == 6
+    quick_demo = common.PRESETS[common.QUICK_PRESET]  # pneumo.config's, the same as the CLI's
+    assert cfg["pack"] == str(quick) and cfg["encoder_weights"] is None and cfg["epochs"] == quick_demo.epochs
+    assert cfg["variant"] == quick_demo.variant and cfg["width"] == quick_demo.width
     _wait_for(at, lambda a: jobs.read_status(runs[0].path)["state"] == "finished")
 
 
 # --------------------------------------------------------------------------- data page
 def test_data_page_packs_demo_phantoms(workspace):
-    at = _app("pages/data.py")
+    at = _app("app_pages/data.py")
     at.number_input(key="data_demo_count").set_value(30)
     at.number_input(key="data_size").set_value(64)
     at.text_input(key="data_name_demo").set_value("phantoms30")
@@ -173,9 +176,33 @@ def test_data_page_packs_demo_phantoms(workspace):
     assert len(at.image) == 8
 
 
+def test_data_page_excludes_a_relabel_list_and_records_the_window(workspace, tmp_path):
+    """The Data form passes the exclusion list, DICOM window and pixel budget to the pack."""
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text("id,category\nphantom-00003,FP\nphantom-00007,FN\nnot-in-the-pack,FP\n", encoding="utf-8")
+    at = _app("app_pages/data.py")
+    at.number_input(key="data_demo_count").set_value(20)
+    at.number_input(key="data_size").set_value(64)
+    at.text_input(key="data_name_demo").set_value("clean")
+    at.text_input(key="data_exclude").set_value(str(relabel))
+    at.selectbox(key="data_dicom_window").set_value("full")
+    at.button(key="data_build").click().run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    out = settings.data_dir() / "clean.h5"
+    info = pack.read_info(out)
+    assert sum(info.counts.values()) == 18 and info.attrs["excluded"] == 2
+    assert info.attrs["dicom_window"] == "full"
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        ids = {x.decode() for s in ("train", "dev", "test") for x in f[f"ids_{s}"][:]}
+    assert "phantom-00003" not in ids and "phantom-00007" not in ids and "phantom-00004" in ids
+
+
 def test_data_page_packs_two_folders_with_exact_batches(workspace, tmp_path):
     images, masks = pack.write_demo_folders(tmp_path / "png", 20, size=96, workers=1)
-    at = _app("pages/data.py")
+    at = _app("app_pages/data.py")
     at.radio(key="data_source").set_value("folders").run()
     at.text_input(key="data_images").set_value(str(images))
     at.text_input(key="data_masks").set_value(str(masks))
@@ -199,7 +226,7 @@ def test_data_page_zip_upload_of_two_folders(workspace, tmp_path):
         for folder, arc in ((images, "images"), (masks, "masks")):
             for p in sorted(folder.iterdir()):
                 z.write(p, f"set/{arc}/{p.name}")
-    at = _app("pages/data.py")
+    at = _app("app_pages/data.py")
     at.radio(key="data_source").set_value("folders").run()
     at.radio(key="data_where").set_value("upload").run()
     at.file_uploader(key="data_zip").set_value(("set.zip", buf.getvalue(), "application/zip"))
@@ -219,7 +246,7 @@ def test_data_page_zip_upload_of_two_folders(workspace, tmp_path):
     "setup, message",
     [
         (dict(source="folders", images="/nonexistent/images", masks="/nonexistent/masks"), "/nonexistent"),
-        (dict(source="folders", images="", masks=""), "both the image folder"),
+        (dict(source="folders", images="", masks=""), "give the image folder"),
         (dict(source="demo", name="demo"), "already exists"),
         (dict(source="demo", size=100), "multiple of 32"),
         (dict(source="demo", name="../escape"), "plain file name"),
@@ -227,7 +254,7 @@ def test_data_page_zip_upload_of_two_folders(workspace, tmp_path):
     ],
 )
 def test_data_page_errors_are_messages(workspace, setup, message):
-    at = _app("pages/data.py")
+    at = _app("app_pages/data.py")
     if setup["source"] != "demo":
         at.radio(key="data_source").set_value(setup["source"]).run()
     if setup.get("where"):
@@ -247,62 +274,103 @@ def test_data_page_errors_are_messages(workspace, setup, message):
 
 
 def test_data_page_sample_browser_filters_positives(workspace):
-    at = _app("pages/data.py")
+    at = _app("app_pages/data.py")
     at.selectbox(key="data_browse_which").set_value("positive").run()
     n_pos = int(common.positives(settings.demo_pack_path(), "train").sum())
     assert len(at.image) == min(8, n_pos) > 0
     assert f"{n_pos} positive sample(s) in train" in at.main.caption[-1].value
 
 
-# --------------------------------------------------------------------------- zip safety
-def _zip(members: dict[str, bytes], symlink: str | None = None) -> io.BytesIO:
+# --------------------------------------------------------------------------- data page: hostile input
+def _upload(at: AppTest, kind: str, data: bytes, name: str = "up.h5") -> None:
+    at.radio(key="data_source").set_value(kind).run()
+    at.radio(key="data_where").set_value("upload").run()
+    at.file_uploader(key="data_zip").set_value(("set.zip", data, "application/zip"))
+    at.number_input(key="data_size").set_value(64)
+    at.text_input(key=f"data_name_{kind}").set_value(name)
+    at.button(key="data_build").click().run()
+    _no_exception(at)
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
             z.writestr(name, data)
-        if symlink:
-            info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
-            z.writestr(info, "/etc/passwd")
-    buf.seek(0)
-    return buf
+    return buf.getvalue()
 
 
-def test_safe_extract_zip_writes_inside_dest(tmp_path):
-    out = common.safe_extract_zip(_zip({"a/b.txt": b"hi", "c.txt": b"x"}), tmp_path / "u")
-    assert (out / "a" / "b.txt").read_bytes() == b"hi" and (out / "c.txt").read_bytes() == b"x"
+def test_data_page_zip_with_one_top_level_folder_just_works(workspace, tmp_path, monkeypatch):
+    images, masks = pack.write_demo_folders(tmp_path / "png", 12, size=64, workers=1)
+    members = {f"mydata/{arc}/{p.name}": p.read_bytes()
+               for folder, arc in ((images, "images"), (masks, "masks")) for p in sorted(folder.iterdir())}
+    seen = []
+    real = pack.pack_manifest
+    monkeypatch.setattr(pack, "pack_manifest", lambda m, out, config, **kw: seen.append(config) or real(m, out, config, **kw))
+    at = _app("app_pages/data.py")
+    _upload(at, "folders", _zip_bytes(members))  # default folder names "images" and "masks"
+    assert not at.error, [e.value for e in at.error]
+    assert sum(pack.read_info(settings.data_dir() / "up.h5").counts.values()) == 12
+    # the user's files are decoded in worker processes with a memory cap, never in the server
+    assert seen[0].isolate and seen[0].worker_memory == common.WORKER_MEMORY
+    assert not any((settings.data_dir() / "uploads").iterdir())
 
 
 @pytest.mark.parametrize(
-    "members, symlink, kwargs, message",
+    "members, message",
     [
-        ({"../evil.txt": b"x"}, None, {}, "unsafe path"),
-        ({"a/../../evil.txt": b"x"}, None, {}, "unsafe path"),
-        ({"/etc/evil.txt": b"x"}, None, {}, "unsafe path"),
-        ({"C:/evil.txt": b"x"}, None, {}, "unsafe path"),
-        ({"ok.txt": b"x"}, "link", {}, "symbolic link"),
-        ({f"{i}.txt": b"x" for i in range(5)}, None, {"max_members": 4}, "limit is 4"),
-        ({"big.bin": b"x" * 5000}, None, {"max_bytes": 4000}, "limit"),
-        ({"bomb.bin": b"\0" * (4 << 20)}, None, {}, "zip bomb"),
+        ({"a": b"1", "a/b": b"2"}, "is both a file and a folder in the zip"),
+        ({f"images/{i:03d}.png": b"\0" * (1 << 20) for i in range(200)}, "(zip bomb?)"),
+        ({"![x](evil.png)": b"1", "![x](evil.png)/b": b"2"}, "'![x](evil.png)' is both a file and a folder"),
+        ({"other/a.png": b"1"}, "zip:images: images folder not found"),
     ],
 )
-def test_safe_extract_zip_rejects(tmp_path, members, symlink, kwargs, message):
-    dest = tmp_path / "u"
-    with pytest.raises(InputError, match=message):
-        common.safe_extract_zip(_zip(members, symlink), dest, **kwargs)
-    assert not (tmp_path / "evil.txt").exists()
-    assert not dest.exists() or not any(dest.rglob("*"))
+def test_data_page_hostile_zips_are_clean_messages(workspace, members, message):
+    at = _app("app_pages/data.py")
+    _upload(at, "folders", _zip_bytes(members))
+    assert at.error and message in at.error[0].value.replace("\\", ""), [e.value for e in at.error]
+    assert "](" not in at.error[0].value  # shown escaped: no link can be made of a member name
+    assert "/uploads/" not in at.error[0].value  # no server path
+    assert not (settings.data_dir() / "up.h5").exists()
+    assert not any((settings.data_dir() / "uploads").iterdir())
 
 
-def test_safe_extract_zip_rejects_a_non_zip(tmp_path):
-    with pytest.raises(InputError, match="not a readable zip"):
-        common.safe_extract_zip(io.BytesIO(b"not a zip"), tmp_path / "u")
+def test_data_page_png_bomb_upload_is_refused_by_name(workspace, tmp_path):
+    from hostile_files import png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png").read_bytes()
+    at = _app("app_pages/data.py")
+    _upload(at, "folders", _zip_bytes({"images/bomb.png": bomb, "masks/bomb.png": bomb}))
+    assert at.error and "zip:images/bomb.png: image is 12000x12000 (144.0 Mpx)" in at.error[0].value.replace("\\", "")
+
+
+def test_damaged_pack_is_named_and_every_page_still_renders(workspace):
+    import h5py
+
+    foreign = settings.data_dir() / "foreign.h5"
+    shutil.copy(settings.demo_pack_path(), foreign)
+    with h5py.File(foreign, "a") as f:
+        f.attrs["format_version"] = "one"
+    at = _app("app_pages/data.py")
+    assert [str(p.path.name) for p in common.packs()] == ["demo.h5"]
+    shown = [c.value.replace("\\", "") for c in at.caption]
+    assert any("foreign.h5 (damaged pack, attribute format_version is 'one'" in c for c in shown), shown
+    for page in ("app_pages/home.py", "app_pages/augmentation.py", "app_pages/training.py"):
+        at.switch_page(page).run()
+        _no_exception(at)
+
+
+def test_md_escape_makes_ids_literal():
+    text = common.md_escape("![i](http://evil/p.png) [l](http://x) **b** :red[x] $x$ <b>")
+    for raw in ("![", "](", "**", ":red[", "$x$", "<b>"):
+        assert raw not in text
+    assert text.replace("\\", "") == "![i](http://evil/p.png) [l](http://x) **b** :red[x] $x$ <b>"
 
 
 # --------------------------------------------------------------------------- augmentation page
 @pytest.mark.slow
 def test_augmentation_grid_shows_original_and_n_augmented(workspace):
-    at = _app("pages/augmentation.py")
+    at = _app("app_pages/augmentation.py")
     assert len(at.image) == 1 + 5
     at.slider(key="aug_n").set_value(3).run()
     _no_exception(at)
@@ -322,111 +390,7 @@ def test_augmentation_grid_shows_original_and_n_augmented(workspace):
     assert augmented == [original] * 3
 
 
-# --------------------------------------------------------------------------- training page
-def test_training_start_runs_then_finishes(workspace):
-    at = _app("pages/training.py")
-    assert at.selectbox(key="tr_preset").value == common.QUICK_PRESET
-    at.number_input(key="tr_epochs").set_value(2)
-    at.button(key="tr_start").click().run()
-    _no_exception(at)
-    runs = jobs.list_runs()
-    assert len(runs) == 1
-    cfg = runs[0].config
-    assert cfg["epochs"] == 2 and cfg["pack"] == str(settings.demo_pack_path()) and cfg["variant"] == "unet"
-    assert "running" in _badge(at)
-    assert at.button(key="tr_start").disabled
-    _wait_for(at, lambda a: "finished" in _badge(a))
-    assert not at.button(key="tr_start").disabled
-    assert at.get("plotly_chart")  # loss/Dice curves
-    assert len(jobs.read_history(runs[0].path)) == 2
-
-
-def test_training_live_view_shows_progress(workspace, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "40")
-    at = _app("pages/training.py")
-    at.button(key="tr_start").click().run()
-    _wait_for(at, lambda a: len(a.get("progress")) > 0 and "epoch" in a.get("progress")[0].proto.text)
-    labels = [m.label for m in at.metric]
-    assert labels[:3] == ["Batch loss", "Images/s", "ETA"]
-    at.button(key="tr_stop").click().run()
-    _wait_for(at, lambda a: "stopped" in _badge(a))
-
-
-def test_training_stop(workspace, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "100")
-    at = _app("pages/training.py")
-    at.button(key="tr_start").click().run()
-    run = jobs.list_runs()[0]
-    _wait_for(at, lambda a: jobs.read_progress(run.path) is not None)
-    at.button(key="tr_stop").click().run()
-    _no_exception(at)
-    _wait_for(at, lambda a: "stopped" in _badge(a))
-    assert jobs.read_status(run.path)["state"] == "stopped"
-    assert (run.path / "last.keras").exists()
-    assert not at.button(key="tr_start").disabled
-
-
-def test_training_failure_is_shown_with_its_error(workspace, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_FAIL", "1")
-    at = _app("pages/training.py")
-    at.button(key="tr_start").click().run()
-    _wait_for(at, lambda a: "failed" in _badge(a))
-    assert any("fake failure" in e.value for e in at.error)
-    table = at.dataframe[0].value
-    assert list(table["state"]) == ["failed"] and list(table["error"]) == ["fake failure"]
-
-
-def test_training_second_start_refused_while_one_runs(workspace, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "100")
-    first = _app("pages/training.py")
-    first.button(key="tr_start").click().run()
-    # a second tab (a new session) finds the run and cannot start another
-    second = _app("pages/training.py")
-    assert second.button(key="tr_start").disabled
-    assert "running" in _badge(second)
-    assert len(jobs.list_runs()) == 1
-
-
-def test_training_presets_fill_the_form(workspace):
-    at = _app("pages/training.py")
-    at.selectbox(key="tr_preset").set_value("Blog (2019) settings").run()
-    _no_exception(at)
-    assert at.selectbox(key="tr_variant").value == "blog"
-    assert at.number_input(key="tr_epochs").value == 90
-    assert at.number_input(key="tr_batch").value == 32
-    assert at.number_input(key="tr_lr").value == pytest.approx(2e-5)
-    assert at.selectbox(key="tr_loss").value == "bce"
-    assert at.selectbox(key="tr_weights").value == "imagenet"
-
-
-def test_missing_encoder_weights_offers_training_without_them(workspace, monkeypatch):
-    monkeypatch.setattr(jobs, "encoder_weights_available", lambda: False)
-    at = _app("pages/training.py")
-    at.selectbox(key="tr_preset").set_value("Blog (2019) settings").run()
-    assert at.warning and "ImageNet VGG16 weights are not on this machine" in at.warning[0].value
-    assert at.button(key="tr_start").disabled
-    at.button(key="tr_no_weights").click().run()
-    _no_exception(at)
-    assert at.selectbox(key="tr_weights").value == "none"
-    assert not at.warning
-    at.number_input(key="tr_epochs").set_value(1)
-    at.button(key="tr_start").click().run()
-    assert jobs.list_runs()[0].config["encoder_weights"] is None
-
-
-def test_past_runs_are_compared(workspace):
-    at = _app("pages/training.py")
-    for _ in range(2):
-        at.number_input(key="tr_epochs").set_value(2)
-        at.button(key="tr_start").click().run()
-        _wait_for(at, lambda a: "finished" in _badge(a) and jobs.active_run() is None)
-        time.sleep(1.1)  # run folder names have one-second resolution
-    at.run()
-    assert len(at.dataframe[0].value) == 2
-    assert len(at.multiselect(key="tr_compare").value) == 2
-    chart = at.get("plotly_chart")[-1]
-    figure = json.loads(chart.proto.spec)
-    assert len(figure["data"]) == 2 and figure["layout"]["yaxis"]["title"]["text"] == "val loss"
+# The Training page's tests are in test_app_training.py.
 
 
 # --------------------------------------------------------------------------- start-up cost
@@ -437,7 +401,7 @@ def test_home_data_training_pages_do_not_import_tensorflow(workspace):
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file({APP!r}, default_timeout=60)
         at.run()
-        for page in ("pages/data.py", "pages/training.py", "pages/home.py"):
+        for page in ("app_pages/data.py", "app_pages/training.py", "app_pages/home.py"):
             at.switch_page(page).run()
             assert not at.exception, (page, at.exception)
         print("TF" if "tensorflow" in sys.modules else "NO-TF")
@@ -455,4 +419,5 @@ def test_streamlit_config_keeps_the_app_on_this_machine():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1"
     assert config["browser"]["gatherUsageStats"] is False
-    assert 0 < config["server"]["maxUploadSize"] <= 4096
+    assert 0 < config["server"]["maxUploadSize"] <= 512  # MB, held in server memory while uploading
+    assert config["client"]["showErrorDetails"] == "type"  # no tracebacks, no server paths

@@ -53,13 +53,14 @@ def _free_port() -> int:
 
 
 def _prepare_workspace(ws: Path) -> None:
-    """A 128 px demo pack and a finished run on it with test-split predictions."""
-    from pneumo import pack, predict
-    from run_fixtures import make_trained_run
+    """A 128 px demo pack and a finished run on it whose predictions are written directly
+    (fixed TP/FP/FN/TN cases: the page never depends on what a model happened to learn)."""
+    from pneumo import pack
+    from run_fixtures import make_review_run
 
-    demo = pack.make_demo_pack(ws / "data" / "demo.h5", count=60, size=128, workers=1)
-    run = make_trained_run(ws / "runs" / "run-20260101-120000", demo.path, size=128, fit_steps=2)
-    predict.evaluate_run(run)
+    # 120 images leave 14 in test: enough to step through in the review tests
+    demo = pack.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1)
+    make_review_run(ws / "runs" / "run-20260101-120000", demo.path)
 
 
 @contextlib.contextmanager
@@ -72,7 +73,8 @@ def _serve(ws: Path, log_path: Path, **extra_env: str):
     log = open(log_path, "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],  # a file edited mid-test must not reload modules
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -108,7 +110,7 @@ def server(tmp_path_factory):
         _prepare_workspace(ws)
     # Training started from the browser runs the fake trainer (a few seconds, no TensorFlow).
     fake = dict(PNEUMO_TRAIN_COMMAND=f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'tests' / 'fake_trainer.py'))}",
-                PNEUMO_FAKE_EPOCHS="4", PNEUMO_FAKE_SECONDS_PER_EPOCH="2")
+                PNEUMO_FAKE_EPOCHS="4", PNEUMO_FAKE_SECONDS_PER_EPOCH="2", PNEUMO_TESTING="1")
     with _serve(ws, tmp_path_factory.mktemp("browser-log") / "streamlit.log", **fake) as url:
         yield url
 
@@ -153,11 +155,6 @@ def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, cont
     try:
         page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
-        if path == "review":
-            # FP first by default; a barely trained test model may have none: then show all cases.
-            _wait_until_idle(page)
-            if page.get_by_text("FP (0)", exact=True).count():
-                page.get_by_text(re.compile(r"^all \(\d+\)$")).first.click()
         page.locator(content).first.wait_for(timeout=120_000)
         _wait_until_idle(page)
         page.wait_for_timeout(1500)  # plotly and images finish drawing after the script ends
@@ -203,8 +200,8 @@ def test_training_live_view_follows_a_run_without_reloading(server, browser, tmp
 def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
     """A fresh server, an empty workspace, and a first request for /data (not the home page).
 
-    The app's navigation must be in charge (Streamlit would otherwise run `pages/data.py`
-    alone, as an old-style multipage app), and the first launch makes the demo pack with
+    The app's navigation must be in charge (Streamlit would run a page alone, as an old-style multipage app, if a
+    `pages/` folder sat beside streamlit_app.py), and the first launch makes the demo pack with
     worker processes under `streamlit run`.
     """
     ws = tmp_path / "empty"
@@ -225,3 +222,353 @@ def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
 
     info = pack.read_info(ws / "data" / "demo.h5")
     assert sum(info.counts.values()) == pack.DEMO_COUNT
+
+
+@pytest.fixture(scope="module")
+def deep_link_ws(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("deep-link-ws")
+    _prepare_workspace(ws)
+    return ws
+
+
+@pytest.mark.parametrize("path, heading, content", PAGES, ids=[p[1].lower() for p in PAGES])
+def test_deep_link_to_every_page_on_a_fresh_server(browser, deep_link_ws, tmp_path, path, heading, content):
+    """The first request a fresh server gets is a bookmarked page: the app's navigation serves
+    it (no old-style multipage mode: no pages/ folder beside streamlit_app.py)."""
+    assert not (ROOT / "pages").exists(), "a pages/ folder would switch Streamlit to its old multipage mode"
+    with _serve(deep_link_ws, tmp_path / "streamlit.log") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+            page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+            page.locator(content).first.wait_for(timeout=120_000)
+            _wait_until_idle(page)
+            nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+            assert all(t in nav for t in ("Home", "Data", "Augmentation", "Training", "Review")), nav
+            assert "streamlit app" not in nav
+            assert str(deep_link_ws.resolve()) in page.locator('[data-testid="stSidebar"]').inner_text()
+            assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            page.close()
+
+
+def test_nothing_is_fetched_from_outside_this_machine(server, browser):
+    """The app promises that nothing leaves the machine: every asset (the tab's icon included,
+    which a :material: or emoji page icon would fetch from a font CDN) comes from the server."""
+    page = browser.new_page()
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else outside.append(r.url))
+    try:
+        for path, heading, _ in PAGES:
+            page.goto(f"{server}/{path}", wait_until="domcontentloaded")
+            page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+            _wait_until_idle(page)
+        icons = page.evaluate("() => [...document.querySelectorAll('link[rel~=icon]')].map(l => l.href)")
+    finally:
+        page.close()
+    assert outside == [], outside
+    assert icons and all(i.startswith(server) for i in icons), icons
+
+
+# --------------------------------------------------------------------------- review
+REVIEW_RUN = "run-20260101-120000"
+
+
+@pytest.fixture(scope="module")
+def review_server(tmp_path_factory):
+    """A server of its own for the review tests: the training test adds runs to the shared
+    workspace, and the last review test re-packs the pack."""
+    ws = tmp_path_factory.mktemp("review-ws")
+    _prepare_workspace(ws)
+    with _serve(ws, tmp_path_factory.mktemp("review-log") / "streamlit.log") as url:
+        yield url, ws
+
+
+def _open_review(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/review", wait_until="domcontentloaded")
+    page.get_by_role("heading", name="Review", exact=True).first.wait_for(timeout=60_000)
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
+    _wait_until_idle(page)
+    return page
+
+
+_CASE_LINE = re.compile(r"^(\S+): (FP|FN|TP|TN)$")
+
+
+def _shown_case_id(page) -> str:
+    """The id above the triptych (``**<id>**: FP``), as the server drew it."""
+    texts = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] p:has(strong)').all_inner_texts()
+    found = [m.group(1) for t in texts if (m := _CASE_LINE.match(t.strip()))]
+    assert len(found) == 1, texts
+    return found[0]
+
+
+def _expected_order(ws: Path, category: str) -> list[str]:
+    from pneumo import review
+
+    data = review.ReviewData(ws / "runs" / REVIEW_RUN, "test")
+    ev = data.evaluate(data.default_triplet())
+    return [str(ev.cases["id"][i]) for i in review.select(ev.cases, category)]
+
+
+def _review_rows(ws: Path) -> list:
+    from pneumo import verdicts
+
+    return verdicts.VerdictStore.for_run(ws / "runs" / REVIEW_RUN).all(REVIEW_RUN, "test")
+
+
+def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_path):
+    url, ws = review_server
+    order = _expected_order(ws, "all")
+    assert len(order) >= 10
+    page = _open_review(browser, url)
+    try:
+        page.locator('[data-testid="stMain"] [data-testid="stRadio"]').first.get_by_text("all", exact=True).click()
+        _wait_until_idle(page)
+        assert _shown_case_id(page) == order[0]
+        nxt = page.locator('[data-testid="rvNavNext"]')
+        for _ in range(6):  # faster than the page reruns: nothing waits for the server
+            nxt.click(no_wait_after=True)
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+        _wait_until_idle(page)
+        assert _shown_case_id(page) == order[4]
+        assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"case 5 of {len(order)}"
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        _wait_until_idle(page)
+        assert _shown_case_id(page) == order[9]
+        # passing cases writes no review: the export and the progress still say 0
+        assert _review_rows(ws) == []
+        assert page.get_by_role("button", name="Export 0 reviews (CSV)").count() == 1
+        assert page.get_by_text(f"0 of {len(order)} cases reviewed").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+
+
+def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review_server, browser, tmp_path):
+    url, ws = review_server
+    page = _open_review(browser, url)
+    other = None
+    try:
+        # Top threshold 0.80 -> 0.79 -> 0.78 with the keyboard: FP stays chosen, no error
+        top = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]').filter(has_text="Top threshold")
+        slider = top.get_by_role("slider")
+        slider.focus()
+        for _ in range(30):  # the run's 0.50 -> 0.80
+            page.keyboard.press("ArrowRight")
+        _wait_until_idle(page)
+        fp = page.locator('[data-testid="stMain"] [data-testid="stRadio"] input[type=radio]').first
+        for value in ("0.80", "0.79", "0.78"):
+            assert top.locator('[data-testid="stSliderThumbValue"]').inner_text() == value
+            errors = page.locator('[data-testid="stAlertContentError"], [data-testid="stException"]')
+            assert errors.count() == 0, errors.all_inner_texts()
+            assert fp.is_checked()
+            assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 3
+            slider.press("ArrowLeft")
+            _wait_until_idle(page)
+        # nothing reaches 0.99: no FP, and the page says what it shows instead
+        slider.press("End")
+        _wait_until_idle(page)
+        assert page.get_by_text("No false positives at these thresholds: showing misses.").count() == 1
+        assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 3
+        assert fp.is_checked()
+        # back to the run's triplet, then a verdict and a note on the first FP
+        page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()
+        _wait_until_idle(page)
+        image_id = _shown_case_id(page)
+        page.get_by_role("button", name="label missed a pneumothorax").click()
+        _wait_until_idle(page)
+        note = page.get_by_label("Note (saved when you press Enter or leave the field)")
+        note.fill("air at the apex")
+        note.press("Enter")
+        _wait_until_idle(page)
+        rows = _review_rows(ws)
+        assert [(r.image_id, r.verdict, r.note) for r in rows] == [
+            (image_id, "label missed a pneumothorax", "air at the apex")]
+        page.reload(wait_until="domcontentloaded")
+        page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
+        _wait_until_idle(page)
+        assert _shown_case_id(page) == image_id
+        assert page.get_by_label("Note (saved when you press Enter or leave the field)").input_value() == "air at the apex"
+        assert page.get_by_text("Saved: label missed a pneumothorax").count() == 1
+        assert page.get_by_role("button", name="Export 1 reviews (CSV)").count() == 1
+        other = _open_review(browser, url)  # a second tab
+        assert _shown_case_id(other) == image_id
+        assert other.get_by_label("Note (saved when you press Enter or leave the field)").input_value() == "air at the apex"
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+        if other is not None:
+            other.close()
+
+
+def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browser, tmp_path):
+    url, ws = review_server
+    page = _open_review(browser, url)  # the server has cached this pack's predictions
+    try:
+        before = _shown_case_id(page)
+        from pneumo import pack
+
+        # "Replace existing": other phantoms under the same file name
+        from pneumo.config import SplitConfig
+
+        pack.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1, seed=7,
+                            split=SplitConfig(seed=11), force=True)
+        page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()  # any rerun
+        page.get_by_text("out of date").first.wait_for(timeout=60_000)
+        _wait_until_idle(page)
+        assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 0
+        assert before not in page.locator('[data-testid="stMain"]').inner_text()
+        assert page.get_by_role("button", name="Recompute with best.keras").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+
+
+# --------------------------------------------------------------------------- full resolution (issue 14)
+def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_path):
+    """A SIIM-layout tree (8-bit 1024 px and 12-bit 2048 px DICOMs with window tags) packed at
+    256 px, a run with fixed predictions, reviewed at full resolution: the crop is drawn at the
+    original 2048 px resolution, one PNG pixel per native pixel, with the target and the
+    prediction drawn at that size, exactly as the library draws them."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pneumo import evaluate, fullres, pack, sources
+    from pneumo.config import PackConfig, SplitConfig
+    from pneumo.siim_labels import read_labels
+    from pneumo.viz import PRED_COLOR, TARGET_COLOR
+    from run_fixtures import REVIEW_TRIPLET, designed_probs, make_review_run
+    from siim_fixtures import write_review_tree
+
+    ws = tmp_path / "ws"
+    dicom_dir, csv_path = write_review_tree(ws / "siim")
+    info = pack.pack_manifest(sources.siim_source(dicom_dir, csv_path, workers=1), ws / "data" / "siim.h5",
+                              PackConfig(size=256, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
+    make_review_run(ws / "runs" / REVIEW_RUN, info.path, splits=("test",))
+    _, masks, ids = pack.load_split(info.path, "test")
+    refs = dict(zip(ids, pack.read_sources(info.path, "test")))
+    big = next(i for i, r in refs.items() if r.height == 2048)
+    with _serve(ws, tmp_path / "streamlit.log") as url:
+        page = _open_review(browser, url)
+        try:
+            main = page.locator('[data-testid="stMain"]')
+            main.locator('[data-testid="stRadio"]').first.get_by_text("TP", exact=True).click()
+            _wait_until_idle(page)
+            assert _shown_case_id(page) == big  # the designed predictions: the 2048 px image is the TP
+            main.get_by_text("Full resolution", exact=True).click()
+            _wait_until_idle(page)
+            shown = main.locator('[data-testid="stImage"]').filter(has_text="2048x2048 (source)")
+            shown.first.wait_for(timeout=60_000)
+            caption = shown.inner_text()
+            m = re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+), crop 768x768 at 1:1", caption)
+            assert m, caption
+            img = shown.locator("img")
+            assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [768, 768]
+            assert img.evaluate("i => i.getBoundingClientRect().width") == 768  # shown 1:1, not scaled
+            notes = main.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+            assert any("the RLE of stage_2_train.csv decoded at 2048x2048" in n and "resized bilinearly to 2048x2048" in n
+                       and "1800 / 1600" in n for n in notes), notes  # the file's own window
+            assert main.locator('[data-testid="stImage"]').filter(has_text="Navigator").count() == 1
+            src = img.get_attribute("src")
+            png = urllib.request.urlopen(src if src.startswith("http") else url + src, timeout=10).read()
+            got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            assert page.locator('[data-testid="stException"]').count() == 0
+            shown.scroll_into_view_if_needed()
+            page.screenshot(path=str(_screenshot_dir(tmp_path) / "review-fullres.png"))
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            raise
+        finally:
+            page.close()
+    # the same drawing from the library: the source at 2048 px, its window, both masks at 2048 px
+    left, right, top, bottom = (int(v) for v in m.groups())
+    k = ids.index(big)
+    full = fullres.read_full_resolution(refs[big].path)
+    probs = designed_probs(masks)[k, ..., 0]
+    pred = fullres.prediction_at(probs, evaluate.Triplet.from_dict(REVIEW_TRIPLET), 2048, 2048)
+    target = fullres.native_target(read_labels(csv_path)[0], big, 2048, 2048, fullres.siim_labels(info.path)[1])
+    assert target.shape == (2048, 2048) and np.count_nonzero(target) > 0
+    box = (top, left, bottom - top + 1, right - left + 1)
+    want = fullres.draw_crop(full, full.center, full.width, box, 1, [(target, TARGET_COLOR), (pred, PRED_COLOR)])
+    np.testing.assert_array_equal(got, want)
+    assert (got == PRED_COLOR).all(axis=-1).sum() > 100  # the band's outline is in the crop
+
+
+# --------------------------------------------------------------------------- readers (issue 14)
+def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
+    """Two browser sessions, ``?reader=alice`` and ``?reader=bob``, judge the same false
+    positives; the Readers panel shows the pair's table, a disagreement opens its case, and the
+    relabel list is written. With ``PNEUMO_SAVE_SCREENSHOTS=1`` the panel goes to
+    docs/screenshots/ (the review protocol shows it)."""
+    from pneumo import verdicts
+
+    ws = tmp_path / "ws"
+    _prepare_workspace(ws)
+    fp = _expected_order(ws, "FP")
+    assert len(fp) >= 3
+    wanted = {"alice": ("label missed a pneumothorax", "model wrong", "model wrong"),
+              "bob": ("label missed a pneumothorax", "label missed a pneumothorax", "model wrong")}
+    with _serve(ws, tmp_path / "streamlit.log") as url:
+        pages = {}
+        try:
+            for reader, choices in wanted.items():
+                page = pages[reader] = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"{url}/review?reader={reader}", wait_until="domcontentloaded")
+                page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
+                _wait_until_idle(page)
+                assert page.get_by_text(f"Reading as {reader}").count() == 1
+                for k, verdict in enumerate(choices):
+                    assert _shown_case_id(page) == fp[k]
+                    page.get_by_role("button", name=verdict, exact=True).click()
+                    _wait_until_idle(page)
+                    page.locator('[data-testid="rvNavNext"]').click()
+                    _wait_until_idle(page)
+                assert page.get_by_text(f"3 of {len(fp)} FP cases reviewed").count() == 1
+            rows = verdicts.VerdictStore.for_run(ws / "runs" / REVIEW_RUN).verdicts(REVIEW_RUN, "test")
+            assert sorted((r.reader, r.image_id, r.verdict) for r in rows) == sorted(
+                (reader, fp[k], v) for reader, vs in wanted.items() for k, v in enumerate(vs))
+            page = pages["alice"]
+            page.reload(wait_until="domcontentloaded")  # the address keeps the reader
+            page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
+            _wait_until_idle(page)
+            assert page.get_by_text("Reading as alice").count() == 1
+            page.screenshot(path=str(_screenshot_dir(tmp_path) / "review-reader.png"))
+            panel = page.locator('[data-testid="stExpander"]').filter(has_text="Readers (2)")
+            panel.get_by_text("Readers (2)").click()  # computed when opened: a rerun
+            _wait_until_idle(page)
+            table = panel.locator('[data-testid="stTable"]')
+            table.wait_for(timeout=30_000)
+            cells = [[c.strip() for c in row.split("\t")] for row in table.locator("tr").all_inner_texts()]
+            assert ["overall", "3", "0.67", "0.40", "1"] in cells, cells
+            assert ["FP", "3", "0.67", "0.40", "1"] in cells, cells
+            panel.get_by_role("button", name="Write relabel list").click()
+            _wait_until_idle(page)
+            assert panel.get_by_text("Wrote 1 case to").count() == 1
+            assert (ws / "runs" / REVIEW_RUN / "relabel_test.csv").read_text().splitlines()[1].startswith(fp[0])
+            panel.screenshot(path=str(_screenshot_dir(tmp_path) / "review-readers.png"))
+            panel.get_by_role("button", name="Open").click()  # the one disagreement
+            _wait_until_idle(page)
+            assert _shown_case_id(page) == fp[1]
+            assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"FP 2 of {len(fp)}"
+            assert page.locator('[data-testid="stException"]').count() == 0
+        except BaseException:
+            for reader, page in pages.items():
+                page.screenshot(path=str(tmp_path / f"failure-{reader}.png"))
+            raise
+        finally:
+            for page in pages.values():
+                page.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 
 from pneumo.cli import main
-from pneumo.review import VerdictStore
+from pneumo.verdicts import VerdictStore
 
 
 def _run_with_cases(tmp_path):
@@ -39,3 +39,53 @@ def test_no_reviews_yet_and_missing_run(tmp_path, capsys):
     assert "no reviews yet" in capsys.readouterr().out
     assert main(["review", str(tmp_path / "missing")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- readers (issue 14)
+def _two_readers(tmp_path):
+    run = _run_with_cases(tmp_path)
+    store = VerdictStore.for_run(run)
+    store.set_verdict("run1", "test", "a", "model wrong", category="FP", reader="alice")
+    store.set_verdict("run1", "test", "b", "model wrong", category="FP", reader="alice")
+    store.set_verdict("run1", "test", "a", "model wrong", category="FP", reader="bob")
+    store.set_verdict("run1", "test", "b", "label missed a pneumothorax", category="FP", reader="bob")
+    store.set_verdict("run1", "test", "c", "label doubtful", category="FN", reader="bob")
+    return run
+
+
+def test_progress_and_export_by_reader(tmp_path, capsys):
+    run = _two_readers(tmp_path)
+    out = tmp_path / "alice.csv"
+    assert main(["review", str(run), "--reader", " alice ", "--export", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "reader: alice" in text and "2 of 4 cases reviewed" in text and "FN: 0 of 1" in text
+    rows = list(csv.DictReader(open(out)))
+    assert [(r["image_id"], r["reader"]) for r in rows] == [("a", "alice"), ("b", "alice")]
+    everyone = tmp_path / "all.csv"
+    assert main(["review", str(run), "--export", str(everyone)]) == 0
+    text = capsys.readouterr().out
+    assert "readers: alice, bob" in text and "3 of 4 cases reviewed" in text
+    assert [(r["image_id"], r["reader"]) for r in csv.DictReader(open(everyone))] == [
+        ("a", "alice"), ("a", "bob"), ("b", "alice"), ("b", "bob"), ("c", "bob")]
+    assert main(["review", str(run), "--reader", "carol"]) == 0
+    assert "reader: carol (no reviews yet)" in capsys.readouterr().out
+    assert main(["review", str(run), "--reader", "a\tb"]) == 2
+    assert "control character" in capsys.readouterr().err
+
+
+def test_agreement_table(tmp_path, capsys):
+    run = _two_readers(tmp_path)
+    assert main(["review", str(run), "--agreement"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # shared: a (both "model wrong"), b (differ); c only bob's. FP table [[1, 0], [1, 0]]
+    # (alice rows: always "model wrong"): p_o = 1/2, p_e = 1 * 1/2 = 1/2, kappa = 0
+    overall = next(line for line in lines if "alice vs bob" in line)
+    assert "overall" in overall and "n=2" in overall and "agreement 0.50" in overall
+    assert "kappa  0.00" in overall and "disagree 1: b" in overall
+    fp = next(line for line in lines if line.split()[:1] == ["FP"])
+    assert "n=2" in fp and "disagree 1: b" in fp
+    (tmp_path / "x").mkdir()
+    single = _run_with_cases(tmp_path / "x")
+    VerdictStore.for_run(single).set_verdict("run1", "test", "a", "unsure", category="FP")
+    assert main(["review", str(single), "--agreement"]) == 0
+    assert "needs verdicts from at least two readers" in capsys.readouterr().out

@@ -229,3 +229,114 @@ def test_bad_arguments(tiny_pack):
         make_dataset(tiny_pack, "dev", augment=AugmentConfig(fill_mode="bogus"))
     with pytest.raises(InputError, match="seed"):
         make_dataset(tiny_pack, "dev", seed=1.5)
+
+
+# --------------------------------------------------------------------------- positive-aware sampling (issue 10)
+def _positive_count(masks: np.ndarray) -> list[int]:
+    return [int(m.any()) for m in masks]
+
+
+def test_positive_fraction_fixes_the_positives_per_batch(tiny_pack):
+    X, Y = _split(tiny_pack, "train")  # 48 samples, 16 positive
+    pos_keys = {x.tobytes() for x, y in zip(X, Y) if y.any()}
+    batches = _take(make_dataset(tiny_pack, "train", batch_size=8, seed=3, positive_fraction=0.5), 10)
+    for x, y in batches:
+        assert x.shape == (8, 64, 64, 1)
+        assert sum(_positive_count(y)) == 4
+        assert sum(im.tobytes() in pos_keys for im in x) == 4  # images and masks stay paired
+    # the 16 positives come as a permutation per pass (4 batches of 4), then a new order
+    seen = [im.tobytes() for x, _ in batches for im in x[:4]]
+    assert sorted(seen[:16]) == sorted(pos_keys) and sorted(seen[16:32]) == sorted(pos_keys)
+    assert seen[:16] != seen[16:32]
+    # rounding: 0.3 of 8 = 2 (round(2.4))
+    _, y = _take(make_dataset(tiny_pack, "train", batch_size=8, positive_fraction=0.3), 1)[0]
+    assert sum(_positive_count(y)) == 2
+
+
+def test_positive_fraction_is_deterministic_and_seeded(tiny_pack):
+    def stream(seed, in_memory):
+        ds = make_dataset(tiny_pack, "train", 6, seed=seed, positive_fraction=0.5, in_memory=in_memory)
+        return [x.tobytes() for x, _ in _take(ds, 6)]
+
+    a = stream(7, True)
+    assert a == stream(7, True) == stream(7, False)  # streamed and in-memory agree
+    assert a != stream(8, True)
+
+
+def test_positive_fraction_extremes_and_errors(tiny_pack, tmp_path):
+    _, y = _take(make_dataset(tiny_pack, "train", 4, positive_fraction=1.0), 1)[0]
+    assert _positive_count(y) == [1, 1, 1, 1]
+    _, y = _take(make_dataset(tiny_pack, "train", 4, positive_fraction=0.0), 1)[0]
+    assert _positive_count(y) == [0, 0, 0, 0]
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(InputError, match="positive_fraction"):
+            make_dataset(tiny_pack, "train", 4, positive_fraction=bad)
+    with pytest.raises(InputError, match="repeat"):
+        make_dataset(tiny_pack, "dev", 4, positive_fraction=0.5)
+    no_pos = write_test_pack(tmp_path / "neg.h5", counts=(8, 4, 4), size=32)
+    with h5py.File(no_pos, "r+") as f:
+        f["Y_train"][...] = 0
+    with pytest.raises(InputError, match=r"neg\.h5.*no positive images"):
+        make_dataset(no_pos, "train", 4, positive_fraction=0.5)
+    ds = make_dataset(no_pos, "train", 4, positive_fraction=0.0)  # no positives needed
+    assert _take(ds, 1)[0][0].shape == (4, 32, 32, 1)
+
+
+# --------------------------------------------------------------------------- exclude_indices (train --exclude)
+def _positions(images: np.ndarray, X: np.ndarray) -> list[int]:
+    """The split position of each yielded image (the tiny pack's noise images are all distinct)."""
+    where = {im.tobytes(): i for i, im in enumerate(X)}
+    assert len(where) == len(X)
+    return [where[im.tobytes()] for im in images]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_excluded_positions_never_enter_a_batch(tiny_pack, in_memory):
+    X, _ = _split(tiny_pack, "train")  # 48 samples
+    dropped = np.array([0, 5, 6, 7, 30, 47])
+    kept = sorted(set(range(48)) - set(dropped.tolist()))
+    # shuffled and repeated: each 42-image epoch is a permutation of the kept ones
+    ds = make_dataset(tiny_pack, "train", 6, seed=4, in_memory=in_memory, exclude_indices=dropped)
+    seen = _positions(np.concatenate([b[0] for b in _take(ds, 14)]), X)  # two epochs
+    assert sorted(seen[:42]) == kept and sorted(seen[42:]) == kept and seen[:42] != seen[42:]
+    # in order, once: exactly the kept positions (dev-style)
+    Xd, _ = _split(tiny_pack, "dev")
+    ds = make_dataset(tiny_pack, "dev", 5, in_memory=in_memory, exclude_indices=np.array([1, 15]))
+    batches = _take(ds, 100)
+    assert [b[0].shape[0] for b in batches] == [5, 5, 4]
+    assert _positions(np.concatenate([b[0] for b in batches]), Xd) == [i for i in range(16) if i not in (1, 15)]
+
+
+def test_excluded_positions_with_positive_fraction(tiny_pack):
+    X, Y = _split(tiny_pack, "train")
+    positives = np.flatnonzero(Y.reshape(48, -1).max(axis=1) >= 128)
+    dropped = np.concatenate([positives[:4], np.flatnonzero(Y.reshape(48, -1).max(axis=1) < 128)[:3]])
+    for in_memory in (True, False):
+        ds = make_dataset(tiny_pack, "train", 8, seed=2, positive_fraction=0.5, in_memory=in_memory,
+                          exclude_indices=dropped)
+        batches = _take(ds, 12)
+        seen = set(_positions(np.concatenate([b[0] for b in batches]), X))
+        assert not seen & set(dropped.tolist())
+        assert [int((y.reshape(8, -1).max(axis=1) > 0).sum()) for _, y in batches] == [4] * 12
+        assert seen >= set(positives[4:].tolist())  # 12 batches x 4 positives cycle every kept positive
+
+
+def test_no_exclusion_gives_the_same_stream(tiny_pack):
+    """An empty or absent exclusion is today's pipeline, batch for batch."""
+    a = _take(make_dataset(tiny_pack, "train", 8, seed=5), 7)
+    for none in (None, np.array([], np.int64)):
+        b = _take(make_dataset(tiny_pack, "train", 8, seed=5, exclude_indices=none), 7)
+        assert all(np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(a, b, strict=True))
+
+
+def test_bad_exclusions(tiny_pack):
+    with pytest.raises(InputError, match=r"exclude_indices: expected positions in 0\.\.15"):
+        make_dataset(tiny_pack, "dev", 4, exclude_indices=np.array([3, 16]))
+    with pytest.raises(InputError, match="exclude_indices"):
+        make_dataset(tiny_pack, "dev", 4, exclude_indices=np.array([0.5]))
+    with pytest.raises(InputError, match="every image of split 'dev' is excluded"):
+        make_dataset(tiny_pack, "dev", 4, exclude_indices=np.arange(16))
+    with pytest.raises(InputError, match="no positive images left after the exclusion"):
+        _, Y = _split(tiny_pack, "train")
+        positives = np.flatnonzero(Y.reshape(48, -1).max(axis=1) >= 128)
+        make_dataset(tiny_pack, "train", 4, positive_fraction=0.5, exclude_indices=positives)

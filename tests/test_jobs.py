@@ -24,6 +24,7 @@ FAKE = Path(__file__).with_name("fake_trainer.py")
 def fake(monkeypatch, tmp_path):
     """Fake trainer as the train command; runs in tmp_path/runs (also the settings default)."""
     monkeypatch.setenv("PNEUMO_TRAIN_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}")
+    monkeypatch.setenv("PNEUMO_TESTING", "1")
     monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "0.3")
     monkeypatch.delenv("PNEUMO_FAKE_FAIL", raising=False)
     monkeypatch.delenv("PNEUMO_FAKE_EPOCHS", raising=False)
@@ -89,7 +90,7 @@ def test_one_run_at_a_time_and_no_reuse_of_a_run_folder(fake, monkeypatch):
     first = jobs.new_run_dir(fake)
     jobs.start_training(CFG, first)
     second = jobs.new_run_dir(fake)
-    with pytest.raises(InputError, match="another training run is active"):
+    with pytest.raises(InputError, match=r"another job is running \(training run"):
         jobs.start_training(CFG, second)
     assert not (second / "config.json").exists()
     jobs.request_stop(first)
@@ -199,15 +200,147 @@ def test_list_runs_newest_first_and_new_folders_unique(tmp_path):
         jobs.new_run_dir(tmp_path, prefix="../evil")
 
 
-def test_encoder_weights_available_follows_keras_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert not jobs.encoder_weights_available()
-    assert jobs.encoder_weights_cache_path() == tmp_path / "models" / jobs.IMAGENET_NOTOP_FILE
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / jobs.IMAGENET_NOTOP_FILE).write_bytes(b"x")
-    assert jobs.encoder_weights_available()
-
-
 def test_jobs_imports_without_tensorflow():
     code = "import sys, pneumo.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+# --------------------------------------------------------------------------- evaluation jobs
+_FAKE_EVALUATE = """
+import sys, time
+from pathlib import Path
+from pneumo.runs import EvalProgress
+# argv: evaluate RUN --split S --checkpoint C
+run, split = Path(sys.argv[2]), sys.argv[4]
+mode = (run / "mode").read_text() if (run / "mode").exists() else "ok"
+print("2026-01-01 00:00:00.000000: E external/local_xla/xla/stream_executor/cuda/cuda_driver.cc:152] "
+      "failed call to cuInit: UNKNOWN ERROR (303)", flush=True)
+report = EvalProgress(run, split, interval=0.0)
+for k in range(1, 5):
+    report(k, 4)
+    time.sleep(float((run / "sleep").read_text()) if (run / "sleep").exists() else 0.05)
+if mode == "fail":
+    print("error: pack demo.h5 changed since run x trained on it", file=sys.stderr, flush=True)
+    sys.exit(2)
+if mode == "crash":
+    raise RuntimeError("disk on fire")
+report.stage("score")
+(run / f"predictions_{split}.h5").write_bytes(b"fake")
+report.stage("done")
+"""
+
+
+@pytest.fixture
+def evaluator(monkeypatch, tmp_path, fake):
+    """A fake ``pneumo evaluate`` (progress file, TF-like noise on stdout) and a run with best.keras."""
+    script = tmp_path / "fake_evaluate.py"
+    script.write_text(_FAKE_EVALUATE)
+    monkeypatch.setenv("PNEUMO_EVALUATE_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))
+    run = fake / "run-20260101-000000"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"pack": "demo.h5"}))
+    (run / "best.keras").write_bytes(b"fake")
+    yield run
+    for split in ("train", "dev", "test"):
+        job = jobs.evaluation_job(run, split)
+        if job and job["state"] == "running":
+            jobs.stop_evaluation(run, split)
+
+
+def _wait_job(run, split, states=("finished", "failed"), timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.evaluation_job(run, split)
+        if job and job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"evaluation never reached {states}: {jobs.evaluation_job(run, split)}")
+
+
+def test_evaluation_reports_progress_and_finishes(evaluator):
+    run = evaluator
+    (run / "sleep").write_text("0.4")
+    pid = jobs.start_evaluation(run, "test")
+    assert jobs.start_evaluation(run, "test") == pid  # the same job is reused
+    job = _wait_job(run, "test", states=("running",))
+    _wait_for(lambda: (jobs.evaluation_job(run, "test") or {}).get("fraction"))
+    job = jobs.evaluation_job(run, "test")
+    assert job["state"] == "running" and 0 < job["fraction"] <= 1 and job["progress"]["stage"] == "predict"
+    job = _wait_job(run, "test")
+    assert job["state"] == "finished" and job["fraction"] == 1.0 and job["error"] is None
+    assert job["progress"]["stage"] == "done" and job["progress"]["total"] == 4
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("fail", "pack demo.h5 changed since run x trained on it"),
+    ("crash", "RuntimeError: disk on fire"),
+])
+def test_evaluation_failure_is_the_commands_message_not_tensorflow_noise(evaluator, mode, message):
+    run = evaluator
+    (run / "mode").write_text(mode)
+    jobs.start_evaluation(run, "dev")
+    job = _wait_job(run, "dev")
+    assert job["state"] == "failed"
+    assert job["error"].startswith(message) and "evaluate_dev.log" in job["error"]
+    assert "cuInit" not in job["error"] and "cuInit" in (run / "evaluate_dev.log").read_text()
+
+
+def test_one_job_at_a_time_across_training_and_evaluation(evaluator, fake, monkeypatch):
+    run = evaluator
+    (run / "sleep").write_text("5")
+    jobs.start_evaluation(run, "test")
+    with pytest.raises(InputError, match=r"another job is running \(evaluation of run-20260101-000000 \(test\)\)"):
+        jobs.start_training(CFG, jobs.new_run_dir(fake))
+    with pytest.raises(InputError, match="another job is running"):
+        jobs.start_evaluation(run, "dev")
+    assert jobs.stop_evaluation(run, "test")
+    assert _wait_job(run, "test")["state"] == "failed"
+
+    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
+    train_run = jobs.new_run_dir(fake, prefix="t")
+    jobs.start_training(CFG, train_run)
+    with pytest.raises(InputError, match=r"another job is running \(training run t-"):
+        jobs.start_evaluation(run, "test")
+    jobs.request_stop(train_run)
+    _wait(train_run, {"stopped"})
+
+
+@pytest.mark.parametrize("with_start_time", [False, True])
+def test_stop_never_signals_a_foreign_process_with_the_recorded_pid(tmp_path, with_start_time):
+    """The recorded pid now belongs to another program (pid reuse): Stop must leave it alone."""
+    foreign = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        run = tmp_path / "run-20260101-000000"
+        run.mkdir()
+        job = {"pid": foreign.pid, "split": "test", "checkpoint": "best", "started": "2026-01-01T00:00:00+00:00"}
+        if with_start_time:
+            from pneumo._procs import process_start
+
+            job["pid_start"] = process_start(foreign.pid) - 1  # the evaluation started at another time
+        (run / "evaluate_test.json").write_text(json.dumps(job))
+        assert jobs.evaluation_job(run, "test")["state"] == "failed"
+        assert jobs.stop_evaluation(run, "test") is False
+        time.sleep(0.2)
+        assert foreign.poll() is None  # still alive: never signalled
+        # a training status naming that pid is not taken for a live trainer either
+        (run / "status.json").write_text(json.dumps({"state": "running", **{k: job[k] for k in job if "pid" in k}}))
+        assert jobs.read_status(run)["state"] == "failed"
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_test_hooks_need_the_testing_switch(evaluator, monkeypatch):
+    run = evaluator
+    monkeypatch.delenv("PNEUMO_TESTING")
+    assert jobs.evaluate_command(run, "test", "best")[:3] == [sys.executable, "-m", "pneumo"]
+    assert jobs._train_command() == [sys.executable, "-m", "pneumo", "train"]
+    monkeypatch.setenv("PNEUMO_TESTING", "1")
+    assert jobs.evaluate_command(run, "test", "best")[0] == sys.executable
+    assert jobs.evaluate_command(run, "test", "best")[1].endswith("fake_evaluate.py")
+    # the hook never skips the checkpoint check
+    (run / "best.keras").unlink()
+    with pytest.raises(InputError, match="no best.keras checkpoint"):
+        jobs.start_evaluation(run, "test")
+    assert not (run / "evaluate_test.json").exists()

@@ -138,3 +138,40 @@ def test_metric_names_in_keras_logs():
     logs = model.evaluate(p, t, batch_size=4, verbose=0, return_dict=True)
     assert logs["dice"] == pytest.approx(DICE.mean(), abs=1e-6)
     assert logs["iou"] == pytest.approx(IOU.mean(), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- batch Dice (issue 10)
+def test_batch_dice_hand_computed_over_all_pixels():
+    t, p = _batch()
+    # Pooled over the 4 images: sum t = 4 + 1 = 5; sum p = 4.0 + (15*0.2 + 0.5) + (15*0.1 + 0.6) + 16*0.1
+    # = 4.0 + 3.5 + 2.1 + 1.6 = 11.2; sum t*p = 2.2 (A) + 0.1 (D) = 2.3.
+    want = 1 - (2 * 2.3 + 1) / (5 + 11.2 + 1)
+    assert float(pl.soft_dice_loss_batch(t, p)) == pytest.approx(want, abs=1e-5)
+    # mean BCE over images + that one Dice
+    bce = float(np.mean(np.asarray(pl.bce_per_image(t, p))))
+    assert float(pl.get_loss("bce+batch-dice")(t, p)) == pytest.approx(bce + want, abs=1e-5)
+
+
+def test_batch_dice_does_not_reward_an_empty_output_on_empty_images():
+    """The issue-10 trap: per-image Dice scores 'predict nothing' ~perfect on negatives."""
+    t = np.zeros((8, 16, 16, 1), np.float32)
+    t[0, 4:8, 4:8] = 1  # one positive among eight
+    nothing = np.zeros_like(t)
+    per_image = float(pl.get_loss("dice")(t, nothing))
+    batch = float(pl.soft_dice_loss_batch(t, nothing))
+    assert per_image < 0.15  # 7 of 8 images at loss 0
+    assert batch > 0.9  # the batch's lesion is missed: close to the worst loss
+    found = t.copy()
+    assert float(pl.soft_dice_loss_batch(t, found)) < 0.05
+    # no lesion in the batch: an all-zero output is 0, predicted area costs
+    empty = np.zeros((2, 8, 8, 1), np.float32)
+    assert float(pl.soft_dice_loss_batch(empty, empty)) == pytest.approx(0.0)
+    assert float(pl.soft_dice_loss_batch(empty, empty + 0.5)) > 0.9
+
+
+def test_bce_batch_dice_loss_serializes():
+    loss = pl.get_loss("bce+batch-dice")
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    t, p = _batch()
+    assert isinstance(again, pl.BCEBatchDiceLoss)
+    assert float(again(t, p)) == pytest.approx(float(loss(t, p)))

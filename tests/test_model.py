@@ -1,6 +1,7 @@
 """pneumo.model: parameter tables, shapes, names, freezing, weights files, save/load."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import h5py
@@ -134,7 +135,9 @@ def _default_name_pattern(layer) -> str:
 
 @pytest.mark.parametrize("variant", pm.VARIANTS)
 def test_every_layer_has_a_chosen_name(variant, unet64, blog256, blog_code256):
-    m = {"unet": unet64, "blog": blog256, "blog-code": blog_code256}[variant]
+    m = {"unet": unet64, "blog": blog256, "blog-code": blog_code256}.get(variant)
+    if m is None:
+        m = pm.build_model(variant, 64, encoder_weights=None, width=0.25)
     names = [layer.name for layer in m.layers]
     assert len(names) == len(set(names))
     for layer in m.layers:
@@ -191,23 +194,45 @@ def test_unfrozen_encoder_trains_after_set_encoder_trainable():
 
 
 # --------------------------------------------------------------------------- weights files
+def _save_keras_notop_h5(vgg: keras.Model, path) -> None:
+    """Write ``vgg``'s weights in the layout of Keras' ImageNet no-top file (legacy HDF5).
+
+    Written with h5py, as the 2017 file was: a ``layer_names`` attribute listing every layer,
+    one group per layer whose ``weight_names`` attribute orders its datasets (empty for
+    the input and pooling layers). Keras loads such a file topologically, by weight order.
+    """
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in vgg.layers]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.0.8"
+        for layer in vgg.layers:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}_{'W' if i == 0 else 'b'}_1:0" for i in range(len(layer.weights))]
+            g.attrs["weight_names"] = [n.encode() for n in names]
+            for n, w in zip(names, layer.weights):
+                g.create_dataset(n, data=np.asarray(w))
+
+
 @pytest.fixture(scope="module")
 def vgg_weights(tmp_path_factory):
-    """A random VGG16 no-top saved in both formats: Keras 3 and the legacy one of the ImageNet file."""
-    from keras.src.legacy.saving import legacy_h5_format
+    """A random VGG16 no-top saved in both formats: Keras 3 and the layout of the ImageNet file.
 
+    Built at 32 px to be quick: VGG16's weights do not depend on the input size.
+    """
     d = tmp_path_factory.mktemp("weights")
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3))
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     vgg.save_weights(d / "vgg.weights.h5")
-    with h5py.File(d / pm.IMAGENET_NOTOP_FILE, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, vgg)
+    _save_keras_notop_h5(vgg, d / pm.IMAGENET_NOTOP_FILE)
     kernels = {layer.name: [np.array(w) for w in layer.weights] for layer in vgg.layers}
     return d, kernels
 
 
 def _assert_encoder_equals(m: keras.Model, kernels: dict) -> None:
-    for layer in pm.encoder_layers(m):
-        for got, want in zip(layer.weights, kernels[layer.name]):
+    layers_ = pm.encoder_layers(m)
+    # VGG16's 13 convolutions, 10 of them in "blog" (cut at block4_pool)
+    assert sum(len(layer.weights) for layer in layers_) in (20, 26)
+    for layer in layers_:
+        for got, want in zip(layer.weights, kernels[layer.name], strict=True):
             np.testing.assert_array_equal(np.array(got), want, err_msg=layer.name)
 
 
@@ -217,9 +242,31 @@ def test_local_weights_file_is_loaded_and_frozen(vgg_weights, fname):
     m = pm.build_model("blog", 64, encoder_weights=str(d / fname))
     _assert_encoder_equals(m, kernels)
     assert not any(layer.trainable for layer in pm.encoder_layers(m))  # pretrained -> frozen
-    m2 = pm.build_model("unet", 64, encoder_weights=d / fname, freeze_encoder=False)
+    m2 = pm.build_model("unet", 32, encoder_weights=d / fname, freeze_encoder=False)
     _assert_encoder_equals(m2, kernels)
     assert all(layer.trainable for layer in pm.encoder_layers(m2))
+
+
+def test_one_training_step_starts_from_the_weights_file(vgg_weights, tmp_path):
+    """The real path of ``--encoder-weights FILE``: pneumo.train builds, trains and saves."""
+    from conftest import write_test_pack
+    from pneumo.config import TrainConfig, load_config
+    from pneumo.train import train
+
+    d, kernels = vgg_weights
+    pack = write_test_pack(tmp_path / "p32.h5", counts=(8, 4, 4), size=32)
+    cfg = TrainConfig(pack=str(pack), variant="blog", encoder_weights=str(d / pm.IMAGENET_NOTOP_FILE),
+                      epochs=1, steps_per_epoch=1, validation_steps=1, batch_size=4, lr=1e-2, seed=0)
+    run = tmp_path / "run"
+    summary = train(cfg, run, verbose=0)
+    assert summary["state"] == "finished" and summary["epochs_done"] == 1
+    assert load_config(TrainConfig, run / "config.json").encoder_weights == str(d / pm.IMAGENET_NOTOP_FILE)
+    trained = pm.load_model(run / "last.keras", compile=False)
+    _assert_encoder_equals(trained, kernels)  # frozen: still exactly the file's values
+    fresh = pm.build_model("blog", 32, encoder_weights=None)
+    moved = [layer.name for layer in trained.layers if layer.name.startswith("blog_conv") and layer.weights
+             and not np.array_equal(np.array(layer.weights[1]), np.array(fresh.get_layer(layer.name).weights[1]))]
+    assert moved  # the decoder's biases (zero at initialisation) took a step
 
 
 def test_weights_file_that_does_not_fit_is_an_input_error(tmp_path):
@@ -233,41 +280,93 @@ def test_weights_file_that_does_not_fit_is_an_input_error(tmp_path):
         pm.build_model("blog", 64, encoder_weights=str(tmp_path / "missing.h5"))
 
 
+def test_a_partial_or_nan_weights_file_is_an_input_error(vgg_weights, tmp_path):
+    """Judged by the weights loaded, not by Keras' wording: a file must set every encoder weight."""
+    d, kernels = vgg_weights
+    partial = tmp_path / "partial.weights.h5"
+    partial.write_bytes((d / "vgg.weights.h5").read_bytes())
+    with h5py.File(partial, "a") as f:
+        biases = [k for k in _h5_datasets(f) if k.endswith("/vars/1")]  # Keras 3 names by class
+        assert len(biases) == 13
+        del f[biases[-1]]  # one convolution's bias missing
+    nan = tmp_path / pm.IMAGENET_NOTOP_FILE
+    nan.write_bytes((d / pm.IMAGENET_NOTOP_FILE).read_bytes())
+    with h5py.File(nan, "a") as f:
+        name = f["block3_conv2"].attrs["weight_names"][0]
+        f["block3_conv2"][name][0, 0, 0, 0] = np.nan
+    for bad in (partial, nan):
+        with pytest.raises(InputError, match=re.escape(str(bad)) + ".*does not fit"):
+            pm.build_model("blog", 32, encoder_weights=str(bad))
+
+
+def _h5_datasets(f: h5py.File) -> list[str]:
+    out: list[str] = []
+    f.visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
 def _no_download(*args, **kwargs):
     raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- offline")
 
 
-def test_imagenet_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    """Keras' downloader replaced by one that fails as it does offline; records its calls."""
     import keras.src.utils.file_utils as file_utils
+
+    calls = []
+
+    def no_download(*args, **kwargs):
+        calls.append(args)
+        _no_download()
+
+    monkeypatch.setattr(file_utils, "get_file", no_download)
+    return calls
+
+
+def test_imagenet_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch, offline):
+    from pneumo.imagenet import IMAGENET_NOTOP_URL
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(file_utils, "get_file", _no_download)
     with pytest.raises(InputError) as err:
-        pm.build_model("blog", 64, encoder_weights="imagenet")
+        pm.build_model("blog", 32, encoder_weights="imagenet")
     msg = str(err.value)
-    assert str(tmp_path / "models" / pm.IMAGENET_NOTOP_FILE) in msg
-    assert "encoder_weights=None" in msg and "offline" in msg
+    assert f"put it at {tmp_path / 'models' / pm.IMAGENET_NOTOP_FILE}" in msg  # where the file goes
+    assert IMAGENET_NOTOP_URL in msg and "offline" in msg and "without ImageNet weights" in msg
+    assert len(offline) == 1  # Keras' own download was the one attempt
 
 
-def test_imagenet_uses_the_cache_file_without_network(tmp_path, monkeypatch, vgg_weights):
-    import keras.src.utils.file_utils as file_utils
+def test_imagenet_uses_the_cache_file_without_network(tmp_path, monkeypatch, vgg_weights, offline):
+    import pneumo.imagenet
 
     d, kernels = vgg_weights
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / pm.IMAGENET_NOTOP_FILE).write_bytes((d / pm.IMAGENET_NOTOP_FILE).read_bytes())
+    cache = tmp_path / "models" / pm.IMAGENET_NOTOP_FILE
+    cache.parent.mkdir()
+    cache.write_bytes((d / pm.IMAGENET_NOTOP_FILE).read_bytes())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(file_utils, "get_file", _no_download)
-    m = pm.build_model("blog", 64, encoder_weights="imagenet")
+    # Keras' md5 of the real file cannot be met by a stand-in: accept the stand-in's md5 instead.
+    monkeypatch.setattr(pneumo.imagenet, "IMAGENET_NOTOP_MD5", hashlib.md5(cache.read_bytes()).hexdigest())
+    m = pm.build_model("blog", 32, encoder_weights="imagenet")
     _assert_encoder_equals(m, kernels)
     assert _n_trainable(m) == 155_665
+    assert offline == []
 
 
-def test_damaged_cache_file_is_an_input_error(tmp_path, monkeypatch):
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / pm.IMAGENET_NOTOP_FILE).write_bytes(b"\x89HDF half a download")
+@pytest.mark.parametrize("content", ["garbage", "other weights"])
+def test_wrong_cache_file_is_an_input_error_without_network(tmp_path, monkeypatch, vgg_weights, offline, content):
+    d, _ = vgg_weights
+    cache = tmp_path / "models" / pm.IMAGENET_NOTOP_FILE
+    cache.parent.mkdir()
+    # garbage: a broken download; other weights: a well-formed file that is not Keras' ImageNet one
+    cache.write_bytes(b"\x89HDF half a download" if content == "garbage"
+                      else (d / pm.IMAGENET_NOTOP_FILE).read_bytes())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(InputError, match="Delete it"):
-        pm.build_model("blog", 64, encoder_weights="imagenet")
+    with pytest.raises(InputError) as err:
+        pm.build_model("blog", 32, encoder_weights="imagenet")
+    msg = str(err.value)
+    assert f"{cache} is not Keras' VGG16 ImageNet no-top weights file" in msg and "md5" in msg
+    assert "Delete it" in msg and f"put it at {cache}" in msg
+    assert offline == []  # named, not silently downloaded again
 
 
 # --------------------------------------------------------------------------- bad options
@@ -313,3 +412,54 @@ def test_load_model_errors_name_the_file(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputError, match=re.escape(str(bad))):
         pm.load_model(bad)
+
+
+# --------------------------------------------------------------------------- unet-bn (issue 10)
+def test_unet_bn_is_the_vgg_unet_scaled_with_batchnorm():
+    m = pm.build_model("unet-bn", 64, encoder_weights=None, width=0.25)
+    assert m.output_shape == (None, 64, 64, 1)
+    assert m.get_layer("block1_conv1").filters == 16 and m.get_layer("block5_conv3").filters == 128
+    for name in pm.SKIP_LAYERS:  # same skip table, same names
+        assert isinstance(m.get_layer(f"{name}_bn"), keras.layers.BatchNormalization)
+    assert m.get_layer("decoder_stage0a_conv").filters == 64  # 256 x 0.25
+    assert m.get_layer("decoder_stage4a_conv").filters == 8  # 16 x 0.25 = 4, floored at 8
+    assert m.count_params() == pm.build_model("unet-bn", 128, None, width=0.25).count_params()  # size-free
+    assert 1_100_000 < m.count_params() < 1_300_000  # the issue's 1.2 M
+    assert all(layer.trainable for layer in pm.encoder_layers(m))  # random weights: all train
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in pm.encoder_layers(m))
+    p = _predict(m, _images(2, 64))
+    assert p.shape == (2, 64, 64, 1) and np.all((p >= 0) & (p <= 1))
+    half = pm.build_model("unet-bn", 64, encoder_weights=None, width=0.5)
+    assert half.get_layer("block1_conv1").filters == 32 and half.count_params() > m.count_params()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(variant="unet", width=0.25), "width 0.25 applies to variant 'unet-bn' only"),
+    (dict(variant="blog", width=2.0), "applies to variant 'unet-bn' only"),
+    (dict(variant="unet-bn", width=0.0), "width 0.0 must be a number in"),
+    (dict(variant="unet-bn", width=0.25, encoder_weights="imagenet"), "fit VGG16 at width 1 only"),
+    (dict(variant="unet-bn", width=0.5, encoder_weights="/some/w.h5"), "needs encoder_weights=None"),
+])
+def test_width_rules_are_input_errors_before_any_download(kwargs, message, monkeypatch):
+    monkeypatch.setattr(pm, "_vgg16", _no_download)
+    with pytest.raises(InputError, match=message):
+        pm.build_model(input_size=64, **{"encoder_weights": None, **kwargs})
+
+
+def test_unet_bn_at_width_1_takes_vgg16_weights(vgg_weights):
+    d, kernels = vgg_weights
+    m = pm.build_model("unet-bn", 32, encoder_weights=str(d / "vgg.weights.h5"))
+    convs = [layer for layer in pm.encoder_layers(m) if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 13
+    for layer in convs:
+        for got, want in zip(layer.weights, kernels[layer.name], strict=True):
+            np.testing.assert_array_equal(np.array(got), want, err_msg=layer.name)
+    assert not any(layer.trainable for layer in pm.encoder_layers(m))  # pretrained -> frozen
+
+
+def test_unet_bn_save_load_round_trip(tmp_path):
+    m = pm.build_model("unet-bn", 32, encoder_weights=None, width=0.125)
+    x = _images(2, 32)
+    m.save(tmp_path / "m.keras")
+    again = pm.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(_predict(again, x), _predict(m, x), atol=1e-6)

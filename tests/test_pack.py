@@ -313,7 +313,7 @@ def test_siim_absolute_rle_csv_detected_and_packed_like_relative(tmp_path, fmt):
 
 
 def test_cli_parallel_workers_match_one_worker(tmp_path):
-    # The CLI has no TensorFlow and one thread, so its workers are forked (pack._start_method);
+    # The CLI has no TensorFlow and one thread, so its workers are forked (workers._start_method);
     # in this test process they would be spawned. Both must give the same pack.
     for workers in ("1", "2"):
         r = _cli("pack", "demo", "--count", "64", "--size", "32", "--workers", workers,
@@ -322,3 +322,265 @@ def test_cli_parallel_workers_match_one_worker(tmp_path):
     for s in SPLITS:
         a, b = load_split(tmp_path / "w1.h5", s), load_split(tmp_path / "w2.h5", s)
         assert a[2] == b[2] and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+# --------------------------------------------------------------------------- hostile input
+def _folders_with_bomb(root: Path) -> tuple[Path, Path]:
+    from hostile_files import png_bomb
+
+    images, masks = _write_folders(root, 6, size=32)
+    png_bomb(images / "bomb.png")
+    png_bomb(masks / "bomb.png")  # a mask of its own size: the pair would be packed
+    return images, masks
+
+
+def test_pixel_bomb_refused_or_skipped_by_name_with_bounded_memory(tmp_path):
+    from hostile_files import peak_rss_mb
+
+    images, masks = _folders_with_bomb(tmp_path)
+    out = tmp_path / "o.h5"
+    with pytest.raises(InputError, match=r"bomb\.png: image is 12000x12000 \(144\.0 Mpx\)"):
+        pack_manifest(sources.folder_source(images, masks), out, PackConfig(size=32, workers=1))
+    assert not out.exists()
+    info = pack_manifest(sources.folder_source(images, masks), out, PackConfig(size=32, workers=1, skip_bad=True))
+    assert sum(info.counts.values()) == 6
+    assert any(name == "bomb" and "12000x12000" in reason for name, reason in info.report["skipped"])
+    # The same pack in a fresh process with two workers: peak RSS stays far from 144 MB per image.
+    grew, result = peak_rss_mb(
+        "from pneumo import sources\nfrom pneumo.config import PackConfig\nfrom pneumo.pack import pack_manifest",
+        f"i = pack_manifest(sources.folder_source({str(images)!r}, {str(masks)!r}), {str(tmp_path / 'p.h5')!r}, "
+        "PackConfig(size=32, workers=2, skip_bad=True, isolate=True))\n"
+        "result['n'] = sum(i.counts.values())",
+    )
+    assert result["n"] == 6
+    assert grew < 120, f"peak RSS grew {grew:.0f} MB packing a folder with a PNG bomb (before: ~330)"
+
+
+def test_deflated_dicom_bomb_in_a_siim_pack(tmp_path):
+    from hostile_files import deflated_dicom
+    from siim_fixtures import write_siim_tree
+
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 6, 32, 0)
+    bomb_id = "1.2.276.0.7230010.3.1.99"
+    deflated_dicom(dicom_dir / "bomb" / f"{bomb_id}.dcm", 12000, 12000, uid=bomb_id)
+    with open(csv_path, "a") as f:
+        f.write(f"{bomb_id}, -1\n")
+    m = sources.siim_source(dicom_dir, csv_path, isolate=True)  # the header read does not inflate it
+    assert any(s.id == bomb_id and s.height == 12000 for s in m.samples)
+    with pytest.raises(InputError, match=r"\.99\.dcm: image is 12000x12000"):
+        pack_manifest(m, tmp_path / "s.h5", PackConfig(size=32, workers=1))
+    info = pack_manifest(m, tmp_path / "s.h5", PackConfig(size=32, workers=1, skip_bad=True))
+    assert [r[0] for r in info.report["skipped"]] == [bomb_id]
+
+
+def test_isolated_workers_run_apart_with_a_memory_cap():
+    import resource
+
+    from pneumo.pack import _ordered_map
+
+    with _ordered_map(resource.getrlimit, [resource.RLIMIT_AS], (), 1, isolate=True,
+                      memory_limit=3 << 30) as results:
+        (soft, _), = list(results)
+    assert soft == 3 << 30  # set in the worker
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] != 3 << 30  # not here
+
+
+def test_cli_max_pixels(tmp_path):
+    images, masks = _write_folders(tmp_path, 4, size=40)
+    r = _cli("pack", "folders", str(images), str(masks), "--out", "x.h5", "--size", "32", "--max-pixels", "1000",
+             "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "image is 40x40 (0.0 Mpx); the limit is 0.0 Mpx (--max-pixels)" in r.stderr
+    assert not (tmp_path / "x.h5").exists()
+    r = _cli("pack", "folders", str(images), str(masks), "--out", "x.h5", "--size", "32", "--max-pixels", "1600",
+             "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- damaged state
+def test_foreign_and_damaged_h5_are_listed_as_damaged_never_raise(tmp_path, demo_pack):
+    from pneumo.pack import scan_packs
+
+    os.link(demo_pack, tmp_path / "good.h5")
+    one = tmp_path / "one.h5"
+    one.write_bytes(demo_pack.read_bytes())
+    with h5py.File(one, "a") as f:
+        f.attrs["format_version"] = "one"
+    frac = tmp_path / "frac.h5"
+    frac.write_bytes(demo_pack.read_bytes())
+    with h5py.File(frac, "a") as f:
+        f.attrs["positive_fraction_train"] = "lots"
+    (tmp_path / "junk.h5").write_bytes(b"\xff\xfe not hdf5")
+    (tmp_path / "folder.h5").mkdir()
+    good, damaged = scan_packs(tmp_path)
+    assert [p.path.name for p in good] == ["good.h5"]
+    reasons = {d.path.name: d.reason for d in damaged}
+    assert set(reasons) == {"one.h5", "frac.h5", "junk.h5", "folder.h5"}
+    assert "format_version is 'one'" in reasons["one.h5"]
+    assert "not a readable HDF5 file" in reasons["junk.h5"]
+    assert [p.path.name for p in list_packs(tmp_path)] == ["good.h5"]
+    with pytest.raises(PackFormatError, match="format_version"):
+        read_info(one)
+
+
+def test_sweep_removes_only_old_temporary_files(tmp_path):
+    from pneumo.uploads import sweep_temp_files
+
+    old_tmp, new_tmp = tmp_path / ".demo.h5.abc123.tmp", tmp_path / ".demo.h5.def456.tmp"
+    keep = [tmp_path / "demo.h5", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for p in [old_tmp, new_tmp, *keep]:
+        p.write_bytes(b"x")
+    os.utime(old_tmp, (1e9, 1e9))
+    os.utime(keep[1], (1e9, 1e9))
+    os.utime(keep[2], (1e9, 1e9))
+    assert sweep_temp_files(tmp_path) == [old_tmp]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new_tmp.name] + [p.name for p in keep])
+
+
+def test_cli_pack_sweeps_leftovers_of_a_killed_pack(tmp_path):
+    left = tmp_path / ".d.h5.k1ll3d.tmp"
+    left.write_bytes(b"\0" * 1000)
+    os.utime(left, (1e9, 1e9))
+    r = _cli("pack", "demo", "--count", "8", "--size", "32", "--out", "d.h5", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not left.exists() and "removed .d.h5.k1ll3d.tmp" in r.stdout
+
+
+# --------------------------------------------------------------------------- source references (issue 14)
+def _refs(path: Path) -> dict[str, tuple[str, int, int]]:
+    from pneumo.pack import read_sources
+
+    out = {}
+    for s in SPLITS:
+        ids = load_split(path, s)[2]
+        refs = read_sources(path, s)
+        assert refs is not None and len(refs) == len(ids)
+        out.update({i: (r.path, r.height, r.width) for i, r in zip(ids, refs)})
+    return out
+
+
+def test_source_references_for_folders_siim_and_demo(tmp_path, demo_pack):
+    from tests.siim_fixtures import write_siim_tree
+
+    images, masks = _write_folders(tmp_path / "f", 7, size=96, missing_mask=None)
+    Image.fromarray(np.zeros((40, 72), np.uint8)).save(images / "wide.png")  # non-square: H and W kept apart
+    Image.fromarray(np.zeros((40, 72), np.uint8)).save(masks / "wide.png")
+    (images / "case002.png").write_bytes(b"garbage")  # skipped: its reference goes with it
+    info = pack_manifest(sources.folder_source(images, masks), tmp_path / "f.h5",
+                         PackConfig(size=32, skip_bad=True, split=SplitConfig(proportions=(1, 1, 1))))
+    refs = _refs(info.path)
+    assert set(refs) == {f"case{i:03d}" for i in range(7)} - {"case002"} | {"wide"}
+    assert refs["wide"] == (str((images / "wide.png").absolute()), 40, 72)
+    assert refs["case005"] == (str((images / "case005.png").absolute()), 96, 96)
+
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 6, 48, 0)
+    info = pack_manifest(sources.siim_source(dicom_dir, csv_path), tmp_path / "s.h5",
+                         PackConfig(size=32, split=SplitConfig(proportions=(1, 1, 1))))
+    refs = _refs(info.path)
+    assert len(refs) == 6
+    for image_id, (path, h, w) in refs.items():
+        assert Path(path).name == f"{image_id}.dcm" and Path(path).is_file() and (h, w) == (48, 48)
+
+    from pneumo.phantom import sample_seed
+
+    refs = _refs(demo_pack)
+    assert refs["phantom-00007"] == (f"demo:{sample_seed(3, 7)}", 64, 64)
+
+
+def test_old_pack_without_source_references_still_opens(tmp_path, demo_pack):
+    import shutil
+
+    from pneumo.pack import read_sources
+
+    old = tmp_path / "old.h5"
+    shutil.copy(demo_pack, old)
+    with h5py.File(old, "a") as f:
+        for s in SPLITS:
+            del f[f"source_path_{s}"], f[f"source_hw_{s}"]
+        del f.attrs["dicom_window"]
+    assert read_info(old).counts == read_info(demo_pack).counts
+    assert load_split(old, "test")[2] == load_split(demo_pack, "test")[2]
+    assert all(read_sources(old, s) is None for s in SPLITS)
+    r = _cli("info", str(old), cwd=tmp_path)
+    assert r.returncode == 0 and "source references: no" in r.stdout, r.stdout + r.stderr
+    r = _cli("info", str(demo_pack), cwd=tmp_path)
+    assert r.returncode == 0 and "source references: yes (e.g. demo:" in r.stdout
+    r = _cli("info", "--json", str(old), cwd=tmp_path)
+    assert json.loads(r.stdout)["source_references"] is False
+    with h5py.File(old, "a") as f:  # one of the pair alone: damaged, said so
+        f.create_dataset("source_hw_dev", data=np.zeros((1, 2), np.int32))
+    with pytest.raises(PackFormatError, match="source_path_dev/source_hw_dev do not match ids_dev"):
+        read_sources(old, "dev")
+
+
+def test_dicom_window_is_applied_and_recorded(tmp_path):
+    from tests.siim_fixtures import UID_ROOT, write_dicom
+
+    dicom_dir, csv_rows = tmp_path / "dicom", ["ImageId,EncodedPixels"]
+    pixels = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)  # 0..4092 in 12 bits
+    for k in range(3):
+        uid = f"{UID_ROOT}.9.{k}"
+        write_dicom(dicom_dir / f"{uid}.dcm", pixels, sop_uid=uid, bits_stored=12, window=(2000, 401))
+        csv_rows.append(f"{uid},-1")
+    (tmp_path / "labels.csv").write_text("\n".join(csv_rows) + "\n")
+    packed = {}
+    for window in ("voi", "full"):
+        r = _cli("pack", "siim", "dicom", "labels.csv", "--size", "32", "--split", "1,1,1", "--quiet",
+                 "--dicom-window", window, "--out", f"{window}.h5", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert read_info(tmp_path / f"{window}.h5").attrs["dicom_window"] == window
+        packed[window] = load_split(tmp_path / f"{window}.h5", "train")[0][0, ..., 0]
+    from pneumo.imageio import read_image
+
+    path = next(dicom_dir.glob("*.dcm"))
+    assert np.array_equal(packed["voi"], read_image(path, dicom_window="voi"))
+    assert np.array_equal(packed["full"], read_image(path, dicom_window="full"))
+    assert (packed["voi"] == 255).mean() > 0.4 and (packed["full"] == 255).mean() < 0.01  # the window clips
+
+
+# --------------------------------------------------------------------------- --exclude (issue 14)
+def test_exclude_list_removes_ids_before_splitting_and_reports_unknown(tmp_path):
+    images, masks = _write_folders(tmp_path, 12, size=32)
+    (images / "case003.png").rename(images / "=case003.png")  # a formula-like id, neutralised in the CSV
+    (masks / "case003.png").rename(masks / "=case003.png")
+    (tmp_path / "relabel.csv").write_text(
+        "id,source,category,verdicts,notes\n"
+        "'=case003,x,FP,a:label missed,\ncase005,y,FN,,\nnot-a-case,z,FP,,\n", encoding="utf-8")
+    r = _cli("pack", "folders", "images", "masks", "--size", "32", "--split", "1,1,1", "--quiet",
+             "--exclude", "relabel.csv", "--out", "x.h5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "excluded 2 images listed in" in r.stdout
+    assert "1 ids of" in r.stdout and "not-a-case" in r.stdout
+    ids = sum((load_split(tmp_path / "x.h5", s)[2] for s in SPLITS), [])
+    assert len(ids) == 10 and "=case003" not in ids and "case005" not in ids
+    info = read_info(tmp_path / "x.h5")
+    assert info.attrs["excluded"] == 2 and info.attrs["exclude_list"] == str(tmp_path / "relabel.csv")
+    assert info.report["exclusion"]["excluded_ids"] == ["=case003", "case005"]
+    assert info.report["exclusion"]["unknown_ids"] == ["not-a-case"]
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert [v.decode() for v in f["excluded_ids"][()]] == ["=case003", "case005"]
+    r = _cli("info", "x.h5", cwd=tmp_path)
+    assert "excluded: 2 (list" in r.stdout
+    # the split is that of the source without those ids
+    kept = sources.folder_source(images, masks)
+    kept.samples = [s for s in kept.samples if s.id not in ("=case003", "case005")]
+    ref = pack_manifest(kept, tmp_path / "ref.h5", PackConfig(size=32, split=SplitConfig(proportions=(1, 1, 1))))
+    assert all(load_split(ref.path, s)[2] == load_split(tmp_path / "x.h5", s)[2] for s in SPLITS)
+    assert read_info(ref.path).attrs["excluded"] == 0
+
+
+def test_exclude_list_errors(tmp_path):
+    from pneumo.exclude import read_exclude_list
+
+    (tmp_path / "noid.csv").write_text("image,category\na,FP\n")
+    with pytest.raises(InputError, match=r"noid\.csv: exclusion list has no 'id' column \(found \['image', 'category'\]\)"):
+        read_exclude_list(tmp_path / "noid.csv")
+    r = _cli("pack", "demo", "--count", "8", "--size", "32", "--exclude", "noid.csv", "--out", "x.h5", cwd=tmp_path)
+    assert r.returncode == 2 and "noid.csv: exclusion list has no 'id' column" in r.stderr
+    assert not (tmp_path / "x.h5").exists()
+    with pytest.raises(InputError, match=r"missing\.csv: exclusion list not found"):
+        read_exclude_list(tmp_path / "missing.csv")
+    (tmp_path / "all.csv").write_text("id\n" + "".join(f"phantom-{i:05d}\n" for i in range(4)))
+    with pytest.raises(InputError, match=r"all\.csv excludes all 4 images"):
+        pack_manifest(sources.demo_source(4, size=32), tmp_path / "y.h5", PackConfig(size=32, exclude=str(tmp_path / "all.csv")))
+    (tmp_path / "ws.csv").write_text(" id ,notes\n'+a,\n'plain,\n\n b ,\n")
+    assert read_exclude_list(tmp_path / "ws.csv") == ["+a", "'plain", "b"]

@@ -321,3 +321,34 @@ def test_run_triplet_prefers_metrics_of_the_same_checkpoint(tmp_path):
     assert pr.run_triplet(tmp_path, 64, "best") == (ev.Triplet(0.4, 0.8, 10), "metrics_test.json")
     assert pr.run_triplet(tmp_path, 64, "last") == (ev.Triplet(0.6, 0.9, 20), "metrics_dev.json")
     assert pr.run_triplet(tmp_path, 128, "best")[0].min_area == 40  # rescaled by area
+
+
+def test_cases_csv_neutralises_spreadsheet_formulas(tmp_path):
+    import csv as _csv
+
+    from pneumo.predict import write_cases_csv
+
+    ids = np.array(['=HYPERLINK("http://evil","x")', "+1", "@SUM(A1)", "-2", "case-1"])
+    n = len(ids)
+    write_cases_csv(tmp_path / "c.csv", {"id": ids, "category": np.array(["fp"] * n), "dice": np.zeros(n),
+                                         "true_area": np.zeros(n, int), "pred_area": np.zeros(n, int),
+                                         "score": np.full(n, -0.5)})
+    rows = list(_csv.DictReader(open(tmp_path / "c.csv", newline="")))
+    assert [r["id"] for r in rows] == ["'=HYPERLINK(\"http://evil\",\"x\")", "'+1", "'@SUM(A1)", "'-2", "case-1"]
+    assert rows[0]["score"] == "-0.500000"  # numbers stay numbers
+
+
+def test_cases_csv_round_trips_formula_like_ids(tmp_path):
+    # write_cases_csv neutralises spreadsheet formulas with a leading "'"; read_cases_csv undoes it.
+    ids = ["=1+1", "+a", "-b", "@c", "'quoted", "plain"]
+    cases = {"id": np.array(ids, dtype=object), "category": np.array(["TP", "FP", "FN", "TN", "TP", "FP"]),
+             "dice": np.linspace(0, 1, 6), "true_area": np.arange(6), "pred_area": np.arange(6) * 2,
+             "score": np.linspace(1, 0, 6)}
+    path = tmp_path / "cases_test.csv"
+    pr.write_cases_csv(path, cases)
+    raw = path.read_text(encoding="utf-8")
+    assert "\n'=1+1," in raw and "\n'quoted," in raw  # on disk: neutralised, and 'quoted left as is
+    rows = pr.read_cases_csv(path)
+    assert [r["id"] for r in rows] == ids
+    assert [r["category"] for r in rows] == list(cases["category"])
+    assert rows[3]["pred_area"] == 6 and rows[0]["dice"] == 0.0

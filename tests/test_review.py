@@ -1,5 +1,6 @@
 """pneumo.review: loading cached predictions, categories as pneumo.evaluate computes them,
-filter/sort/position, and the SQLite verdict store (upsert, persistence, WAL, two connections)."""
+filter/sort/position; pneumo.verdicts: the SQLite verdict store (upsert, persistence, WAL, two
+connections, no phantom rows, note conflicts); pneumo.artifacts: freshness and the triplet rule."""
 from __future__ import annotations
 
 import csv
@@ -12,14 +13,18 @@ import h5py
 import numpy as np
 import pytest
 
-from pneumo import evaluate, review
+from pneumo import artifacts, evaluate, review, verdicts
 from pneumo.errors import InputError
 
 from conftest import write_test_pack
 
 
-def write_predictions(run_dir: Path, split: str, probs: np.ndarray, ids: list[str], pack: Path) -> Path:
-    """A predictions file exactly as the contract describes (docs/architecture.md)."""
+def write_predictions(run_dir: Path, split: str, probs: np.ndarray, ids: list[str], pack: Path,
+                      checkpoint: str = "best") -> Path:
+    """A predictions file exactly as the contract describes (docs/architecture.md), fresh for
+    the pack as it is now; for a missing pack, the attributes an older pneumo wrote."""
+    if Path(pack).is_file():
+        return artifacts.write_predictions(run_dir, split, probs, ids, pack, checkpoint)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"predictions_{split}.h5"
     with h5py.File(path, "w") as f:
@@ -101,13 +106,13 @@ def test_bad_files_give_clear_errors(tmp_path, run):
     _, pack, probs, Y, ids = run
     with pytest.raises(InputError, match="no cached predictions"):
         review.ReviewData(tmp_path, "test")
-    with pytest.raises(InputError, match="unknown split"):
+    with pytest.raises(InputError, match="split .validation. is unknown"):
         review.ReviewData(tmp_path, "validation")
     write_predictions(tmp_path / "r", "test", probs, ["x"] + ids[1:], pack)
     with pytest.raises(InputError, match="not in"):
         review.ReviewData(tmp_path / "r", "test")
     write_predictions(tmp_path / "r2", "test", probs, ids, tmp_path / "gone.h5")
-    with pytest.raises(InputError, match="cannot find the pack"):
+    with pytest.raises(InputError, match="pack .*gone.h5 not found"):
         review.ReviewData(tmp_path / "r2", "test")
 
 
@@ -139,20 +144,98 @@ def test_select_filter_sort_position_by_hand():
     assert [review.step(0, 3, -1), review.step(1, 3, 1), review.step(2, 3, 1), review.step(0, 0, 1)] == [0, 2, 2, 0]
 
 
-def test_default_triplet_from_metrics(tmp_path):
+def test_empty_category_falls_back_to_the_next_non_empty_one():
+    counts = {"FP": 0, "FN": 3, "TP": 2, "TN": 5}
+    assert review.shown_category(counts, "FP") == ("FN", "No false positives at these thresholds: showing misses.")
+    assert review.shown_category(counts, "FN") == ("FN", None)
+    assert review.shown_category({"FP": 0, "FN": 0, "TP": 0, "TN": 1}, "FN")[0] == "TN"
+    assert review.shown_category({"FP": 4, "FN": 0, "TP": 0, "TN": 0}, "TN")[0] == "FP"  # wraps around
+    assert review.shown_category(counts, "all") == ("all", None)
+    with pytest.raises(InputError, match="category"):
+        review.shown_category(counts, "FP (4)")
+
+
+def test_default_run_prefers_the_newest_with_a_best_checkpoint(tmp_path):
+    import os
+
+    runs = tmp_path / "runs"
+    for k, (name, files) in enumerate([("old", ["best.keras"]), ("stopped", ["last.keras"]), ("preds", [])]):
+        d = runs / name
+        d.mkdir(parents=True)
+        for f in files:
+            (d / f).write_bytes(b"x")
+        if not files:
+            (d / "predictions_test.h5").write_bytes(b"x")
+        os.utime(d, (1000 + k, 1000 + k))
+        for f in d.iterdir():
+            os.utime(f, (1000 + k, 1000 + k))
+    found = review.reviewable_runs(runs)
+    assert [d.name for d in found] == ["preds", "stopped", "old"]
+    assert review.default_run(found) == (runs / "old", "the newest run with a best.keras checkpoint")
+    assert review.default_run(found[:2])[0].name == "stopped"
+    assert review.default_run([]) == (None, "no run to review")
+
+
+def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_path):
+    pack = write_test_pack(tmp_path / "p.h5", counts=(2, 2, 8), size=32, seed=5)
+    with h5py.File(pack, "r") as f:
+        Y, ids = f["Y_test"][()], [s.decode() for s in f["ids_test"][()]]
+    run_dir = tmp_path / "run"
+    write_predictions(run_dir, "test", noisy_probs(Y, 2), ids, pack)
+    data = review.ReviewData(run_dir, "test")
+    before = review.identity(run_dir, "test")
+    assert artifacts.freshness(run_dir, "test", None).fresh
+    # re-pack "with Replace existing": same ids, other order, new file
+    perm = [3, 0, 7, 1, 6, 2, 5, 4]
+    with h5py.File(pack, "a") as f:
+        for name in ("X_test", "Y_test", "ids_test"):
+            f[name][...] = f[name][()][perm]
+    assert review.identity(run_dir, "test") != before  # a cache keyed by it reads afresh
+    fresh = artifacts.freshness(run_dir, "test", None)
+    assert not fresh.fresh and "re-packed" in fresh.reason
+    with pytest.raises(InputError, match="pack changed"):
+        data.case(0)  # the old handle never shows ids[3]'s pixels under ids[0]
+    again = review.ReviewData(run_dir, "test")  # matched by id: pixels follow their id
+    with h5py.File(pack, "r") as f:
+        X, new_ids = f["X_test"][()], [s.decode() for s in f["ids_test"][()]]
+    for c in again.cases(range(8)):
+        assert (c.image == X[new_ids.index(c.id), ..., 0]).all() and c.id == ids[c.index]
+
+
+def test_one_triplet_rule_for_predict_review_and_cli(tmp_path, capsys):
     import json
 
-    assert review.default_triplet(tmp_path, "test") == evaluate.DEFAULT_TRIPLET
-    (tmp_path / "metrics_test.json").write_text(
-        json.dumps({"triplet": {"pixel_threshold": 0.3, "top_threshold": 0.7, "min_area": 10, "size": 64}})
-    )
-    assert review.default_triplet(tmp_path, "test") == evaluate.Triplet(0.3, 0.7, 10)
-    assert review.default_triplet(tmp_path, "test", size=128) == evaluate.Triplet(0.3, 0.7, 40)
+    from pneumo import predict
+    from pneumo.cli import main
+
+    run_dir = tmp_path / "run"
+    pack = write_test_pack(tmp_path / "p.h5", counts=(2, 4, 12), size=32, seed=1)
+    with h5py.File(pack, "r") as f:
+        Y, ids = f["Y_test"][()], [s.decode() for s in f["ids_test"][()]]
+    write_predictions(run_dir, "test", noisy_probs(Y, 3), ids, pack)
+    (run_dir / "config.json").write_text(json.dumps({"pack": str(pack)}))
+    assert artifacts.run_triplet(run_dir) == (evaluate.DEFAULT_TRIPLET, "default")
+    t_old = {"pixel_threshold": 0.3, "top_threshold": 0.7, "min_area": 10, "size": 64}
+    t_new = {"pixel_threshold": 0.4, "top_threshold": 0.6, "min_area": 4, "size": 32}
+    # test metrics from an older "last" evaluation; dev metrics newer, made with "best"
+    (run_dir / "metrics_test.json").write_text(json.dumps(
+        {"triplet": t_old, "checkpoint": "last", "created": "2026-01-01T00:00:00+00:00"}))
+    (run_dir / "metrics_dev.json").write_text(json.dumps(
+        {"triplet": t_new, "checkpoint": "best", "created": "2026-02-01T00:00:00+00:00"}))
+    want = (evaluate.Triplet(0.4, 0.6, 4), "metrics_dev.json")
+    assert artifacts.run_triplet(run_dir, 32, "best") == want
+    assert predict.run_triplet is artifacts.run_triplet
+    assert review.ReviewData(run_dir, "test").default_triplet() == want[0]  # the file says "best"
+    assert artifacts.run_triplet(run_dir, 32, "last")[1] == "metrics_test.json"  # made with last
+    assert artifacts.run_triplet(run_dir, 128, "last")[0] == evaluate.Triplet(0.3, 0.7, 40)  # rescaled
+    assert main(["review", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "pixel > 0.40, top > 0.60, min area 4 px (metrics_dev.json)" in out
 
 
 # --------------------------------------------------------------------------- verdicts
 def test_verdict_upsert_persists_and_validates(tmp_path):
-    store = review.VerdictStore(tmp_path / "reviews.sqlite")
+    store = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
     assert store.journal_mode() == "wal"
     store.set_verdict("r1", "test", "a", "model wrong", category="FP")
     store.set_note("r1", "test", "a", "rib edge")
@@ -160,12 +243,12 @@ def test_verdict_upsert_persists_and_validates(tmp_path):
     assert (v.verdict, v.note, v.category, v.reviewer) == ("label missed a pneumothorax", "rib edge", "FP", "dr x")
     store.set_verdict("r1", "test", "b", "model missed it", category="FN")
     store.set_verdict("r1", "dev", "a", "agree", category="TP")
-    store.set_note("r1", "test", "c", "look again")  # note only: not counted as reviewed
-    again = review.VerdictStore(tmp_path / "reviews.sqlite")
+    store.set_note("r1", "test", "c", "look again")  # a note alone is a review too
+    again = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
     assert again.get("r1", "test", "a") == v
     assert [r.image_id for r in again.all("r1", "test")] == ["a", "b", "c"]
-    assert again.progress("r1", "test", ["a", "b", "c", "d"]) == (2, 4)
-    assert again.progress("r1", "dev", ["a"]) == (1, 1)
+    assert again.reviewed_ids("r1", "test") == {"a", "b", "c"}
+    assert again.reviewed_ids("r1", "dev") == {"a"}
     with pytest.raises(InputError, match="not one for a FN"):
         again.set_verdict("r1", "test", "b", "agree", category="FN")
     with pytest.raises(InputError, match="unknown category"):
@@ -176,7 +259,7 @@ def test_verdict_upsert_persists_and_validates(tmp_path):
 
 
 def test_export_csv_rows(tmp_path):
-    store = review.VerdictStore(tmp_path / "reviews.sqlite")
+    store = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
     store.set_verdict("r", "test", "id-2", "unsure", category="FP", note='says "maybe", twice')
     store.set_verdict("r", "test", "id-1", "agree", category="TN")
     store.set_verdict("other", "test", "id-9", "agree", category="TN")
@@ -184,13 +267,13 @@ def test_export_csv_rows(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out.csv", newline="")))
     assert n == 2 and [r["image_id"] for r in rows] == ["id-1", "id-2"]
     assert rows[1]["verdict"] == "unsure" and rows[1]["note"] == 'says "maybe", twice' and rows[1]["category"] == "FP"
-    assert list(rows[0]) == list(review.EXPORT_COLUMNS)
+    assert list(rows[0]) == list(verdicts.EXPORT_COLUMNS)
     assert list(csv.DictReader(io.StringIO(store.csv_text("r", "test")))) == rows
 
 
 def test_two_connections_see_each_other_and_a_reader_does_not_block(tmp_path):
     path = tmp_path / "reviews.sqlite"
-    a, b = review.VerdictStore(path), review.VerdictStore(path)
+    a, b = verdicts.VerdictStore(path), verdicts.VerdictStore(path)
     a.set_verdict("r", "test", "x", "model wrong", category="FP")
     assert b.get("r", "test", "x").verdict == "model wrong"
     # a long-lived reader (another tab mid-query) holds a read transaction: WAL lets writes through
@@ -206,14 +289,14 @@ def test_two_connections_see_each_other_and_a_reader_does_not_block(tmp_path):
 
 
 def _writer(path: str, prefix: str, n: int) -> None:
-    s = review.VerdictStore(path)
+    s = verdicts.VerdictStore(path)
     for i in range(n):
         s.set_verdict("r", "test", f"{prefix}{i}", "agree", category="TP")
 
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     path = str(tmp_path / "reviews.sqlite")
-    review.VerdictStore(path)
+    verdicts.VerdictStore(path)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, p, 40)) for p in ("a", "b")]
     for p in procs:
@@ -221,4 +304,56 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert len(review.VerdictStore(path).all("r", "test")) == 80
+    assert len(verdicts.VerdictStore(path).all("r", "test")) == 80
+
+
+def test_no_phantom_rows_and_clearing_a_verdict(tmp_path):
+    store = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
+    assert store.set_note("r", "test", "a", "") is None  # passing through a case saves nothing
+    assert store.set_verdict("r", "test", "b", None, category="FP") is None
+    assert store.all("r", "test") == [] and store.csv_text("r", "test").count("\n") == 1
+    store.set_verdict("r", "test", "c", "model wrong", category="FP")
+    store.set_note("r", "test", "c", "rib")
+    assert store.clear_verdict("r", "test", "c").note == "rib"  # the note stays
+    assert store.get("r", "test", "c").verdict is None
+    assert store.set_note("r", "test", "c", "") is None  # nothing left: no row
+    store.set_verdict("r", "test", "d", "unsure", category="FP")
+    assert store.clear_verdict("r", "test", "d") is None
+    # rows an older version saved with neither verdict nor note are not reviews
+    with sqlite3.connect(tmp_path / "reviews.sqlite") as con:
+        con.execute("INSERT INTO verdicts (run, split, image_id, verdict, note, updated) VALUES "
+                    "('r', 'test', 'old', NULL, '', '2025-01-01')")
+    store.set_verdict("r", "test", "e", "agree", category="TN")
+    assert [v.image_id for v in store.all("r", "test")] == ["e"] == sorted(store.reviewed_ids("r", "test"))
+    assert store.export_csv(tmp_path / "x.csv", "r", "test") == 1
+
+
+def test_note_changed_elsewhere_is_not_overwritten_unseen(tmp_path):
+    tab1 = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
+    tab2 = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
+    tab1.set_note("r", "test", "a", "first", expected="")
+    tab2.set_note("r", "test", "a", "second", expected="first")  # tab2 loaded "first"
+    with pytest.raises(verdicts.NoteConflict) as e:
+        tab1.set_note("r", "test", "a", "mine", expected="first")  # tab1 still has "first"
+    assert e.value.stored == "second" and tab1.get("r", "test", "a").note == "second"
+    assert tab1.set_note("r", "test", "a", "mine").note == "mine"  # overwrite when asked
+
+
+def test_export_neutralises_spreadsheet_formulas(tmp_path):
+    store = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
+    store.set_verdict("r", "test", "=HYPERLINK(1)", "agree", category="TP", note="+cmd|' /C calc'!A0")
+    rows = list(csv.DictReader(io.StringIO(store.csv_text("r", "test"))))
+    assert rows[0]["image_id"] == "'=HYPERLINK(1)" and rows[0]["note"].startswith("'+")
+
+
+def test_a_review_file_of_the_first_release_stays_readable(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    with sqlite3.connect(path) as con:  # the schema as the first release wrote it
+        con.execute("CREATE TABLE verdicts (run TEXT NOT NULL, split TEXT NOT NULL, image_id TEXT NOT NULL, "
+                    "verdict TEXT, note TEXT NOT NULL DEFAULT '', category TEXT, reviewer TEXT, "
+                    "updated TEXT NOT NULL, PRIMARY KEY (run, split, image_id))")
+        con.execute("INSERT INTO verdicts VALUES ('r', 'test', 'a', 'agree', 'ok', 'TN', NULL, '2025-01-01')")
+    store = verdicts.VerdictStore(path)
+    assert store.get("r", "test", "a").verdict == "agree"
+    store.set_verdict("r", "test", "a", "disagree", category="TN")
+    assert store.get("r", "test", "a").note == "ok"

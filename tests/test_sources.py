@@ -565,3 +565,106 @@ def test_load_resized_size_mismatch_and_corrupt_file(tmp_path):
     s = Sample(id="b", patient="b", kind="folders", image=str(tmp_path / "bad.png"), mask=str(tmp_path / "m.png"))
     with pytest.raises(InputError, match="bad.png"):
         load_resized(s, 32)
+
+
+# ----------------------------------------------------------------------------- one entry point
+def test_manifest_from_spec_matches_each_source(tmp_path):
+    from pneumo.sources import manifest_from_spec
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for stem in "ab":
+        _save(images / f"{stem}.png", np.full((16, 16), 9, np.uint8))
+        _save(masks / f"{stem}.png", _square_mask(2))
+    assert manifest_from_spec("folders", images=str(images), masks=masks).samples == folder_source(images, masks).samples
+    # an unpacked upload: folder names relative to its root (default images/ and masks/)
+    assert [s.id for s in manifest_from_spec("folders", root=tmp_path).samples] == ["a", "b"]
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 4, 32, 0)
+    by_paths = manifest_from_spec("siim", dicom=dicom_dir, labels=csv_path, salt="s")
+    by_root = manifest_from_spec("siim", root=tmp_path / "siim", salt="s")  # the one CSV under it
+    assert by_paths.samples == by_root.samples == siim_source(dicom_dir, csv_path, salt="s").samples
+    assert manifest_from_spec("demo", count=5, size=32, seed=1).samples == demo_source(5, size=32, seed=1).samples
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, message",
+    [
+        ("folders", {"images": " ", "masks": "m"}, "give the image folder"),
+        ("siim", {"dicom": "d"}, "give the label CSV"),
+        ("nope", {}, "unknown source kind 'nope'"),
+    ],
+)
+def test_manifest_from_spec_errors(kind, kwargs, message):
+    from pneumo.sources import manifest_from_spec
+
+    with pytest.raises(InputError, match=message):
+        manifest_from_spec(kind, **kwargs)
+
+
+def test_upload_root_needs_exactly_one_label_csv(tmp_path):
+    from pneumo.sources import manifest_from_spec
+
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 2, 32, 0)
+    (csv_path.parent / "other.csv").write_text("x\n")
+    with pytest.raises(InputError, match="expected exactly one label CSV, found 2"):
+        manifest_from_spec("siim", root=tmp_path / "siim")
+
+
+def test_siim_headers_isolated_in_a_worker(tmp_path):
+    dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 3, 32, 0)
+    assert siim_source(dicom_dir, csv_path, salt="s", isolate=True, memory_limit=3 << 30).samples \
+        == siim_source(dicom_dir, csv_path, salt="s").samples
+
+
+def test_sources_reexports_the_decoders():
+    import pneumo.imageio as imageio
+    import pneumo.sources as sources
+
+    for name in ("read_image", "read_mask", "read_dicom_meta", "resize_pair", "IMAGE_EXTENSIONS"):
+        assert getattr(sources, name) is getattr(imageio, name)
+
+
+# ------------------------------------------------------------------ source references and DICOM windows (issue 14)
+def test_load_for_pack_gives_the_native_size_and_source_path(tmp_path):
+    from pneumo.sources import load_for_pack, load_resized, source_path
+
+    images, masks = tmp_path / "i", tmp_path / "m"
+    images.mkdir(), masks.mkdir()
+    Image.fromarray(np.full((40, 72), 9, np.uint8)).save(images / "a.png")  # the fast (Pillow) path
+    Image.fromarray(np.zeros((40, 72), np.uint8)).save(masks / "a.png")
+    Image.fromarray(np.full((24, 48, 3), 9, np.uint8)).save(images / "b.png")  # RGB: the general path
+    Image.fromarray(np.zeros((24, 48), np.uint8)).save(masks / "b.png")
+    a, b = folder_source(images, masks).samples
+    image, mask, native = load_for_pack(a, 32)
+    assert image.shape == mask.shape == (32, 32) and native == (40, 72)
+    assert load_for_pack(b, 32)[2] == (24, 48)
+    assert all(np.array_equal(x, y) for x, y in zip(load_resized(a, 32), (image, mask)))
+    assert source_path(a) == str((images / "a.png").absolute())
+    d = demo_source(2, size=32, seed=5).samples[1]
+    assert source_path(d) == f"demo:{phantom.sample_seed(5, 1)}" and load_for_pack(d, 32)[2] == (32, 32)
+
+
+def test_siim_load_pair_applies_the_dicom_window(tmp_path):
+    pixels = (np.arange(16 * 16).reshape(16, 16) * 16).astype(np.uint16)  # 0..4080, 12 bits
+    uid = "1.2.3.77"
+    write_dicom(tmp_path / "d" / f"{uid}.dcm", pixels, sop_uid=uid, bits_stored=12, window=(2048, 1025),
+                photometric="MONOCHROME1")
+    (tmp_path / "l.csv").write_text(f"ImageId,EncodedPixels\n{uid},-1\n")
+    (sample,) = siim_source(tmp_path / "d", tmp_path / "l.csv").samples
+    voi, _ = load_pair(sample)
+    full, _ = load_pair(sample, dicom_window="full")
+    expect_voi = 255 - np.clip(np.rint(((pixels - 2047.5) / 1024 + 0.5) * 255), 0, 255).astype(np.uint8)
+    expect_full = 255 - np.rint(pixels.astype(np.float64) * 255 / 4095).astype(np.uint8)
+    assert np.array_equal(voi, expect_voi) and np.array_equal(full, expect_full)
+    with pytest.raises(InputError, match="--dicom-window must be one of voi, full"):
+        load_pair(sample, dicom_window="window")
+
+
+def test_siim_labels_module_reads_the_csv(tmp_path):
+    from pneumo.siim_labels import read_labels
+
+    (tmp_path / "l.csv").write_text("ImageId, EncodedPixels\na, -1\na, 3 2\nb, 1 1 2 1\n")
+    labels, rows, fmt = read_labels(tmp_path / "l.csv", "relative")
+    assert rows == 3 and fmt == "relative" and [rle for _, rle, _ in labels["a"]] == ["-1", "3 2"]
+    (tmp_path / "bad.csv").write_text("Id,Pixels\na,-1\n")
+    with pytest.raises(InputError, match=r"bad\.csv: expected the columns ImageId and EncodedPixels"):
+        read_labels(tmp_path / "bad.csv")

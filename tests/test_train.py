@@ -25,7 +25,7 @@ from pneumo.errors import InputError
 
 keras = pytest.importorskip("keras")
 from pneumo.model import encoder_layers, load_model  # noqa: E402
-from pneumo.train import HISTORY_COLUMNS, check_config, train  # noqa: E402
+from pneumo.train import HISTORY_COLUMNS, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds"
@@ -143,10 +143,10 @@ def test_bad_input_marks_a_jobs_prepared_status_failed(tiny_pack, tmp_path, no_m
 
 
 def test_check_config_fills_in_the_blog_defaults(tiny_pack):
-    info = check_config(TrainConfig(pack=str(tiny_pack), batch_size=32))
+    info = TrainConfig(pack=str(tiny_pack), batch_size=32).check()
     # one pass over train (48 -> 2 batches) and dev (16 -> 1 batch, partial batch kept)
     assert info == {"size": 64, "train": 48, "dev": 16, "steps": 2, "validation_steps": 1, "dev_batches": 1}
-    info = check_config(TrainConfig(pack=str(tiny_pack), batch_size=5, steps_per_epoch=50, validation_steps=99))
+    info = TrainConfig(pack=str(tiny_pack), batch_size=5, steps_per_epoch=50, validation_steps=99).check()
     assert info["steps"] == 50 and info["validation_steps"] == 4 == info["dev_batches"]  # ceil(16/5), clamped
 
 
@@ -464,3 +464,151 @@ def test_jobs_launch_stop_and_resume_the_real_trainer(tiny_pack, tmp_path, monke
     wait(lambda: "finished: 3/3 epochs" in (run / "train.log").read_text(), "the summary line", 60)
     log = (run / "train.log").read_text()
     assert "stopped after" in log and "Traceback" not in log
+
+
+# --------------------------------------------------------------------------- issue 10: new options, warm start
+@pytest.mark.parametrize("change, message", [
+    (dict(variant="unet", width=0.5), "applies to variant 'unet-bn' only"),
+    (dict(variant="unet-bn", width=0.25, encoder_weights="imagenet"), "fit VGG16 at width 1 only"),
+    (dict(positive_fraction=1.5), "positive_fraction = 1.5"),
+    (dict(lr_schedule="step"), "lr_schedule 'step' is unknown"),
+    (dict(init_from="/nonexistent/run"), "init_from /nonexistent/run: no best.keras"),
+])
+def test_new_options_are_checked_before_anything(tiny_pack, tmp_path, no_model, change, message):
+    run = tmp_path / "run"
+    with pytest.raises(InputError, match=message):
+        train(_cfg(tiny_pack, **change), run, verbose=0)
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_old_config_json_without_the_new_keys_loads(tmp_path):
+    old = {k: v for k, v in to_dict(TrainConfig(pack="p.h5")).items()
+           if k not in ("width", "positive_fraction", "lr_schedule", "init_from")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = load_config(TrainConfig, tmp_path / "config.json")
+    assert (cfg.width, cfg.positive_fraction, cfg.lr_schedule, cfg.init_from) == (1.0, None, "constant", None)
+
+
+def _bn_cfg(pack, **kw) -> TrainConfig:
+    return _cfg(pack, **{"variant": "unet-bn", "width": 0.125, "loss": "bce+batch-dice",
+                         "positive_fraction": 0.5, "epochs": 2, "steps_per_epoch": 2, "validation_steps": 1,
+                         **kw})
+
+
+def test_cosine_schedule_and_warm_start(tiny_pack, tmp_path):
+    first = tmp_path / "first"
+    summary = train(_bn_cfg(tiny_pack, lr_schedule="cosine"), first, verbose=0)
+    assert summary["state"] == "finished"
+    lrs = [float(r["lr"]) for r in _history(first)]
+    assert lrs[0] < 1e-3 and lrs[1] < lrs[0] and lrs[1] == pytest.approx(0.0, abs=1e-9)  # to 0 at the end
+    source = load_model(first / "best.keras", compile=False)
+
+    # the warm start copies every weight before the first step
+    from pneumo.model import build_model, warm_start
+
+    m = build_model("unet-bn", 64, None, width=0.125)
+    warm_start(m, first / "best.keras", 64)
+    for a, b in zip(m.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    second = tmp_path / "second"
+    summary = train(_bn_cfg(tiny_pack, init_from=os.path.relpath(first), epochs=1), second, verbose=0)
+    assert summary["state"] == "finished"
+    assert load_config(TrainConfig, second / "config.json").init_from == os.path.abspath(first)  # recorded
+
+    with pytest.raises(InputError, match=r"its model has width 0\.125, this run 0\.25"):
+        train(_bn_cfg(tiny_pack, init_from=str(first), width=0.25), tmp_path / "w", verbose=0)
+    with pytest.raises(InputError, match="its model has variant 'unet-bn', this run 'blog'"):
+        train(_cfg(tiny_pack, init_from=str(first)), tmp_path / "v", verbose=0)
+    small = write_test_pack(tmp_path / "p32.h5", counts=(8, 4, 4), size=32)
+    with pytest.raises(InputError, match="trained on 64 px images, this pack is 32 px"):
+        train(_bn_cfg(small, init_from=str(first), batch_size=4), tmp_path / "s", verbose=0)
+
+
+# --------------------------------------------------------------------------- divergence, changed pack
+def test_nan_mid_epoch_then_stop_keeps_the_last_good_checkpoint(tiny_pack, tmp_path, monkeypatch):
+    """NaN at epoch 2, step 2 with a STOP already waiting: the run fails "diverged at epoch 2,
+    step 2" and last.keras stays the (finite) one from epoch 1; nothing is saved from NaN weights."""
+    import tensorflow as tf
+
+    import pneumo.losses
+
+    scale = tf.Variable(1.0, trainable=False)  # NaN from epoch 2, step 2: NaN loss and gradients
+    real = pneumo.losses.get_loss
+
+    def poisoned(name):
+        base = real(name)
+
+        def scaled_loss(y_true, y_pred):
+            return base(y_true, y_pred) * scale
+        return scaled_loss
+
+    monkeypatch.setattr(pneumo.losses, "get_loss", poisoned)
+    run = tmp_path / "run"
+    saved = {}
+
+    def watch(p):
+        if p["epoch"] == 2 and p["step"] == 1 and not saved:
+            saved["last"] = (run / "last.keras").read_bytes()
+            scale.assign(float("nan"))
+            (run / "STOP").write_text("")  # a stop would save the (NaN) weights
+
+    with pytest.raises(Exception, match="diverged at epoch 2, step 2"):
+        train(_cfg(tiny_pack, epochs=3, steps_per_epoch=3), run, verbose=0, progress=watch)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "diverged at epoch 2, step 2" in status["error"]
+    assert (run / "last.keras").read_bytes() == saved["last"]
+    assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
+    weights = load_model(run / "last.keras", compile=False).get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+    assert [r["epoch"] for r in _history(run)] == ["1"]
+
+
+def test_resume_refuses_a_changed_pack(tiny_pack, tmp_path):
+    import shutil
+
+    pack = tmp_path / "pack.h5"
+    shutil.copy(tiny_pack, pack)
+    run = tmp_path / "run"
+    cfg = _cfg(pack, epochs=1, steps_per_epoch=1, validation_steps=1)
+    train(cfg, run, verbose=0)
+    recorded = json.loads((run / "pack.json").read_text())
+    assert recorded["size"] == pack.stat().st_size and len(recorded["ids_sha256"]) == 64
+    os.utime(pack, (1_000_000_000, 1_000_000_000))  # rewritten (or replaced) since
+    with pytest.raises(InputError, match="changed since run run trained on it.*--allow-changed-pack"):
+        train(None, run, resume=True, verbose=0)
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"  # untouched
+    assert train(None, run, resume=True, verbose=0, allow_changed_pack=True)["state"] == "finished"
+    assert json.loads((run / "pack.json").read_text())["mtime"] == 1_000_000_000
+
+
+# --------------------------------------------------------------------------- exclusion list (train --exclude)
+def _relabel(path, ids):
+    path.write_text("id,category\n" + "".join(f"{i},label doubtful\n" for i in ids), encoding="utf-8")
+    return path
+
+
+def test_resume_refuses_a_changed_exclusion_list_before_building(tiny_pack, tmp_path, no_model):
+    from pneumo.config import save_config
+    from pneumo.exclude import pack_exclusion, record_exclusion
+
+    lst = _relabel(tmp_path / "relabel.csv", ["train-0002", "dev-0001"])
+    cfg = _cfg(tiny_pack, exclude=str(lst))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.json")
+    record_exclusion(run, pack_exclusion(tiny_pack, lst))
+    record = (run / "excluded.json").read_text()
+    _relabel(lst, ["train-0002"])
+    with pytest.raises(InputError, match=r"exclusion list .*relabel\.csv changed since run run started with it "
+                                         r"\(2 ids then, 1 now"):
+        train(None, run, resume=True)
+    assert (run / "excluded.json").read_text() == record  # untouched
+    with pytest.raises(InputError, match="exclude differ from its config.json"):
+        train(_cfg(tiny_pack, exclude=str(tmp_path / "other.csv")), run, resume=True)
+    (run / "excluded.json").write_text("{")
+    with pytest.raises(InputError, match="excluded.json: damaged"):
+        train(None, run, resume=True)
+    lst.unlink()
+    with pytest.raises(InputError, match="relabel.csv: exclusion list not found"):
+        train(None, run, resume=True)

@@ -155,3 +155,21 @@ def test_thumbnail_grid_layout_and_borders():
     assert tuple(g[4, 10 + 4]) == (50, 50, 50)
     assert tuple(g[10 + 4, 10 + 4]) == (200, 200, 200)
     assert tuple(g[10 + 4, 20 + 4]) == (255, 255, 255)  # empty cell = background
+
+
+def test_prediction_threshold_is_evaluates_strict_rule_on_a_4x4():
+    """The drawn prediction keeps p > threshold, as pneumo.evaluate scores it; a pixel at
+    exactly the threshold (level 127 = floor(0.5 * 255)) is not drawn."""
+    from pneumo import evaluate
+
+    image = np.full((4, 4), 100, np.uint8)
+    target = np.zeros((4, 4), np.uint8)
+    probs = np.array([[0, 127, 128, 255],
+                      [0, 127, 128, 255],
+                      [0, 0, 0, 0],
+                      [0, 0, 0, 0]], np.uint8)
+    _, _, pred = viz.triptych_panels(image, target, probs, mode="fill", alpha=1.0, pixel_threshold=0.5)
+    drawn = (pred == viz.PRED_COLOR).all(axis=-1)
+    kept = evaluate.postprocess(probs[None], evaluate.Triplet(0.5, 0.5, 1)).reshape(4, 4) > 0
+    np.testing.assert_array_equal(drawn, kept)
+    assert drawn.sum() == 4 and not drawn[:, 1].any()

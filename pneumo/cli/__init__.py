@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 # Order here is the order of ``python -m pneumo --help``.
-_COMMAND_MODULES = ("pack", "demo_data", "info", "train", "evaluate", "predict", "review")
+_COMMAND_MODULES = ("quickstart", "pack", "demo_data", "info", "train", "evaluate", "predict", "review", "curate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,17 +6,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pneumo.config import SPLITS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
     p = sub.add_parser("evaluate", help="score a run on a split (SIIM metric, confusion, AUC); caches predictions")
     p.add_argument("run_dir", type=Path, help="run folder (with config.json and best.keras/last.keras)")
-    p.add_argument("--split", choices=("train", "dev", "test"), default="test",
+    p.add_argument("--split", choices=SPLITS, default="test",
                    help="split to score (default test; the triplet is always tuned on dev)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="model file (default best)")
     p.add_argument("--batch-size", type=int, default=32, help="images per prediction batch (default 32)")
     p.add_argument("--force", action="store_true", help="predict again even if the cached predictions are fresh")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--allow-changed-pack", action="store_true",
+                   help="evaluate even though the pack changed since the run trained on it")
     p.set_defaults(func=run)
 
 
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         metrics = evaluate_run(args.run_dir, args.split, args.checkpoint, progress,
-                               force=args.force, batch_size=args.batch_size)
+                               force=args.force, batch_size=args.batch_size,
+                               allow_changed_pack=args.allow_changed_pack)
     finally:
         if bar is not None:
             bar.close()

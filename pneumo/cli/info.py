@@ -16,19 +16,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report (no TensorFlow, no image data read)."""
-    from pneumo.pack import read_info
+    from pneumo.pack import SPLITS, read_info, read_sources
 
     info = read_info(args.pack)
+    refs = {s: read_sources(args.pack, s) for s in SPLITS}
+    has_refs = all(r is not None for r in refs.values())
+    sample = next((r[0] for r in refs.values() if r), None)
     if args.json:
         print(json.dumps({"path": str(info.path), "size": info.size, "counts": info.counts,
                           "positive_fractions": info.positive_fractions,
                           "attrs": {k: v for k, v in info.attrs.items() if k != "report"},
-                          "report": info.report}, indent=2, default=str))
+                          "report": info.report, "source_references": has_refs,
+                          "source_reference_sample": sample.__dict__ if sample else None},
+                         indent=2, default=str))
         return 0
     print(f"{info.path}: {info.size}x{info.size} px, source {info.attrs.get('source')}, "
           f"split seed {info.attrs.get('seed')}, created {info.attrs.get('created')}")
     print(info.format_report())
+    if has_refs:
+        example = f" (e.g. {sample.path}, {sample.width}x{sample.height} px)" if sample else ""
+        print(f"source references: yes{example}")
+    else:
+        print("source references: no (packed before pneumo recorded where each image came from)")
+    if "dicom_window" in info.attrs:
+        print(f"DICOM window: {info.attrs['dicom_window']}")
     report = info.report
+    exclusion = report.get("exclusion")
+    if exclusion:
+        print(f"excluded: {exclusion['excluded']} (list {exclusion['list']}; "
+              f"{exclusion['unknown']} ids of the list not in the source)")
     skipped = report.get("skipped", [])
     for key, value in sorted((report.get("info") or {}).items()):
         print(f"{key}: {value}")

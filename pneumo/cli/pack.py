@@ -25,8 +25,18 @@ def _float_triple(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def _pixels(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels like 50000000 or 5e7, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of pixels, got {text!r}")
+    return value
+
+
 def add_pack_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every pack source (also used by ``demo-data``'s siblings)."""
+    """Options shared by every pack source."""
     p.add_argument("--out", required=True, type=Path, help="HDF5 pack to write")
     p.add_argument("--size", type=int, default=256, help="side in pixels, a multiple of 32 (default 256)")
     p.add_argument("--seed", type=int, default=2, help="split seed (default 2, the blog's)")
@@ -43,6 +53,12 @@ def add_pack_options(p: argparse.ArgumentParser) -> None:
                    help="HDF5 compression (default none: fastest to read)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and list them in the report, instead of failing")
+    p.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
+                   help="refuse images larger than N pixels, checked before decoding "
+                        "(default 50000000; 0 = no limit, for trusted data only)")
+    p.add_argument("--exclude", type=Path, default=None, metavar="LIST.csv",
+                   help="leave out the ids of this CSV's 'id' column (e.g. the relabel list "
+                        "`pneumo curate` writes), before splitting; ids the source lacks are reported")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -64,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = srcs.add_parser("demo", help="built-in synthetic chest phantoms")
     d.add_argument("--count", type=int, default=400, help="number of phantoms (default 400)")
     d.add_argument("--phantom-seed", type=int, default=0, help="seed of the phantoms themselves (default 0)")
+    for q in (f, s):
+        q.add_argument("--dicom-window", choices=("voi", "full"), default="voi",
+                       help="DICOM to 8 bits: voi = the file's own VOI LUT or WindowCenter/WindowWidth "
+                            "when it has one, else the full stored range (default); full = always the "
+                            "full stored range (pneumo's behaviour before windowing)")
     for q in (f, s, d):
         add_pack_options(q)
         q.set_defaults(func=run)
@@ -81,12 +102,18 @@ def config_from_args(args: argparse.Namespace):
         stratify=args.stratify,
         group_by_patient=args.group_by_patient,
     )
+    extra = {}
+    if args.max_pixels is not None:
+        extra["max_pixels"] = args.max_pixels or None  # 0: no limit
     return PackConfig(
         size=args.size,
         split=split,
         compression=None if args.compression == "none" else args.compression,
         workers=args.workers,
         skip_bad=args.skip_bad,
+        dicom_window=getattr(args, "dicom_window", "voi"),
+        exclude=str(args.exclude) if args.exclude is not None else None,
+        **extra,
     )
 
 
@@ -96,18 +123,27 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.config import check_size
     from pneumo.errors import InputError
     from pneumo.pack import pack_manifest
+    from pneumo.uploads import sweep_temp_files
 
     config = config_from_args(args)
     check_size(config.size)
     if args.out.exists() and not args.force:
         raise InputError(f"{args.out}: already exists; use --force to replace it")
-    if args.source == "folders":
-        manifest = sources.folder_source(args.images_dir, args.masks_dir)
-    elif args.source == "siim":
-        manifest = sources.siim_source(args.dicom_dir, args.labels_csv, rle_format=args.rle_format)
+    for path in sweep_temp_files(args.out.absolute().parent):
+        print(f"removed {path.name}, left behind by an interrupted pack")
+    manifest = sources.manifest_from_spec(
+        args.source,
+        images=getattr(args, "images_dir", None),
+        masks=getattr(args, "masks_dir", None),
+        dicom=getattr(args, "dicom_dir", None),
+        labels=getattr(args, "labels_csv", None),
+        rle_format=getattr(args, "rle_format", "auto"),
+        count=getattr(args, "count", 400),
+        size=args.size,
+        seed=getattr(args, "phantom_seed", 0),
+    )
+    if args.source == "siim":
         print(f"RLE format: {manifest.info.get('rle_format')}")
-    else:
-        manifest = sources.demo_source(args.count, size=args.size, seed=args.phantom_seed)
     for name, reason in manifest.skipped[:20]:
         print(f"skipped {name}: {reason}")
     if len(manifest.skipped) > 20:
@@ -134,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {info.path} ({info.size} px, {sum(info.counts.values())} pairs)")
+    exclusion = info.report.get("exclusion")
+    if exclusion:
+        print(f"excluded {exclusion['excluded']} images listed in {exclusion['list']}")
+        if exclusion["unknown"]:
+            shown = ", ".join(exclusion["unknown_ids"][:10])
+            more = f" and {exclusion['unknown'] - 10} more" if exclusion["unknown"] > 10 else ""
+            print(f"{exclusion['unknown']} ids of {exclusion['list']} are not in the source (ignored): {shown}{more}")
     n_skipped = int(info.report.get("n_skipped", 0))
     if n_skipped:
         print(f"{n_skipped} skipped (see `python -m pneumo info {info.path}`)")

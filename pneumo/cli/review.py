@@ -2,57 +2,118 @@
 
 The review page stores verdicts in ``RUN_DIR/reviews.sqlite``; this prints how far the review
 of a split has gone (per category) and exports the verdicts as CSV, e.g. on a cluster where
-the app is not running.
+the app is not running. ``--reader NAME`` restricts progress and export to one reader;
+``--agreement`` prints, per pair of readers, the cases both judged, observed agreement,
+Cohen's kappa (overall and per category) and the cases where they disagree.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from pneumo.split import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``review``."""
     p = sub.add_parser("review", help="show review progress of a run and export verdicts as CSV")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"), help="split (default test)")
-    p.add_argument("--export", type=Path, default=None, metavar="CSV", help="write the verdicts to this CSV file")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split (default test)")
+    p.add_argument("--export", type=Path, default=None, metavar="CSV",
+                   help="write the verdicts to this CSV file (one row per case and reader)")
+    p.add_argument("--reader", default=None, metavar="NAME",
+                   help="only this reader's reviews (default: every reader); 'unnamed' for reviews saved without a name")
+    p.add_argument("--agreement", action="store_true",
+                   help="print agreement and Cohen's kappa per pair of readers, per category, and where they disagree")
     p.set_defaults(func=run)
 
 
+def _categories(run_dir: Path, split: str) -> tuple[dict[str, str], str] | None:
+    """Category per id under the run's triplet (the rule the Review page and ``predict`` use:
+    :func:`pneumo.artifacts.run_triplet`) from the cached predictions when they are fresh for
+    the pack, else from ``cases_<split>.csv``; and a line saying which."""
+    from pneumo import artifacts
+    from pneumo.predict import read_cases_csv
+    from pneumo.review import ReviewData
+
+    if artifacts.freshness(run_dir, split, None).fresh:
+        data = ReviewData(run_dir, split)
+        triplet, source = artifacts.run_triplet(run_dir, data.size, data.checkpoint)
+        cases = data.evaluate(triplet).cases
+        line = (f"triplet: pixel > {triplet.pixel_threshold:.2f}, top > {triplet.top_threshold:.2f}, "
+                f"min area {triplet.min_area} px ({source})")
+        return {str(i): str(c) for i, c in zip(cases["id"], cases["category"])}, line
+    rows = read_cases_csv(artifacts.cases_path(run_dir, split))
+    if not rows:
+        return None
+    return {str(r["id"]): str(r["category"]) for r in rows}, f"categories from {artifacts.cases_path(run_dir, split).name}"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print per-category progress from the cached cases; export when asked (no TensorFlow)."""
+    """Print per-category progress (no TensorFlow); export when asked."""
     from collections import Counter
 
     from pneumo.errors import InputError
-    from pneumo.predict import read_cases_csv
-    from pneumo.review import DB_NAME, VerdictStore
+    from pneumo.verdicts import DB_NAME, VerdictStore, check_reader
 
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
+    # reviews are keyed by the run folder's name; "." or "runs/first/.." must name it too
+    run_dir = Path(os.path.abspath(run_dir))
+    reader = check_reader(args.reader) if args.reader is not None else None
+    found = _categories(run_dir, args.split)
     if not (run_dir / DB_NAME).exists() and args.export is None:
-        print(f"{run_dir}: no reviews yet ({DB_NAME} not found); review on the app's Review page")
+        print(f"{args.run_dir}: no reviews yet ({DB_NAME} not found); review on the app's Review page")
+        if found:
+            print(f"  {found[1]}")
         return 0
     store = VerdictStore.for_run(run_dir)
-    verdicts = store.all(run_dir.name, args.split)
-    cases_csv = run_dir / f"cases_{args.split}.csv"
-    cases = read_cases_csv(cases_csv)
-    if cases:
-        ids = [str(row["id"]) for row in cases]
-        category = {str(row["id"]): str(row["category"]) for row in cases}
-        done = {v.image_id for v in verdicts if v.verdict}
+    verdicts = store.verdicts(run_dir.name, args.split, reader)
+    done = {v.image_id for v in verdicts}  # a verdict or a note: what the page counts and exports
+    readers = store.readers(run_dir.name, args.split)
+    if reader is not None:
+        print(f"reader: {reader}" + ("" if reader in readers else " (no reviews yet)"))
+    else:
+        print(f"readers: {', '.join(readers) if readers else 'none yet'}")
+    if found:
+        category, line = found
         totals = Counter(category.values())
         reviewed = Counter(category[i] for i in done if i in category)
-        print(f"{run_dir.name}, {args.split}: {len(done & set(ids))} of {len(ids)} cases reviewed")
+        print(f"{run_dir.name}, {args.split}: {len(done & set(category))} of {len(category)} cases reviewed")
+        print(f"  {line}")
         for cat in ("FP", "FN", "TP", "TN"):
             print(f"  {cat}: {reviewed[cat]} of {totals[cat]}")
     else:
-        print(f"{run_dir.name}, {args.split}: {sum(1 for v in verdicts if v.verdict)} verdicts "
+        print(f"{run_dir.name}, {args.split}: {len(done)} reviews "
               f"(run `python -m pneumo evaluate {run_dir}` for per-category progress)")
     counts = Counter(v.verdict for v in verdicts if v.verdict)
     for verdict, n in counts.most_common():
         print(f"  {verdict}: {n}")
+    if args.agreement:
+        _print_agreement(store.verdicts(run_dir.name, args.split))
     if args.export is not None:
-        n = store.export_csv(args.export, run_dir.name, args.split)
+        n = store.export_csv(args.export, run_dir.name, args.split, reader)
         print(f"wrote {n} rows to {args.export}")
     return 0
+
+
+def _print_agreement(rows: list) -> None:
+    """Per pair of readers: overall then per category, with the cases they disagree on."""
+    from pneumo.agreement import agreement_rows, reader_agreement
+
+    table = agreement_rows(reader_agreement(rows))
+    if not table:
+        print("agreement: needs verdicts from at least two readers")
+        return
+    print("agreement (cases both judged, observed agreement, Cohen's kappa; '-' = undefined):")
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    for r in table:
+        pair = f"{r['reader_a']} vs {r['reader_b']}" if r["category"] == "overall" else ""
+        ids = ", ".join(r["disagree_ids"][:8]) + (" ..." if len(r["disagree_ids"]) > 8 else "")
+        print(f"  {pair:<24} {r['category']:<8} n={r['n']:<4} agreement {num(r['observed']):>4}  "
+              f"kappa {num(r['kappa']):>5}  disagree {r['disagree']}" + (f": {ids}" if ids else ""))

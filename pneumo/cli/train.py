@@ -1,9 +1,11 @@
 """``python -m pneumo train PACK --run-dir DIR``: train a model into a run folder.
 
-Options given on the command line override ``--config``, which overrides the defaults
-(the blog's: VGG16 encoder, Adam 2e-5, 90 epochs of batch 32, one pass over train and
-dev per epoch). ``--resume`` alone continues the run in ``--run-dir`` from its own
-``config.json``.
+Options given on the command line override ``--preset NAME`` or ``--config``, which
+override the defaults (the blog's: VGG16 encoder, Adam 2e-5, 90 epochs of batch 32, one
+pass over train and dev per epoch). Presets: quick-demo (a small U-Net from scratch, about
+2 minutes on 2 CPU cores at 128 px) and blog. ``--resume`` alone continues the run in
+``--run-dir`` from its own ``config.json``. ``--init-from RUN`` starts from another run's
+best.keras weights (same variant, width and image size).
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ import os
 import sys
 import traceback
 
-_VARIANTS = ("unet", "blog", "blog-code")  # pneumo.model.VARIANTS, without importing TensorFlow
-_LOSSES = ("bce", "dice", "bce+dice")
+from pneumo.config import LOSSES, LR_SCHEDULES, PRESETS, VARIANTS
 
 # (dest in TrainConfig, flag) for the options that map one to one.
 _TRAIN_OPTIONS = ("variant", "epochs", "steps_per_epoch", "validation_steps", "batch_size", "lr", "loss",
-                  "fine_tune_epochs", "fine_tune_lr", "mixed_precision", "xla", "seed", "freeze_encoder")
+                  "fine_tune_epochs", "fine_tune_lr", "mixed_precision", "xla", "seed", "freeze_encoder",
+                  "width", "lr_schedule", "init_from")
 _AUGMENT_OPTIONS = ("rotation", "width_shift", "height_shift", "zoom", "horizontal_flip", "fill_mode",
                     "per_batch")
 
@@ -32,10 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("pack", nargs="?", help="HDF5 pack (optional when --config or --resume gives it)")
     p.add_argument("--run-dir", help="run folder (default: a new timestamped folder in the runs directory)")
     p.add_argument("--config", metavar="JSON", help="a config.json to start from (e.g. another run's)")
+    p.add_argument("--preset", metavar="NAME",
+                   help=f"named settings to start from: {', '.join(PRESETS)} (not with --config)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last finished epoch")
+    p.add_argument("--allow-changed-pack", action="store_true",
+                   help="resume even though the pack changed since the run started on it")
+    p.add_argument("--exclude", metavar="LIST.csv",
+                   help="leave the images whose ids this CSV lists (an 'id' column, e.g. the relabel list "
+                        "of pneumo curate) out of the train and dev splits; never out of test, so test "
+                        "scores stay comparable with runs on the whole pack. Recorded in config.json and "
+                        "RUN/excluded.json; a resumed run refuses a list whose ids changed (none: no list)")
     g = p.add_argument_group("model and optimisation (default: the blog's settings)")
-    g.add_argument("--variant", metavar="NAME", help=f"model: {', '.join(_VARIANTS)} (default unet)")
+    g.add_argument("--variant", metavar="NAME", help=f"model: {', '.join(VARIANTS)} (default unet)")
     g.add_argument("--encoder-weights", metavar="W",
                    help="imagenet (default; downloaded once into ~/.keras/models), none, or a .h5 path")
     g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
@@ -46,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="dev batches per epoch (default and maximum: one pass over dev)")
     g.add_argument("--batch-size", type=int, help="images per batch (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-5)")
-    g.add_argument("--loss", metavar="NAME", help=f"{', '.join(_LOSSES)} (default bce)")
+    g.add_argument("--loss", metavar="NAME", help=f"{', '.join(LOSSES)} (default bce)")
     g.add_argument("--fine-tune-epochs", type=int,
                    help="second stage: epochs with the encoder unfrozen (default 0 = none)")
     g.add_argument("--fine-tune-lr", type=float, help="Adam learning rate of the second stage (default 1e-5)")
@@ -55,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                    help="jit-compile the train step with XLA")
     g.add_argument("--seed", type=int, help="weights, shuffling and augmentation seed (default 0)")
+    g.add_argument("--width", type=float,
+                   help="filter multiplier of variant unet-bn (0.25: 16 filters in block 1; default 1)")
+    g.add_argument("--positive-fraction", metavar="F",
+                   help="share of images with a lesion in every train batch, 0..1, or none (default: uniform)")
+    g.add_argument("--lr-schedule", metavar="NAME", help=f"{', '.join(LR_SCHEDULES)} (default constant)")
+    g.add_argument("--init-from", metavar="RUN",
+                   help="start from this run folder's best.keras weights (same variant, width and size)")
     a = p.add_argument_group("augmentation (default: the blog's ranges)")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--rotation", type=float, help="degrees (default 10)")
@@ -71,12 +89,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the arguments describe, or None for a bare ``--resume`` (the run's own)."""
-    from pneumo.config import AugmentConfig, TrainConfig, from_dict, load_config, to_dict
+    from pneumo.config import AugmentConfig, TrainConfig, from_dict, load_config, preset, to_dict
     from pneumo.errors import InputError
 
     overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.pack is not None:
         overrides["pack"] = args.pack
+    if args.positive_fraction is not None:
+        text = args.positive_fraction.strip().lower()
+        try:
+            overrides["positive_fraction"] = None if text in ("none", "") else float(text)
+        except ValueError:
+            raise InputError(f"--positive-fraction {args.positive_fraction!r}: expected a number in 0..1 "
+                             f"or none") from None
+    if args.exclude is not None:
+        overrides["exclude"] = None if args.exclude.strip().lower() in ("none", "") else args.exclude
     if args.encoder_weights is not None:
         w = args.encoder_weights
         overrides["encoder_weights"] = None if w.strip().lower() in ("none", "") else w
@@ -87,7 +114,11 @@ def config_from_args(args: argparse.Namespace):
         augment = {"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "zoom": 0.0,
                    "horizontal_flip": False}
 
-    if args.config:
+    if args.config and args.preset:
+        raise InputError("--preset and --config are alternatives: give one (options override either)")
+    if args.preset:
+        base = to_dict(preset(args.preset))
+    elif args.config:
         base = to_dict(load_config(TrainConfig, args.config))
     elif args.resume and args.run_dir and os.path.isfile(os.path.join(args.run_dir, "config.json")):
         if not overrides and not augment:
@@ -129,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     # (weight initialisation); pneumo.train itself only uses explicit seeds.
     keras.utils.set_random_seed(seed_config.seed)
     try:
-        summary = train(config, run_dir, resume=args.resume)
+        summary = train(config, run_dir, resume=args.resume, allow_changed_pack=args.allow_changed_pack)
     except PneumoError:
         if created is not None and not any(created.iterdir()):
             created.rmdir()  # bad input: leave no empty run folder behind

@@ -5,11 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from pneumo import jobs
-from pneumo.config import TrainConfig
+from pneumo import config, jobs
 from pneumo_app import common
 
-common.page_guard()
 
 st.title("pneumo")
 st.write(
@@ -24,24 +22,28 @@ packs = common.packs()
 
 with st.container(border=True):
     st.subheader("Quick start on the demo data")
+    quick = config.preset(common.QUICK_PRESET)
     st.write(
         "The demo data are synthetic chest phantoms, about a fifth with a pneumothorax-like "
         "lesion, so everything works without downloading anything. The quick demo trains a "
-        "U-Net from scratch on a 128 px demo pack (6 epochs of 20 batches of 8) in about five "
-        "minutes on a 2-core CPU: it learns to flag many lesions before it can outline them "
-        "well, which is enough to see every step work (a useful model takes ImageNet weights, "
-        "a GPU and the Training page's longer settings). Then open **Review** to go through "
-        "its mistakes."
+        f"small U-Net from scratch ({quick.variant}, width {quick.width:g}) on a "
+        f"{config.QUICK_PACK_OPTIONS['size']} px demo pack of {config.QUICK_PACK_OPTIONS['count']:,} "
+        f"phantoms ({quick.epochs} epochs of {quick.steps_per_epoch} batches of {quick.batch_size}, "
+        "half of each batch with a lesion) in about 1.5 minutes on an idle 2-core CPU. On the "
+        "demo's test split it beats predicting nothing (SIIM about 0.95 against 0.79) and outlines "
+        "most lesions (Dice about 0.8 on positive images), so the Review page has real hits, "
+        "misses and false positives to go through. Real X-rays need ImageNet weights and a GPU "
+        "(the Training page's other presets)."
     )
     c1, c2 = st.columns([1, 3])
     if c1.button("Train a quick demo model", type="primary", icon=":material/play_arrow:",
                  disabled=active is not None, key="home_quick"):
         quick = common.quick_pack()
-        common.start_run(TrainConfig(pack=str(quick.path), **common.PRESETS[common.QUICK_PRESET]), prefix="demo")
-        st.switch_page("pages/training.py")
+        common.start_run(common.preset_config(common.QUICK_PRESET, quick.path), prefix="demo")
+        st.switch_page("app_pages/training.py")
     if active is not None:
-        c2.info(f"Run **{active.name}** is training now.")
-        st.page_link("pages/training.py", label="Follow it on the Training page", icon=":material/monitoring:")
+        c2.info(f"Run **{common.md_escape(active.name)}** is training now.")
+        st.page_link("app_pages/training.py", label="Follow it on the Training page", icon=":material/monitoring:")
 
 st.subheader("Packs")
 if packs:
@@ -64,7 +66,8 @@ if packs:
     )
 else:
     st.info("No pack yet.")
-st.page_link("pages/data.py", label="Make or inspect a pack on the Data page", icon=":material/database:")
+common.damaged_packs_note()
+st.page_link("app_pages/data.py", label="Make or inspect a pack on the Data page", icon=":material/database:")
 
 st.subheader("Runs")
 if runs:
@@ -78,7 +81,7 @@ if runs:
                 "epochs": f"{r.epochs_done} / {r.epochs if r.epochs is not None else '?'}",
                 "best val Dice": r.best_val_dice,
                 "checkpoint": "best.keras" if r.has_best else "",
-                "error": r.error or "",
+                "error": r.damaged or r.error or "",  # a damaged run says why
             }
             for r in runs
         ],
@@ -89,9 +92,9 @@ else:
     st.info("No training run yet: start the quick demo above, or choose options on the Training page.")
 c1, c2, c3 = st.columns(3)
 with c1:
-    st.page_link("pages/augmentation.py", label="Augmentation preview", icon=":material/auto_awesome_motion:")
+    st.page_link("app_pages/augmentation.py", label="Augmentation preview", icon=":material/auto_awesome_motion:")
 with c2:
-    st.page_link("pages/training.py", label="Training", icon=":material/model_training:")
+    st.page_link("app_pages/training.py", label="Training", icon=":material/model_training:")
 if (Path(__file__).parent / "review.py").exists():
     with c3:
-        st.page_link("pages/review.py", label="Review a model's mistakes", icon=":material/fact_check:")
+        st.page_link("app_pages/review.py", label="Review a model's mistakes", icon=":material/fact_check:")

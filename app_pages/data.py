@@ -1,6 +1,7 @@
 """Data page: make a pack (demo phantoms, two folders, or a SIIM tree + CSV), then inspect it."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -8,12 +9,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pneumo import settings
-from pneumo.config import PackConfig, SplitConfig
+from pneumo import pack, settings
+from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig
 from pneumo.errors import InputError
 from pneumo_app import common
 
-common.page_guard()
 
 SOURCES = {
     "demo": "Demo phantoms (synthetic, no download)",
@@ -63,7 +63,7 @@ def source_ui() -> dict:
         out["salt"] = st.text_input(
             "Patient-id salt (optional)",
             key="data_salt",
-            help="Patient ids are stored only as salted hashes; empty uses the built-in salt.",
+            help="Patient ids are stored only as salted hashes; empty draws a random salt for this pack.",
         ) or None
     return out
 
@@ -111,7 +111,18 @@ def options_ui(kind: str) -> tuple[PackConfig, str, bool]:
     force = c4.checkbox("Replace existing", key="data_force", help="Replace a pack of the same name.")
     skip_bad = c4.checkbox("Skip bad files", key="data_skip_bad",
                            help="Skip unreadable images (listed in the report) instead of stopping.")
+    c1, c2, c3 = st.columns([1, 1, 2])
+    max_mpx = c1.number_input("Pixel budget (Mpx, 0 = none)", 0, 10_000, 50, key="data_max_mpx",
+                              help="Images larger than this are refused from their header, before decoding.")
+    window = c2.selectbox("DICOM window", DICOM_WINDOWS, key="data_dicom_window",
+                          format_func={"voi": "the file's own (VOI)", "full": "full stored range"}.get,
+                          help="VOI: the window/VOI LUT the file carries (full range when it has none).")
+    exclude = c3.text_input("Exclude ids listed in (CSV, optional)", key="data_exclude",
+                            help="A relabel list from the Review page or `pneumo curate`: its `id` column.")
     config = PackConfig(
+        max_pixels=int(max_mpx) * 1_000_000 or None,
+        dicom_window=window,
+        exclude=exclude.strip() or None,
         size=int(size),
         split=SplitConfig(
             proportions=tuple(float(p) for p in props),
@@ -128,64 +139,60 @@ def options_ui(kind: str) -> tuple[PackConfig, str, bool]:
     return config, name.strip(), force
 
 
-def _out_path(name: str) -> Path:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise InputError(f"pack file name {name!r}: give a plain file name such as my-pack.h5")
-    if not name.endswith(".h5"):
-        name += ".h5"
-    return settings.data_dir() / name
-
-
-def _find_csv(root: Path) -> Path:
-    found = sorted(p for p in root.rglob("*.csv") if not p.name.startswith("."))
-    if len(found) != 1:
-        raise InputError(f"upload: expected exactly one label CSV in the zip, found {len(found)}")
-    return found[0]
-
-
-def _manifest(src: dict, tmp: Path | None, config: PackConfig):
-    from pneumo import sources
-
-    if src["kind"] == "demo":
-        return sources.demo_source(int(src["count"]), size=config.size, seed=int(src["demo_seed"]))
-    if src["kind"] == "folders":
-        base = tmp if tmp is not None else Path()
-        images, masks = src["images"].strip(), src["masks"].strip()
-        if not images or not masks:
-            raise InputError("give both the image folder and the mask folder")
-        return sources.folder_source(base / images, base / masks)
-    if tmp is not None:
-        return sources.siim_source(tmp, _find_csv(tmp), salt=src.get("salt"))
-    dicom, csv = src["dicom"].strip(), src["csv"].strip()
-    if not dicom or not csv:
-        raise InputError("give both the DICOM folder and the label CSV")
-    return sources.siim_source(dicom, csv, salt=src.get("salt"))
+def _spec(src: dict, config: PackConfig) -> dict:
+    """The form's source as ``sources.manifest_from_spec`` keywords (paths as typed)."""
+    return {
+        "images": src.get("images"),
+        "masks": src.get("masks"),
+        "dicom": src.get("dicom"),
+        "labels": src.get("csv"),
+        "count": int(src.get("count", 400)),
+        "seed": int(src.get("demo_seed", 0)),
+        "size": config.size,
+        "salt": src.get("salt"),
+    }
 
 
 def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
-    """Unpack an upload if any, build the manifest and pack it with a progress bar."""
-    from pneumo import pack
+    """Unpack an upload if any, build the manifest and pack it with a progress bar.
 
-    tmp = None
+    Files from the user (uploads and server paths alike) are decoded and their headers read
+    only in worker processes with a memory cap, never in the server.
+    """
+    from pneumo import pack, sources, uploads
+
+    folder = root = None
+    if src["kind"] != "demo":
+        config = dataclasses.replace(config, isolate=True, worker_memory=common.WORKER_MEMORY)
     bar = st.progress(0.0, text="Reading the source...")
     try:
         if src["upload"] is not None:
             bar.progress(0.0, text="Unpacking the zip...")
-            tmp = common.safe_extract_zip(src["upload"], common.upload_dir())
+            folder, top = uploads.extract_upload(src["upload"], settings.data_dir())
+            root = uploads.data_root(top, [n for n in (src.get("images"), src.get("masks")) if n])
         elif src.get("where") == "upload":
             raise InputError("choose a zip file to upload first")
-        manifest = _manifest(src, tmp, config)
+        try:
+            manifest = sources.manifest_from_spec(
+                src["kind"], root=root, isolate=config.isolate, memory_limit=config.worker_memory,
+                **_spec(src, config),
+            )
 
-        def progress(done: int, total: int) -> None:
-            bar.progress(done / max(total, 1), text=f"Packing {done} of {total} images")
+            def progress(done: int, total: int) -> None:
+                bar.progress(done / max(total, 1), text=f"Packing {done} of {total} images")
 
-        info = pack.pack_manifest(manifest, out, config, force=force, progress=progress)
+            info = pack.pack_manifest(manifest, out, config, force=force, progress=progress)
+        except InputError as e:
+            if folder is None:
+                raise
+            # Name files inside the zip, not the server's temporary folder.
+            raise InputError(uploads.hide_root(uploads.hide_root(str(e), root), folder)) from None
     except BaseException:
         bar.empty()
         raise
     finally:
-        if tmp is not None:  # the pack holds the images now; no second copy of patient data
-            shutil.rmtree(tmp, ignore_errors=True)
+        if folder is not None:  # the pack holds the images now; no second copy of patient data
+            shutil.rmtree(folder, ignore_errors=True)
     bar.empty()
     return info
 
@@ -196,13 +203,13 @@ def make_pack_ui() -> None:
         config, name, force = options_ui(src["kind"])
     if st.button("Build the pack", type="primary", key="data_build"):
         with common.user_errors():
-            out = _out_path(name)
+            out = pack.out_path(name)
             info = build_pack(src, config, out, force)
         st.session_state[common.PACK_KEY] = str(info.path)
         st.session_state["data_pack"] = str(info.path)
         skipped = len(info.report.get("skipped", []))
         st.success(
-            f"Packed {sum(info.counts.values())} images into `{info.path}`"
+            f"Packed {sum(info.counts.values())} images into {common.md_escape(str(info.path))}"
             + (f"; {skipped} skipped (see the report below)" if skipped else "")
         )
 
@@ -234,8 +241,10 @@ def report_ui(info) -> None:
     report = info.report
     attrs = info.attrs
     st.caption(
-        f"{info.size} px, source `{attrs.get('source', '?')}`, split seed {attrs.get('seed', '?')}, "
-        f"compression {attrs.get('compression', 'none')}, created {attrs.get('created', '?')}"
+        f"{info.size} px, source {common.md_escape(str(attrs.get('source', '?')))}, "
+        f"split seed {common.md_escape(str(attrs.get('seed', '?')))}, "
+        f"compression {common.md_escape(str(attrs.get('compression', 'none')))}, "
+        f"created {common.md_escape(str(attrs.get('created', '?')))}"
         + (f", packed in {report['seconds']} s with {report.get('workers', '?')} workers" if "seconds" in report else "")
     )
     with st.expander("Split report (text)"):
@@ -274,7 +283,7 @@ def browser_ui(info, per_page: int = 8) -> None:
     for k, (x, y, sid, i) in enumerate(zip(X, Y, ids, shown)):
         cols[k % 4].image(
             common.outlined(x, y),
-            caption=f"{sid} ({'positive' if pos[i] else 'negative'})",
+            caption=f"{common.md_escape(sid)} ({'positive' if pos[i] else 'negative'})",
             width="stretch",
         )
     kind = "" if which == "all" else f" {which}"

@@ -7,7 +7,6 @@ import streamlit as st
 from pneumo.config import AugmentConfig, to_dict
 from pneumo_app import common
 
-common.page_guard()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -55,7 +54,7 @@ X, Y, ids = common.read_samples(info.path, split, [index])
 with common.user_errors(), st.spinner("Augmenting (first time loads TensorFlow)..."):
     images, masks = _preview(str(info.path), common.mtime(info.path), split, index, to_dict(config), int(n), int(seed))
 
-st.markdown(f"**{ids[0]}** ({split} #{index}), mask outlined in green")
+st.markdown(f"**{common.md_escape(ids[0])}** ({split} #{index}), mask outlined in green")
 per_row = 6
 panels = [(common.outlined(X[0], Y[0]), "original")] + [
     (common.outlined(im, m), f"augmented {i + 1}") for i, (im, m) in enumerate(zip(images, masks))

@@ -1,0 +1,213 @@
+"""The relabel list: cases reviewers flagged as label problems, for ``pack --exclude``.
+
+No streamlit, no TensorFlow. ``python -m pneumo curate RUN --split S`` and the Review page
+call :func:`curate`. A case is listed when at least ``min_readers`` readers gave it a verdict
+of :data:`pneumo.verdicts.LABEL_PROBLEM_VERDICTS` (e.g. "label missed a pneumothorax" on a
+false positive, "label doubtful" on a false negative). The CSV (columns
+:data:`RELABEL_COLUMNS`) names each case by its pack id, the file it was packed from (empty
+for packs made before source references), its category when judged, every reader's verdict
+and every reader's note; ``pneumo.exclude.read_exclude_list`` reads its ``id`` column, so
+``python -m pneumo pack ... --exclude LIST.csv`` repacks without those cases.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ._io import atomic_path, csv_cell, fsync_dir, temp_path_for
+from .errors import InputError, PneumoError
+from .verdicts import DB_NAME, LABEL_PROBLEM_VERDICTS, Verdict, VerdictStore
+
+RELABEL_COLUMNS = ("id", "source", "category", "verdicts", "notes")
+_ANY_LABEL_PROBLEM = frozenset(v for vs in LABEL_PROBLEM_VERDICTS.values() for v in vs)
+
+
+@dataclass(frozen=True)
+class RelabelCase:
+    """One row of the relabel list."""
+
+    id: str                       # the pack id (what `pack --exclude` matches)
+    source: str                   # the image file it was packed from; "" when the pack lacks sources
+    category: str                 # category when judged ("FP", or "FP/TN" when readers saw it differently)
+    verdicts: str                 # "alice: label missed a pneumothorax; bob: model wrong" (by reader)
+    notes: str                    # "alice: rib edge?" (readers with a note)
+    flagged_by: tuple[str, ...]   # readers whose verdict is a label problem
+
+
+@dataclass(frozen=True)
+class RelabelList:
+    """What :func:`curate` wrote."""
+
+    path: Path
+    cases: list[RelabelCase]
+    readers: list[str]            # every reader with a verdict or note in the split
+    sources_note: str | None      # why the source column is empty, when it is
+
+
+def is_label_problem(category: str | None, verdict: str | None) -> bool:
+    """Whether ``verdict`` on a case of ``category`` says its label is wrong (a row stored
+    without a category is judged by the verdict alone)."""
+    if not verdict:
+        return False
+    if category in LABEL_PROBLEM_VERDICTS:
+        return verdict in LABEL_PROBLEM_VERDICTS[category]
+    return verdict in _ANY_LABEL_PROBLEM
+
+
+def relabel_cases(rows: Iterable[Verdict], *, sources: Mapping[str, str] | None = None,
+                  min_readers: int = 1) -> list[RelabelCase]:
+    """The flagged cases among review ``rows`` (one run and split, any readers), by id.
+
+    ``sources`` maps a pack id to its source path (missing ids get ""). A case is listed when
+    at least ``min_readers`` readers flagged it; its verdicts and notes columns still show
+    every reader, flagging or not, so the person relabelling sees the disagreement.
+    """
+    if min_readers < 1:
+        raise InputError(f"--min-readers must be at least 1, got {min_readers}")
+    by_case: dict[str, dict[str, Verdict]] = {}
+    for r in rows:
+        by_case.setdefault(r.image_id, {})[r.reader] = r
+    out: list[RelabelCase] = []
+    for case_id in sorted(by_case):
+        readers = by_case[case_id]
+        flagged = tuple(sorted(n for n, r in readers.items() if is_label_problem(r.category, r.verdict)))
+        if len(flagged) < min_readers:
+            continue
+        cats = list(dict.fromkeys(readers[n].category for n in flagged if readers[n].category))
+        out.append(RelabelCase(
+            id=case_id,
+            source=(sources or {}).get(case_id, ""),
+            category="/".join(cats),
+            verdicts="; ".join(f"{n}: {readers[n].verdict}" for n in sorted(readers) if readers[n].verdict),
+            notes="; ".join(f"{n}: {readers[n].note}" for n in sorted(readers) if readers[n].note),
+            flagged_by=flagged,
+        ))
+    return out
+
+
+def write_relabel_list(cases: Sequence[RelabelCase], path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``cases`` as CSV (:data:`RELABEL_COLUMNS`, cells through ``csv_cell``), atomically.
+
+    An existing ``path`` is replaced only with ``force``; otherwise :class:`InputError`, and
+    the check and the write are one step (a hard link of the finished file), so a file that
+    appears meanwhile is not overwritten either.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a CSV file name for the relabel list")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: folder not found")
+    if path.exists() and not force:
+        raise InputError(f"{path}: already exists; pass --force to replace it")
+    if force:
+        with atomic_path(path) as tmp:
+            _write(tmp, cases)
+        return path
+    tmp = temp_path_for(path)
+    try:
+        _write(tmp, cases)
+        try:
+            os.link(tmp, path)  # fails if the name was taken meanwhile: never clobbers
+        except FileExistsError:
+            raise InputError(f"{path}: already exists; pass --force to replace it") from None
+        except OSError:  # a file system without hard links: the check above has to do
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def _write(tmp: Path, cases: Sequence[RelabelCase]) -> None:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(RELABEL_COLUMNS)
+        for c in cases:
+            w.writerow([csv_cell(x) for x in (c.id, c.source, c.category, c.verdicts, c.notes)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_review_rows(run: str, split: str, verdict_files: Sequence[str | os.PathLike]) -> list[Verdict]:
+    """The reviews of ``run``/``split`` in several review files (e.g. one per reader's machine),
+    merged: for the same case and reader, the most recently updated row wins. A missing file
+    is an :class:`InputError` (opening it would create an empty one)."""
+    merged: dict[tuple[str, str], Verdict] = {}
+    for p in verdict_files:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: review file not found")
+        for r in VerdictStore(p).verdicts(run, split):
+            key = (r.image_id, r.reader)
+            if key not in merged or r.updated >= merged[key].updated:
+                merged[key] = r
+    return sorted(merged.values(), key=lambda r: (r.image_id, r.reader))
+
+
+def pack_sources(run_dir: str | os.PathLike, split: str,
+                 pack: str | os.PathLike | None = None) -> tuple[dict[str, str], str | None]:
+    """``{pack id: source path}`` for a run's split, and None; or ``{}`` and the reason
+    (pack not found, a pack made before source references, damaged). The pack is ``pack``,
+    else the one the run's predictions were made from, else the run's config's."""
+    from . import artifacts
+    from .pack import read_sources
+
+    try:
+        if pack is None:
+            pack = artifacts.find_pack(run_dir, _predictions_pack(run_dir, split))
+        refs = read_sources(pack, split)
+        if refs is None:
+            return {}, f"{pack}: packed before source references were recorded; the source column is empty"
+        ids = artifacts.pack_split_ids(pack, split)
+    except PneumoError as e:
+        return {}, f"no source paths: {e}"
+    return {i: r.path for i, r in zip(ids, refs)}, None
+
+
+def _predictions_pack(run_dir: str | os.PathLike, split: str) -> str | None:
+    from . import artifacts
+
+    path = artifacts.predictions_path(run_dir, split)
+    if not path.is_file():
+        return None
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            value: Any = f.attrs.get("pack")
+    except OSError:
+        return None
+    return str(value) if value else None
+
+
+def default_output(run_dir: str | os.PathLike, split: str) -> Path:
+    """Where the relabel list goes by default: ``RUN/relabel_<split>.csv``."""
+    return Path(run_dir) / f"relabel_{split}.csv"
+
+
+def curate(run_dir: str | os.PathLike, split: str, out: str | os.PathLike | None = None, *,
+           verdict_files: Sequence[str | os.PathLike] | None = None, pack: str | os.PathLike | None = None,
+           min_readers: int = 1, force: bool = False) -> RelabelList:
+    """Write the relabel list of a run's split (default ``RUN/relabel_<split>.csv``) from its
+    review file (``RUN/reviews.sqlite``, or ``verdict_files`` merged) and return what was
+    written. Reviews are those saved under the run's folder name."""
+    from .split import SPLITS
+
+    run_dir = Path(os.path.abspath(run_dir))  # reviews are keyed by the folder's name, also for "."
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run folder not found")
+    if not verdict_files:
+        if not (run_dir / DB_NAME).is_file():
+            raise InputError(f"{run_dir}: no reviews yet ({DB_NAME} not found); review on the app's Review page")
+        verdict_files = [run_dir / DB_NAME]
+    rows = read_review_rows(run_dir.name, split, verdict_files)
+    sources, note = pack_sources(run_dir, split, pack)
+    cases = relabel_cases(rows, sources=sources, min_readers=min_readers)
+    path = write_relabel_list(cases, out if out is not None else default_output(run_dir, split), force=force)
+    return RelabelList(path, cases, sorted({r.reader for r in rows}), note)

@@ -1,0 +1,230 @@
+"""Readers on the Review page: who is reading, how far readers agree, and the relabel list.
+
+- :func:`reader_ui`: the reader's name, asked once per browser session and kept in the URL
+  (``?reader=NAME``), so a reload or a bookmark keeps it; :func:`current_reader` is what the
+  verdict buttons and the progress count use. Until a name is given the page reads as
+  :data:`pneumo.verdicts.UNNAMED_READER` (a single reviewer need not type a name).
+- :func:`readers_ui`: per pair of readers, the cases both judged, observed agreement and
+  Cohen's kappa per category (:mod:`pneumo.agreement`), and their disagreements, each with
+  an Open button that shows the case in the case viewer (the grid's mechanism,
+  :func:`pneumo_app.review_nav.open_position`); and the "Write relabel list" button
+  (:func:`pneumo.curate.curate`).
+
+The panel is drawn outside the case viewer's fragment: its buttons rerun the whole page (the
+category filter above the viewer changes with an Open), and it is recomputed on every full
+rerun, not on every Next.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from pneumo import agreement, curate, review, verdicts
+from pneumo.errors import InputError
+from pneumo_app import review_nav
+
+READER_PARAM = "reader"  # the URL query parameter that keeps the name across reloads
+_STATE = "rv_reader"  # the session's reader (validated); absent: not named yet
+_INPUT = "rv_reader_input"
+_ERROR = "rv_reader_error"
+PANEL_KEY = "rv_readers_panel"  # the Readers expander's open state
+MAX_DISAGREEMENTS_SHOWN = 50  # one Open button each; more than a screenful is a list to export
+
+
+def current_reader() -> str:
+    """The reader this browser session saves verdicts as (``"unnamed"`` until a name is given)."""
+    return st.session_state.get(_STATE) or verdicts.UNNAMED_READER
+
+
+def _set_reader() -> None:
+    try:
+        name = verdicts.check_reader(st.session_state.get(_INPUT, ""))
+    except InputError as e:
+        st.session_state[_ERROR] = str(e)
+        return
+    st.session_state[_STATE] = name
+    st.session_state.pop(_ERROR, None)
+    st.query_params[READER_PARAM] = name
+
+
+def _change_reader() -> None:
+    st.session_state[_INPUT] = st.session_state.pop(_STATE, "")
+    st.query_params.pop(READER_PARAM, None)
+
+
+def reader_ui() -> str:
+    """"Reading as NAME" with a Change button, or a one-field form asking for the name.
+
+    The name comes from the session, else from ``?reader=`` (checked with
+    :func:`pneumo.verdicts.check_reader`; a bad one is reported and ignored). Switching pages
+    drops the query parameter; it is put back from the session. Returns :func:`current_reader`.
+    """
+    from pneumo_app.common import md_escape
+
+    name = st.session_state.get(_STATE)
+    given = st.query_params.get(READER_PARAM)
+    if name is None and given:
+        try:
+            name = st.session_state[_STATE] = verdicts.check_reader(given)
+        except InputError as e:
+            st.warning(f"Reader name in the address ignored: {md_escape(e)}")
+            st.query_params.pop(READER_PARAM, None)
+    if name is not None and given != name:
+        st.query_params[READER_PARAM] = name
+    if name is not None:
+        c1, c2 = st.columns([5, 1])
+        c1.markdown(f"Reading as **{md_escape(name)}**: your verdicts and notes are saved under this name.")
+        c2.button("Change reader", key="rv_reader_change", on_click=_change_reader, width="stretch")
+        return name
+    with st.form("rv_reader_form", border=True):
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        c1.text_input("Your name as reader", key=_INPUT, max_chars=verdicts.MAX_READER_LENGTH,
+                      placeholder="e.g. alice",
+                      help="Each reader's verdicts are kept apart, so two readers can judge the same "
+                           "cases and the Readers panel compares them. Kept in the address (?reader=).")
+        c2.form_submit_button("Start reading", on_click=_set_reader, width="stretch")
+    if err := st.session_state.pop(_ERROR, None):
+        st.error(md_escape(err))
+    st.caption(f"Until you give a name, verdicts are saved under the reader **{verdicts.UNNAMED_READER}**.")
+    return verdicts.UNNAMED_READER
+
+
+# --------------------------------------------------------------------------- the panel
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def agreement_table(pair: agreement.PairAgreement) -> Any:
+    """The pair's table for display: one row overall, then one per category both judged."""
+    import pandas as pd
+
+    rows = [{"category": r["category"], "cases both judged": r["n"], "observed agreement": _fmt(r["observed"]),
+             "Cohen's kappa": _fmt(r["kappa"]), "disagreements": r["disagree"]}
+            for r in agreement.agreement_rows([pair])]
+    return pd.DataFrame(rows).set_index("category")
+
+
+def open_case(ev: review.Evaluation, run_dir: Path, split: str, image_id: str) -> None:
+    """Show ``image_id`` in the case viewer (a button callback): its category under the current
+    post-processing becomes the filter, and the position is set the way the grid's Open does."""
+    ids = np.asarray(ev.cases["id"]).astype(str)
+    found = np.flatnonzero(ids == image_id)
+    if found.size == 0:
+        st.session_state["rv_readers_msg"] = f"{image_id} is not in the {split} split any more."
+        return
+    index = int(found[0])
+    category = str(ev.cases["category"][index])
+    sort = st.session_state.get(review_nav.sort_key(run_dir, split), review.SORTS[0])
+    if sort not in review.SORTS:
+        sort = review.SORTS[0]
+    st.session_state[review_nav.category_key(run_dir, split)] = category
+    order = review.select(ev.cases, category, sort)
+    review_nav.open_position(review_nav.pos_key(run_dir, split, category, sort),
+                             int(np.flatnonzero(order == index)[0]))
+
+
+def readers_ui(run_dir: Path, split: str, ev: review.Evaluation) -> None:
+    """The "Readers" expander: per pair agreement and disagreements, and the relabel list."""
+    from pneumo_app.common import md_escape
+
+    run = run_dir.name
+    rows = verdicts.VerdictStore.for_run(run_dir).verdicts(run, split)
+    judged: dict[str, int] = {}
+    for r in rows:
+        if r.verdict:
+            judged[r.reader] = judged.get(r.reader, 0) + 1
+    names = sorted({r.reader for r in rows})
+    # Keyed and stateful: it stays open across reruns (its buttons rerun the page), and its
+    # content is computed only while open.
+    with st.expander(f"Readers ({len(names)})", expanded=False, key=PANEL_KEY, on_change="rerun") as panel:
+        if not panel.open:
+            return
+        if msg := st.session_state.pop("rv_readers_msg", None):
+            st.warning(md_escape(msg))
+        if not names:
+            st.caption("No reviews yet.")
+        else:
+            st.caption("Verdicts on " + split + ": " + ", ".join(
+                f"**{md_escape(n)}** {judged.get(n, 0)}" for n in names)
+                + ". Updated when the page reruns (opening this panel, any change above the case viewer, or Refresh).")
+        st.button("Refresh", key="rv_readers_refresh")
+        pairs = agreement.reader_agreement(rows)
+        if not pairs:
+            st.info("Agreement needs verdicts from two readers: open the page as a second reader "
+                    "(Change reader, or another browser with ?reader=NAME).")
+        else:
+            _pair_ui(pairs, rows, run_dir, split, ev)
+        st.divider()
+        _relabel_ui(run_dir, split, len(names))
+
+
+def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict], run_dir: Path, split: str,
+             ev: review.Evaluation) -> None:
+    from pneumo_app.common import md_escape
+
+    labels = [f"{p.a} and {p.b}" for p in pairs]
+    k = 0
+    if len(pairs) > 1:
+        k = st.selectbox("Pair of readers", range(len(pairs)), format_func=labels.__getitem__,
+                         key=f"rv_readers_pair::{run_dir.name}::{split}")
+    pair = pairs[int(k)]
+    st.markdown(f"Readers **{md_escape(pair.a)}** and **{md_escape(pair.b)}**, {pair.overall.n} cases both judged")
+    st.table(agreement_table(pair))
+    st.caption("Kappa: agreement beyond chance (1 perfect, 0 chance, below 0 worse); "
+               "'-' when undefined (both gave every shared case one and the same verdict).")
+    ids = pair.overall.disagree
+    if not ids:
+        st.caption("No disagreement.")
+        return
+    st.markdown(f"**{len(ids)} disagreement{'s' if len(ids) != 1 else ''}**")
+    by = {(r.image_id, r.reader): r for r in rows}
+    cats = dict(zip(np.asarray(ev.cases["id"]).astype(str), np.asarray(ev.cases["category"]).astype(str)))
+    for image_id in ids[:MAX_DISAGREEMENTS_SHOWN]:
+        a, b = by.get((image_id, pair.a)), by.get((image_id, pair.b))
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        now = cats.get(image_id, "not in the split")
+        c1.markdown(f"`{image_id}` ({md_escape(now)} now): {md_escape(pair.a)}: *{md_escape(a.verdict if a else '-')}*"
+                    f" \u00b7 {md_escape(pair.b)}: *{md_escape(b.verdict if b else '-')}*")
+        c2.button("Open", key=f"rv_readers_open::{pair.a}::{pair.b}::{image_id}", width="stretch",
+                  on_click=open_case, args=(ev, run_dir, split, image_id), disabled=image_id not in cats)
+    if len(ids) > MAX_DISAGREEMENTS_SHOWN:
+        st.caption(f"{len(ids) - MAX_DISAGREEMENTS_SHOWN} more: `python -m pneumo review {run_dir} "
+                   f"--split {split} --agreement` lists them all.")
+
+
+def _relabel_ui(run_dir: Path, split: str, n_readers: int) -> None:
+    """"Write relabel list": :func:`pneumo.curate.curate` into ``RUN/relabel_<split>.csv``."""
+    from pneumo_app.common import md_escape
+
+    st.markdown("**Relabel list** (the cases readers flagged as label problems, for `pack --exclude`)")
+    out = curate.default_output(run_dir, split)
+    c1, c2 = st.columns(2)
+    min_readers = c1.number_input("Flagged by at least (readers)", 1, max(1, n_readers), min(2, max(1, n_readers)),
+                                  key=f"rv_relabel_min::{run_dir.name}::{split}",
+                                  help="2 with two readers: only cases both flagged (a consensus).")
+    replace = True
+    if out.exists():
+        replace = c2.checkbox(f"Replace the existing {out.name}", key=f"rv_relabel_replace::{run_dir.name}::{split}")
+    result_key = f"rv_relabel_result::{run_dir.name}::{split}"
+    if st.button("Write relabel list", key=f"rv_relabel::{run_dir.name}::{split}", disabled=not replace or n_readers == 0,
+                 type="primary"):
+        try:
+            result = curate.curate(run_dir, split, min_readers=int(min_readers), force=out.exists())
+        except InputError as e:
+            st.error(md_escape(e))
+        else:
+            st.session_state[result_key] = (result, int(min_readers))
+    if result_key in st.session_state:
+        result, at_least = st.session_state[result_key]
+        ids = ", ".join(c.id for c in result.cases[:10]) + (" ..." if len(result.cases) > 10 else "")
+        n = len(result.cases)
+        st.success(f"Wrote **{n} case{'s' if n != 1 else ''}** to `{result.path}` "
+                   f"(readers: {md_escape(', '.join(result.readers)) or 'none'}; flagged by at least "
+                   f"{at_least}){': ' + md_escape(ids) if ids else ''}.")
+        if result.sources_note:
+            st.caption(md_escape(result.sources_note))
+        st.markdown("Repack without them (same source and options as the pack, plus `--exclude`):")
+        st.code(f"python -m pneumo pack SOURCE ... --out data/clean.h5 --exclude {result.path}", language="bash")
