@@ -307,7 +307,7 @@ def _live_body(run_dir: str, run_config: dict) -> None:
         log = Path(run_dir) / "train.log"
         if log.exists():
             with st.expander("Last lines of train.log"):
-                st.code("\n".join(log.read_text(errors="replace").splitlines()[-30:]), language=None)
+                st.code(jobs.log_tail(log, lines=30), language=None)  # reads the end only
 
     # Sampled on every refresh of every session looking at the run; see curves.BatchLossSampler.
     sampler = ss.setdefault("tr_batch_loss", {}).setdefault(run_dir, curves.BatchLossSampler())
@@ -379,11 +379,11 @@ def past_runs_ui(runs: list) -> None:
 
 def _runs_body(page_active: str | None) -> None:
     """Run picker, live view, all runs and the comparison, read afresh on every refresh."""
-    active_path = jobs.active_run()
-    active = active_path.name if active_path is not None else None
+    runs = jobs.list_runs()  # once per tick: every run's status is read here, the active one included
+    # what jobs.active_run() returns (the first running one, same order), without reading them twice
+    active = next((r.name for r in runs if r.state == "running"), None)
     if active != page_active:
         st.rerun()  # a run started or ended: the whole page (Start, refresh rate) follows
-    runs = jobs.list_runs()
     if not runs:
         st.info("No runs yet in the workspace.")
         return

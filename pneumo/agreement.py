@@ -17,9 +17,10 @@ label), kappa is 0/0, undefined: ``kappa`` is None while ``observed`` (then 1.0)
 Per category (the model's TP/FP/FN/TN), labels are the verdicts of that category's
 vocabulary. Overall, a label is ``"<category>: <verdict>"``, since a reader chooses among the
 options of the case's category ("agree" on a TP is not the same answer as "agree" on a TN).
-A case's category is taken from ``categories`` when given (the categories under the
-current post-processing), else from the rows when both readers judged it under the same
-category; a case whose stored categories differ counts only overall, under its verdicts.
+A case's category is the one stored with the rows when both readers judged it under the same
+category (each verdict belongs to the vocabulary of the category it was given under, so the
+category under today's post-processing is not used); a case whose stored categories differ
+counts only overall, under its verdicts.
 Only rows with a verdict count: a note alone is not a judgement.
 """
 from __future__ import annotations
@@ -107,18 +108,12 @@ def agreement(ids: Sequence[str], labels_a: Sequence[str], labels_b: Sequence[st
     return Agreement(len(ids), observed, expected, kappa, disagree, order, table)
 
 
-def _category(case: str, cat_a: str | None, cat_b: str | None, categories: Mapping[str, str] | None) -> str | None:
-    if categories is not None and case in categories:
-        return str(categories[case])
-    return cat_a if cat_a == cat_b else None
-
-
 def pair_agreement(a: Mapping[str, tuple[str | None, str]], b: Mapping[str, tuple[str | None, str]], *,
-                   categories: Mapping[str, str] | None = None, names: tuple[str, str] = ("a", "b")) -> PairAgreement:
+                   names: tuple[str, str] = ("a", "b")) -> PairAgreement:
     """Agreement of two readers given as ``{image_id: (category when judged, verdict)}``:
     overall (labels ``"<category>: <verdict>"``) and for each of :data:`CATEGORIES`."""
     shared = sorted(set(a) & set(b))
-    cats = {i: _category(i, a[i][0], b[i][0], categories) for i in shared}
+    cats = {i: a[i][0] if a[i][0] == b[i][0] else None for i in shared}
 
     def label(i: str, verdict: str) -> str:
         return f"{cats[i]}: {verdict}" if cats[i] else verdict
@@ -131,7 +126,7 @@ def pair_agreement(a: Mapping[str, tuple[str | None, str]], b: Mapping[str, tupl
     return PairAgreement(names[0], names[1], overall, by_category)
 
 
-def reader_agreement(rows: Iterable[Any], categories: Mapping[str, str] | None = None) -> list[PairAgreement]:
+def reader_agreement(rows: Iterable[Any]) -> list[PairAgreement]:
     """One :class:`PairAgreement` per pair of readers (sorted by names) from review rows
     (objects with ``image_id``, ``reader``, ``category``, ``verdict``; rows without a verdict
     are ignored). Fewer than two readers give an empty list."""
@@ -139,7 +134,7 @@ def reader_agreement(rows: Iterable[Any], categories: Mapping[str, str] | None =
     for r in rows:
         if r.verdict:
             by_reader.setdefault(str(r.reader), {})[str(r.image_id)] = (r.category, str(r.verdict))
-    return [pair_agreement(by_reader[x], by_reader[y], categories=categories, names=(x, y))
+    return [pair_agreement(by_reader[x], by_reader[y], names=(x, y))
             for x, y in combinations(sorted(by_reader), 2)]
 
 

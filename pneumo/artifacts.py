@@ -50,9 +50,9 @@ def check_checkpoint(checkpoint: str) -> str:
     return checkpoint
 
 
-def decode_ids(values: Iterable[Any]) -> list[str]:
-    """HDF5 string values (bytes or str) as ``str``."""
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+def decode_ids(values: Iterable[Any], errors: str = "strict") -> list[str]:
+    """HDF5 string values (bytes or str) as ``str``; ``errors`` as for :meth:`bytes.decode`."""
+    return [v.decode("utf-8", errors) if isinstance(v, bytes) else str(v) for v in values]
 
 
 def ids_digest(ids: Sequence[str]) -> str:
@@ -163,9 +163,20 @@ def _pack_split_ids(stamp: FileStamp, split: str) -> tuple[str, ...]:
         return tuple(decode_ids(f[f"ids_{split}"][()]))
 
 
+@functools.lru_cache(maxsize=64)
+def _split_digest(stamp: FileStamp, split: str) -> str:
+    # hashing every id of a split costs milliseconds per call; a re-pack changes the stamp
+    return ids_digest(_pack_split_ids(stamp, split))
+
+
 def pack_split_ids(pack_path: str | os.PathLike, split: str) -> tuple[str, ...]:
     """The ids of a pack split, read once per version of the file (keyed by its :class:`FileStamp`)."""
     return _pack_split_ids(FileStamp.of(pack_path), check_split(split))
+
+
+def pack_split_digest(pack_path: str | os.PathLike, split: str) -> str:
+    """:func:`ids_digest` of a pack split's ids, computed once per version of the file."""
+    return _split_digest(FileStamp.of(pack_path), check_split(split))
 
 
 def pack_identity(pack_path: str | os.PathLike, split: str) -> dict[str, Any]:
@@ -173,7 +184,7 @@ def pack_identity(pack_path: str | os.PathLike, split: str) -> dict[str, Any]:
     about the pack split it was made from."""
     stamp = FileStamp.of(pack_path)
     return {"pack": stamp.path, "pack_size": stamp.size, "pack_mtime": stamp.mtime,
-            "ids_digest": ids_digest(_pack_split_ids(stamp, check_split(split)))}
+            "ids_digest": _split_digest(stamp, check_split(split))}
 
 
 # --------------------------------------------------------------------------- predictions
@@ -210,8 +221,27 @@ def write_predictions(run_dir: str | os.PathLike, split: str, probs: np.ndarray,
     return out
 
 
-def _attr_str(v: Any) -> str:
+def attr_str(v: Any) -> str:
+    """An HDF5 string attribute (bytes or str) as ``str``."""
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def predictions_pack(run_dir: str | os.PathLike, split: str) -> str | None:
+    """The ``pack`` attribute of ``RUN/predictions_<split>.h5`` (the pack they were made
+    from), or None when the file is missing, unreadable or does not record it."""
+    import h5py
+
+    path = predictions_path(run_dir, split)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("pack")
+    except OSError:
+        return None
+    if value is None:
+        return None
+    return attr_str(value) or None
 
 
 @dataclass(frozen=True)
@@ -245,9 +275,9 @@ def freshness(run_dir: str | os.PathLike, split: str, checkpoint: str | None = "
             file_ids = None if "ids_digest" in a else decode_ids(f["ids"][()])
     except OSError as e:
         return Freshness(False, f"{path.name} is unreadable ({e})")
-    made_from = _attr_str(a["checkpoint"]) if "checkpoint" in a else None
-    if _attr_str(a.get("split", split)) != split:
-        return Freshness(False, f"{path.name} holds the {_attr_str(a['split'])} split", made_from)
+    made_from = attr_str(a["checkpoint"]) if "checkpoint" in a else None
+    if attr_str(a.get("split", split)) != split:
+        return Freshness(False, f"{path.name} holds the {attr_str(a['split'])} split", made_from)
     if checkpoint is not None:
         ckpt = Path(run_dir) / f"{check_checkpoint(checkpoint)}.keras"
         if made_from != checkpoint:
@@ -258,23 +288,23 @@ def freshness(run_dir: str | os.PathLike, split: str, checkpoint: str | None = "
         if abs(float(a.get("checkpoint_mtime", -1)) - FileStamp.of(ckpt).mtime) > _MTIME_TOLERANCE_S:
             return Freshness(False, f"{ckpt.name} changed after they were made (training went on)", made_from)
     try:
-        pack = find_pack(run_dir, _attr_str(a["pack"]) if "pack" in a else None)
+        pack = find_pack(run_dir, attr_str(a["pack"]) if "pack" in a else None)
     except InputError as e:
         return Freshness(False, str(e), made_from)
     stamp = FileStamp.of(pack)
-    if "pack" in a and Path(_attr_str(a["pack"])).is_absolute() and str(Path(_attr_str(a["pack"])).resolve()) != stamp.path:
-        return Freshness(False, f"they were made from another pack ({_attr_str(a['pack'])})", made_from)
+    if "pack" in a and Path(attr_str(a["pack"])).is_absolute() and str(Path(attr_str(a["pack"])).resolve()) != stamp.path:
+        return Freshness(False, f"they were made from another pack ({attr_str(a['pack'])})", made_from)
     changed = f"the pack {pack.name} was rewritten after they were made (re-packed)"
     if "pack_mtime" in a and abs(float(a["pack_mtime"]) - stamp.mtime) > _MTIME_TOLERANCE_S:
         return Freshness(False, changed, made_from)
     if "pack_size" in a and int(a["pack_size"]) != stamp.size:
         return Freshness(False, changed, made_from)
     try:
-        pack_ids = _pack_split_ids(stamp, split)
+        pack_digest = _split_digest(stamp, split)
     except (OSError, KeyError) as e:
         return Freshness(False, f"{pack}: cannot read the {split} ids ({e})", made_from)
-    digest = _attr_str(a["ids_digest"]) if "ids_digest" in a else ids_digest(file_ids or [])
-    if digest != ids_digest(pack_ids):
+    digest = attr_str(a["ids_digest"]) if "ids_digest" in a else ids_digest(file_ids or [])
+    if digest != pack_digest:
         return Freshness(False, f"the {split} split of {pack.name} holds other images than they were made for",
                          made_from)
     return Freshness(True, "", made_from)

@@ -16,7 +16,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ._io import atomic_path, csv_cell, fsync_dir, temp_path_for
 from .errors import InputError, PneumoError
@@ -135,13 +135,11 @@ def _write(tmp: Path, cases: Sequence[RelabelCase]) -> None:
 
 def read_review_rows(run: str, split: str, verdict_files: Sequence[str | os.PathLike]) -> list[Verdict]:
     """The reviews of ``run``/``split`` in several review files (e.g. one per reader's machine),
-    merged: for the same case and reader, the most recently updated row wins. A missing file
-    is an :class:`InputError` (opening it would create an empty one)."""
+    merged: for the same case and reader, the most recently updated row wins. Files are opened
+    read-only (never migrated or switched to WAL); a missing one is an :class:`InputError`."""
     merged: dict[tuple[str, str], Verdict] = {}
     for p in verdict_files:
-        if not Path(p).is_file():
-            raise InputError(f"{p}: review file not found")
-        for r in VerdictStore(p).verdicts(run, split):
+        for r in VerdictStore(p, read_only=True).verdicts(run, split):
             key = (r.image_id, r.reader)
             if key not in merged or r.updated >= merged[key].updated:
                 merged[key] = r
@@ -154,34 +152,17 @@ def pack_sources(run_dir: str | os.PathLike, split: str,
     (pack not found, a pack made before source references, damaged). The pack is ``pack``,
     else the one the run's predictions were made from, else the run's config's."""
     from . import artifacts
-    from .pack import read_sources
+    from .fullres import sources_by_id
 
     try:
         if pack is None:
-            pack = artifacts.find_pack(run_dir, _predictions_pack(run_dir, split))
-        refs = read_sources(pack, split)
-        if refs is None:
-            return {}, f"{pack}: packed before source references were recorded; the source column is empty"
-        ids = artifacts.pack_split_ids(pack, split)
+            pack = artifacts.find_pack(run_dir, artifacts.predictions_pack(run_dir, split))
+        refs = sources_by_id(pack, split)
     except PneumoError as e:
         return {}, f"no source paths: {e}"
-    return {i: r.path for i, r in zip(ids, refs)}, None
-
-
-def _predictions_pack(run_dir: str | os.PathLike, split: str) -> str | None:
-    from . import artifacts
-
-    path = artifacts.predictions_path(run_dir, split)
-    if not path.is_file():
-        return None
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            value: Any = f.attrs.get("pack")
-    except OSError:
-        return None
-    return str(value) if value else None
+    if refs is None:
+        return {}, f"{pack}: packed before source references were recorded; the source column is empty"
+    return {i: r.path for i, r in refs.items()}, None
 
 
 def default_output(run_dir: str | os.PathLike, split: str) -> Path:

@@ -139,6 +139,7 @@ def pack_exclusion(pack: str | os.PathLike, path: str | os.PathLike) -> PackExcl
     Errors (:class:`InputError`) name the list or the pack. Listed ids that the pack lacks are
     reported in ``unknown``, never an error, as for packing.
     """
+    from .artifacts import decode_ids
     from .pack import open_pack
 
     listed = read_exclude_list(path)
@@ -146,8 +147,7 @@ def pack_exclusion(pack: str | os.PathLike, path: str | os.PathLike) -> PackExcl
     indices, ids, found = {}, {}, set()
     with open_pack(pack) as f:
         for split in ("train", "dev", "test"):
-            split_ids = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                         for v in f[f"ids_{split}"][()]]
+            split_ids = decode_ids(f[f"ids_{split}"][()], errors="replace")
             hits = [i for i, v in enumerate(split_ids) if v in wanted]
             found.update(split_ids[i] for i in hits)
             if split in EXCLUDED_SPLITS:

@@ -386,14 +386,13 @@ def draw_overview(full: FullImage, center: float, width: float, size: int,
 def sources_by_id(pack_path: str | os.PathLike, split: str) -> dict | None:
     """``{image id: SourceRef}`` of a pack's split (:func:`pneumo.pack.read_sources` keyed by
     ``ids_<split>``), or ``None`` for a pack written without source references."""
-    from .pack import open_pack, read_sources
+    from .artifacts import pack_split_ids
+    from .pack import read_sources
 
     refs = read_sources(pack_path, split)
     if refs is None:
         return None
-    with open_pack(pack_path) as f:
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][()]]
-    return dict(zip(ids, refs))
+    return dict(zip(pack_split_ids(pack_path, split), refs))
 
 
 

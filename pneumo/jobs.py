@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import settings
+from .artifacts import check_checkpoint, check_split, predictions_path
 from ._io import atomic_write_json, load_json, now_iso, read_json
 from ._procs import CHILDREN, is_ours, process_start
 from .config import TrainConfig, normalise_train_paths, save_config, to_dict
@@ -48,11 +49,8 @@ __all__ = [
     "running_job", "eval_progress_path",
     # pneumo.runs' readers, for the pages
     "RunInfo", "read_status", "read_progress", "read_history", "request_stop", "list_runs",
-    "active_run", "new_run_dir", "is_run_dir", "STATES",
+    "active_run", "new_run_dir", "is_run_dir", "log_tail", "STATES",
 ]
-
-CHECKPOINTS = ("best", "last")
-
 
 # --------------------------------------------------------------------------- commands
 def _test_hook(name: str) -> list[str] | None:
@@ -191,11 +189,6 @@ def _log_path(run_dir: str | os.PathLike, split: str) -> Path:
     return Path(run_dir) / f"evaluate_{split}.log"
 
 
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
-        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
-
-
 def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "best", *,
                      allow_changed_pack: bool = False) -> int:
     """Launch ``python -m pneumo evaluate`` for a run and split in its own session; return the pid.
@@ -205,8 +198,8 @@ def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "
     already running is reused; any other running job refuses the start (:class:`InputError`),
     as does a missing ``RUN/<checkpoint>.keras``.
     """
-    _check_choice(split, SPLITS, "split")
-    _check_choice(checkpoint, CHECKPOINTS, "checkpoint")
+    check_split(split)
+    check_checkpoint(checkpoint)
     run_dir = Path(run_dir).expanduser().absolute()
     if not (run_dir / f"{checkpoint}.keras").is_file():
         raise InputError(f"{run_dir}: no {checkpoint}.keras checkpoint to evaluate")
@@ -270,8 +263,9 @@ def evaluation_job(run_dir: str | os.PathLike, split: str) -> dict[str, Any] | N
     if is_ours(job.get("pid"), start=job.get("pid_start"), marker=run_dir.name):
         return {**out, "state": "running"}
     started = _job_started(job)
-    predictions = run_dir / f"predictions_{split}.h5"
-    wrote = started is not None and predictions.is_file() and predictions.stat().st_mtime >= started - 1
+    wrote = False
+    with contextlib.suppress(OSError, InputError):  # gone or unreadable meanwhile: not written
+        wrote = started is not None and predictions_path(run_dir, split).stat().st_mtime >= started - 1
     if (progress or {}).get("stage") == "done" or wrote:
         return {**out, "state": "finished", "fraction": 1.0}
     return {**out, "state": "failed", "error": _job_error(run_dir, split)}

@@ -10,8 +10,8 @@ File names, freshness and the triplet rule are :mod:`pneumo.artifacts`; verdicts
   re-scored in milliseconds by :func:`pneumo.evaluate.evaluate_stats`; pixels are read only
   for the cases shown, each with its id from the same read.
 * :func:`identity`: what a cache of a :class:`ReviewData` must be keyed by.
-* :func:`select`, :func:`shown_category`, :func:`position_label`: filter by category (FP
-  first by default, falling back to the next non-empty one) and sort.
+* :func:`select`, :func:`shown_category`: filter by category (FP first by default, falling
+  back to the next non-empty one) and sort; :func:`step` moves through them.
 * Missing predictions are computed by an evaluation job: :func:`pneumo.jobs.start_evaluation`.
 """
 from __future__ import annotations
@@ -35,10 +35,6 @@ SORTS = ("most confident first", "worst Dice", "largest predicted area")
 #: A category in a sentence ("no false positives at these thresholds").
 CATEGORY_NAMES = {"FP": "false positives", "FN": "misses", "TP": "true positives", "TN": "true negatives",
                   "all": "cases"}
-
-
-def _check_split(split: str) -> None:
-    artifacts.check_split(split)
 
 
 # --------------------------------------------------------------------------- runs
@@ -120,22 +116,13 @@ class Evaluation:
         return {c: int(self.summary[c.lower()]) for c in CATEGORIES}
 
 
-def _stored_pack(path: Path) -> str | None:
-    try:
-        with h5py.File(path, "r") as f:
-            v = f.attrs.get("pack")
-    except OSError:
-        return None
-    return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
-
-
 def identity(run_dir: str | os.PathLike, split: str) -> tuple[FileStamp, FileStamp, str]:
     """What the content of a :class:`ReviewData` depends on: stamps (path, size, mtime) of the
     predictions file and of its pack, and a digest of the pack split's ids. A cache keyed by
     this never serves pixels of a re-packed pack under the old ids."""
-    pred = predictions_path(run_dir, split)
-    pack = artifacts.find_pack(run_dir, _stored_pack(pred))
-    return FileStamp.of(pred), FileStamp.of(pack), artifacts.ids_digest(artifacts.pack_split_ids(pack, split))
+    pack = artifacts.find_pack(run_dir, artifacts.predictions_pack(run_dir, split))
+    return (FileStamp.of(predictions_path(run_dir, split)), FileStamp.of(pack),
+            artifacts.pack_split_digest(pack, split))
 
 
 class ReviewData:
@@ -147,7 +134,7 @@ class ReviewData:
     """
 
     def __init__(self, run_dir: str | os.PathLike, split: str, pack_path: str | os.PathLike | None = None):
-        _check_split(split)
+        artifacts.check_split(split)
         self.run_dir = Path(run_dir)
         self.split = split
         self.predictions_path = predictions_path(run_dir, split)
@@ -331,14 +318,6 @@ def shown_category(counts: dict[str, int], category: str) -> tuple[str, str | No
         if counts.get(c, 0) > 0:
             return c, f"No {CATEGORY_NAMES[category]} at these thresholds: showing {CATEGORY_NAMES[c]}."
     return "all", f"No {CATEGORY_NAMES[category]} at these thresholds."
-
-
-def position_label(category: str, position: int, total: int) -> str:
-    """``("FP", 2, 41) -> "FP 3 of 41"`` (position is 0-based); ``"no FP cases"`` when empty."""
-    name = "cases" if category == "all" else category
-    if total <= 0:
-        return f"no {name} cases" if category != "all" else "no cases"
-    return f"{'case' if category == 'all' else category} {min(max(position, 0), total - 1) + 1} of {total}"
 
 
 def step(position: int, total: int, delta: int) -> int:

@@ -129,18 +129,36 @@ class NoteConflict(InputError):
 
 class VerdictStore:
     """Verdicts in a SQLite file (``RUN/reviews.sqlite``), keyed by
-    ``(run, split, image_id, reader)``; a first-release file is migrated on opening."""
+    ``(run, split, image_id, reader)``; a first-release file is migrated on opening.
 
-    def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 10.0):
+    ``read_only=True`` (export, progress, merging other machines' files): the file must exist
+    and is never changed (no table, no WAL switch, no migration: a first-release file is read
+    as it is, every row under :data:`UNNAMED_READER`); the writing methods then fail. SQLite
+    may still leave empty ``-wal``/``-shm`` files beside a WAL-mode file it reads."""
+
+    def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 10.0, *, read_only: bool = False):
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self._legacy_view: str | None = None  # read-only first-release file: a temp view adds the reader
+        if read_only and not self.path.is_file():
+            raise InputError(f"{self.path}: review file not found")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._connect() as con:
+                if read_only:
+                    self._legacy_view = _legacy_view(_columns(con, "verdicts"))
+                    return
                 con.execute("PRAGMA journal_mode=WAL")
                 if _columns(con, "verdicts") and "reader" not in _columns(con, "verdicts"):
                     _migrate(con)
                 con.execute(_TABLE_SQL.format(name="verdicts"))
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise InputError(f"{self.path}: the review database is busy (locked by another program for "
+                                 f"over {self.busy_timeout_s:g} s); try again") from None
+            raise InputError(f"{self.path}: not a usable review database ({e})") from None
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path}: not a usable review database ({e})") from None
 
@@ -151,9 +169,15 @@ class VerdictStore:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        if self.read_only:
+            con = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True,
+                                  timeout=self.busy_timeout_s, isolation_level=None)
+        else:
+            con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            if self._legacy_view:
+                con.execute(self._legacy_view)
             yield con
         finally:
             con.close()
@@ -328,6 +352,29 @@ def _columns(con: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()]
 
 
+# a column a hand-made or damaged first-release file lacks becomes its default
+_LEGACY_FILL = {"verdict": "NULL", "note": "''", "category": "NULL", "reviewer": "NULL", "updated": "''"}
+
+
+def _legacy_source(old: list[str]) -> str:
+    """The columns after ``reader`` of a first-release table, as SQL; DatabaseError when a key is missing."""
+    if c := next((k for k in ("run", "split", "image_id") if k not in old), None):
+        raise sqlite3.DatabaseError(f"the verdicts table has no {c} column")
+    return ", ".join(c if c in old else _LEGACY_FILL[c] for c in _LEGACY_FILL)
+
+
+def _legacy_view(old: list[str]) -> str | None:
+    """For a read-only store: None for the current layout; else a TEMP view named ``verdicts``
+    (it shadows the file's table) showing a first-release table in the current layout."""
+    if not old:
+        raise sqlite3.DatabaseError("no verdicts table")
+    if "reader" in old:
+        return None
+    cols = ", ".join(f"{c} AS {n}" for c, n in zip(_legacy_source(old).split(", "), _LEGACY_FILL))
+    return (f"CREATE TEMP VIEW verdicts AS SELECT run, split, image_id, '{UNNAMED_READER}' AS reader, {cols} "
+            "FROM main.verdicts")
+
+
 def _migrate(con: sqlite3.Connection) -> None:
     """First-release ``verdicts`` (key run, split, image_id; no reader) -> keyed by reader too.
 
@@ -342,11 +389,7 @@ def _migrate(con: sqlite3.Connection) -> None:
         if old and "reader" not in old:
             con.execute("DROP TABLE IF EXISTS verdicts_migrating")
             con.execute(_TABLE_SQL.format(name="verdicts_migrating"))
-            # a column a hand-made or damaged file lacks becomes its default
-            fill = {"verdict": "NULL", "note": "''", "category": "NULL", "reviewer": "NULL", "updated": "''"}
-            source = ", ".join(c if c in old else fill[c] for c in fill)
-            if c := next((k for k in ("run", "split", "image_id") if k not in old), None):
-                raise sqlite3.DatabaseError(f"the verdicts table has no {c} column")
+            source = _legacy_source(old)
             con.execute(
                 "INSERT INTO verdicts_migrating (run, split, image_id, reader, verdict, note, category, reviewer, updated) "
                 f"SELECT run, split, image_id, ?, {source} FROM verdicts", (UNNAMED_READER,))

@@ -260,12 +260,13 @@ def positives(path: str | Path, split: str) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _read_samples(path: str, mtime: float, split: str, indices: tuple[int, ...]):
     from pneumo import pack
+    from pneumo.artifacts import decode_ids
 
     with pack.open_pack(path) as f:
         idx = sorted(set(indices))
         X = f[f"X_{split}"][idx][..., 0] if idx else np.zeros((0, 1, 1), np.uint8)
         Y = f[f"Y_{split}"][idx][..., 0] if idx else np.zeros((0, 1, 1), np.uint8)
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][idx]] if idx else []
+        ids = decode_ids(f[f"ids_{split}"][idx]) if idx else []
     order = [idx.index(i) for i in indices]
     return X[order], Y[order], [ids[i] for i in order]
 

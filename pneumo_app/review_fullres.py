@@ -59,7 +59,7 @@ class _Loaded:
         self.pixels = full.pixels  # what ImageCache weighs
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)  # read-only: a hit must not unpickle MBs
 def _sources(pack_path: str, size: int, mtime_ns: int, split: str) -> dict | None:
     return fullres.sources_by_id(pack_path, split)
 
@@ -117,7 +117,7 @@ def _pack_labels(pack_path: str, size: int, mtime_ns: int) -> tuple[str, bool] |
     return fullres.siim_labels(pack_path)
 
 
-@st.cache_data(show_spinner=False, max_entries=2)
+@st.cache_resource(show_spinner=False, max_entries=2)  # read-only: a hit must not unpickle MBs
 def _labels(path: str, size: int, mtime_ns: int) -> dict:
     from pneumo.siim_labels import read_labels
 
@@ -147,10 +147,11 @@ def _viewer(image_id: str, full: fullres.FullImage, lo: float, hi: float, pred: 
     lo, hi = min(lo, full.center), max(hi, full.center)
     span = max(1.0, hi - lo + 1.0)
     step = 1.0 if full.pixels.dtype.kind in "iu" else max(span / 1000.0, 1e-6)
+    hi = max(hi, lo + step)  # a uniform image at its window centre: a slider needs min < max
     c1, c2, c3 = st.columns([2, 2, 3])
     center = c1.slider("Window centre", float(lo), float(hi), float(full.center), step, key=k + "::c",
                        help=f"Starts from the file's own window ({full.window_source}).")
-    wmax = float(max(span, full.width))
+    wmax = float(max(span, full.width, 2 * step))
     wwidth = c2.slider("Window width", float(step), wmax, float(min(max(full.width, step), wmax)), step,
                        key=k + "::w")
     zoom_name = c3.select_slider("Zoom (screen px per image px)", fullres.ZOOMS, value="1:1", key=k + "::z")
@@ -167,10 +168,11 @@ def _viewer(image_id: str, full: fullres.FullImage, lo: float, hi: float, pred: 
         side = max(1, VIEW_PX // zoom)
         nav, pos = st.columns([1, 2])
         with pos:
-            cx = st.slider("Centre x (image px)", 0, max(0, width - 1), int(default[0]), key=k + "::x",
-                           disabled=width <= side)
-            cy = st.slider("Centre y (image px)", 0, max(0, height - 1), int(default[1]), key=k + "::y",
-                           disabled=height <= side)
+            # a 1 px side has nothing to pan (and a slider needs min < max)
+            cx = st.slider("Centre x (image px)", 0, width - 1, int(default[0]), key=k + "::x",
+                           disabled=width <= side) if width > 1 else 0
+            cy = st.slider("Centre y (image px)", 0, height - 1, int(default[1]), key=k + "::y",
+                           disabled=height <= side) if height > 1 else 0
         box = fullres.crop_box(height, width, VIEW_PX, zoom, cx, cy)
         with nav:
             ov = fullres.draw_overview(full, center, wwidth, NAV_PX, masks, box)

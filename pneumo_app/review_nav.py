@@ -151,8 +151,9 @@ def pos_key(run_dir: Path, split: str, category: str, sort: str) -> str:
 
 
 def grid_ui(data: review.ReviewData, ev: review.Evaluation, order: np.ndarray, pos_key: str,
-            view: dict[str, Any], reviewed: set[str]) -> None:
-    """Thumbnails of a page of cases (target green, prediction red); Open shows one in full."""
+            view: dict[str, Any], reviewed: set[str], ident: tuple | None = None) -> None:
+    """Thumbnails of a page of cases (target green, prediction red); Open shows one in full.
+    ``ident``: the page run's cache key of the files (``review_ui._ident``)."""
     from pneumo_app.review_ui import png_bytes, read_cases  # the page's cached readers
 
     per_page = GRID_COLUMNS * GRID_ROWS
@@ -167,7 +168,7 @@ def grid_ui(data: review.ReviewData, ev: review.Evaluation, order: np.ndarray, p
         st.session_state[page_key] = min(pos // per_page + 1, pages)
     page = int(st.number_input(f"Page (of {pages})", 1, pages, key=page_key)) - 1
     shown = order[page * per_page : (page + 1) * per_page]
-    cases = read_cases(data.run_dir, data.split, [int(i) for i in shown])
+    cases = read_cases(data.run_dir, data.split, [int(i) for i in shown], ident)
 
     for r in range(0, len(cases), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)

@@ -59,6 +59,8 @@ Ident = tuple[str, int, int, str, int, int, str]
 
 
 def _ident(run_dir: Path, split: str) -> Ident:
+    """The cache key of the run's files now; a page run computes it once and passes it down
+    (it opens the predictions file and reads config.json)."""
     pred, pack, digest = review.identity(run_dir, split)
     return (pred.path, pred.size, pred.mtime_ns, pack.path, pack.size, pack.mtime_ns, digest)
 
@@ -70,10 +72,11 @@ def _data(run_dir: str, split: str, ident: Ident) -> review.ReviewData:
     return data
 
 
-def load_data(run_dir: Path, split: str) -> review.ReviewData:
+def load_data(run_dir: Path, split: str, ident: Ident | None = None) -> review.ReviewData:
     """The run's :class:`ReviewData` with its histograms, shared by all sessions while the
-    predictions file and the pack are unchanged (:func:`pneumo.review.identity`)."""
-    return _data(str(run_dir), split, _ident(run_dir, split))
+    predictions file and the pack are unchanged (:func:`pneumo.review.identity`; ``ident``:
+    :func:`_ident` of this page run, computed here when not given)."""
+    return _data(str(run_dir), split, ident or _ident(run_dir, split))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -81,10 +84,11 @@ def _evaluate(run_dir: str, split: str, ident: Ident, triplet: tuple[float, floa
     return _data(run_dir, split, ident).evaluate(evaluate.Triplet(*triplet))
 
 
-def evaluation(run_dir: Path, split: str, triplet: evaluate.Triplet) -> review.Evaluation:
+def evaluation(run_dir: Path, split: str, triplet: evaluate.Triplet, ident: Ident | None = None
+               ) -> review.Evaluation:
     """Scores of every image under ``triplet`` (cached per triplet and file versions)."""
     t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-    return _evaluate(str(run_dir), split, _ident(run_dir, split), t)
+    return _evaluate(str(run_dir), split, ident or _ident(run_dir, split), t)
 
 
 # Pixels of the cases shown, shared by every session: bounded in bytes, not entries (a grid
@@ -113,9 +117,9 @@ def _cases(run_dir: str, split: str, ident: Ident, indices: tuple[int, ...]) -> 
                              lambda: _read_only(_data(run_dir, split, ident).cases(list(indices))))
 
 
-def read_cases(run_dir: Path, split: str, indices: list[int]) -> list[review.Case]:
+def read_cases(run_dir: Path, split: str, indices: list[int], ident: Ident | None = None) -> list[review.Case]:
     """Pixels and ids of only these cases (cached per set of indices and file versions)."""
-    return _cases(str(run_dir), split, _ident(run_dir, split), tuple(int(i) for i in indices))
+    return _cases(str(run_dir), split, ident or _ident(run_dir, split), tuple(int(i) for i in indices))
 
 
 # Readers reviewing together step through the same cases in the same order: the second
@@ -319,12 +323,14 @@ def view_ui(size: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the case
-def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any]) -> review.Case:
+def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any],
+            ident: Ident | None = None) -> review.Case:
     """The triptych of one case with its numbers; returns the case (its id read with its pixels)."""
-    case = read_cases(data.run_dir, data.split, [index])[0]
+    ident = ident or _ident(data.run_dir, data.split)
+    case = read_cases(data.run_dir, data.split, [index], ident)[0]
     c = ev.cases
     t = ev.triplet
-    panels = _panel_pngs(str(data.run_dir), data.split, _ident(data.run_dir, data.split), int(index),
+    panels = _panel_pngs(str(data.run_dir), data.split, ident, int(index),
                          (float(t.pixel_threshold), float(t.top_threshold), int(t.min_area)), view)
     names = (
         "Input",
@@ -475,14 +481,15 @@ def review_page() -> None:
         split, checkpoint = split_checkpoint_ui(run_dir)
         if not predictions_ui(run_dir, split, checkpoint):
             return
-        data = load_data(run_dir, split)
+        ident = _ident(run_dir, split)
+        data = load_data(run_dir, split, ident)
         if data.n == 0:
             st.info(f"The {split} split is empty.")
             return
         with st.sidebar:
             triplet = triplet_ui(data)
             view = view_ui(data.size)
-        ev = evaluation(run_dir, split, triplet)
+        ev = evaluation(run_dir, split, triplet, ident)
         with st.expander("Summary", expanded=True):
             summary_ui(ev)
         review_readers.readers_ui(run_dir, split, ev)
@@ -502,8 +509,9 @@ def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tupl
     with common.user_errors():
         if not artifacts.freshness(run_dir, split, checkpoint).fresh:
             st.rerun(scope="app")  # files changed since the page was drawn: the page says why
-        data = load_data(run_dir, split)
-        ev = evaluation(run_dir, split, evaluate.Triplet(*triplet))
+        ident = _ident(run_dir, split)
+        data = load_data(run_dir, split, ident)
+        ev = evaluation(run_dir, split, evaluate.Triplet(*triplet), ident)
         order = review.select(ev.cases, category, sort)
         store = verdicts.VerdictStore.for_run(run_dir)
         pos_key = review_nav.pos_key(run_dir, split, category, sort)
@@ -511,14 +519,14 @@ def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tupl
         st.session_state.setdefault("rv_mode", "Case")
         mode = st.segmented_control("View", MODES, key="rv_mode", required=True)
         if mode == "Grid":
-            review_nav.grid_ui(data, ev, order, pos_key, view, reviewed)
+            review_nav.grid_ui(data, ev, order, pos_key, view, reviewed, ident)
             return
         pos = review_nav.nav_ui(pos_key, category, int(order.size))
         if order.size == 0:
             st.info(f"No {category} case with this post-processing." if category != "all" else "No case.")
             return
         index = int(order[pos])
-        case = case_ui(data, ev, index, view)
+        case = case_ui(data, ev, index, view, ident)
         # -- full-resolution view (pneumo_app/review_fullres.py): a toggle, then the viewer
         from pneumo_app import review_fullres
 

@@ -120,10 +120,11 @@ def test_three_readers_make_three_pairs_and_one_reader_none():
     assert ag.reader_agreement(rows[:1]) == [] and ag.agreement_rows([]) == []
 
 
-def test_case_category_comes_from_the_mapping_or_matching_stored_categories():
+def test_case_category_comes_from_matching_stored_categories():
     # the readers judged "x" under different categories (thresholds changed between them)
     rows = [_row("alice", "x", "FP", "unsure"), _row("bob", "x", "TN", "unsure")]
     (pair,) = ag.reader_agreement(rows)
     assert pair.overall.n == 1 and all(pair.by_category[c].n == 0 for c in ag.CATEGORIES)
-    (pair,) = ag.reader_agreement(rows, categories={"x": "TN"})
+    assert pair.overall.labels == ("unsure",)  # no category shared: counted overall under the verdict
+    (pair,) = ag.reader_agreement([_row("alice", "x", "TN", "unsure"), _row("bob", "x", "TN", "unsure")])
     assert pair.by_category["TN"].n == 1 and pair.overall.labels == ("TN: unsure",)

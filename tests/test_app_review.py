@@ -487,6 +487,33 @@ def test_full_resolution_view_of_a_pack_without_sources_says_so(designed):
     assert any(c.startswith("32x32 (pack copy)") for c in _image_captions(at))
 
 
+def _fullres_viewer_script(path: str) -> None:
+    import numpy as np
+
+    from pneumo_app import review_fullres
+
+    full, lo, hi = review_fullres.load_full(path)
+    blank = np.zeros(full.pixels.shape[:2], np.uint8)
+    review_fullres._viewer("uniform", full, lo, hi, blank, blank, native=True, pack_size=32, target_how="none")
+
+
+@pytest.mark.parametrize("shape,window", [((16, 16), (100, 40)), ((16, 1), (100, 1)), ((1, 1), (100, 1))])
+def test_full_resolution_viewer_of_a_uniform_image_at_its_window_centre(tmp_path, shape, window):
+    """All pixels equal the file's WindowCenter (and one side may be 1 px): every slider still
+    has a range, so the page shows the image instead of a streamlit exception."""
+    from siim_fixtures import write_dicom
+
+    path = write_dicom(tmp_path / "uniform.dcm", np.full(shape, 100, np.uint16), window=window)
+    at = AppTest.from_function(_fullres_viewer_script, args=(str(path),), default_timeout=30).run()
+    assert [e.value for e in at.exception] == [] and _errors(at) == []
+    k = f"rv_fr::uniform::{shape[0]}x{shape[1]}"
+    centre = at.slider(key=k + "::c")
+    assert centre.value == 100.0 and centre.min <= 100.0 < centre.max
+    caps = _image_captions(at)
+    assert any(c.startswith(f"{shape[1]}x{shape[0]} (source), x 0..{shape[1] - 1}, y 0..{shape[0] - 1}")
+               for c in caps), caps
+
+
 # --------------------------------------------------------------------------- readers (issue 14)
 def _reader_app(name: str | None = None) -> AppTest:
     """A new browser session on the Review page, opened as ``?reader=NAME`` when given."""

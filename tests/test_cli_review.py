@@ -37,6 +37,10 @@ def test_no_reviews_yet_and_missing_run(tmp_path, capsys):
     run = _run_with_cases(tmp_path)
     assert main(["review", str(run)]) == 0
     assert "no reviews yet" in capsys.readouterr().out
+    out = tmp_path / "v.csv"
+    assert main(["review", str(run), "--export", str(out)]) == 0
+    assert "nothing to export" in capsys.readouterr().out
+    assert not out.exists() and not (run / "reviews.sqlite").exists()  # no empty review file made
     assert main(["review", str(tmp_path / "missing")]) == 2
     assert "run folder not found" in capsys.readouterr().err
 

@@ -138,9 +138,6 @@ def test_select_filter_sort_position_by_hand():
     assert review.select(_cases([], [], [], []), "FP").tolist() == []
     with pytest.raises(InputError, match="category"):
         review.select(c, "XX")
-    assert review.position_label("FP", 2, 41) == "FP 3 of 41"
-    assert review.position_label("FN", 0, 0) == "no FN cases"
-    assert review.position_label("all", 0, 5) == "case 1 of 5"
     assert [review.step(0, 3, -1), review.step(1, 3, 1), review.step(2, 3, 1), review.step(0, 0, 1)] == [0, 2, 2, 0]
 
 
@@ -176,7 +173,7 @@ def test_default_run_prefers_the_newest_with_a_best_checkpoint(tmp_path):
     assert review.default_run([]) == (None, "no run to review")
 
 
-def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_path):
+def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_path, monkeypatch):
     pack = write_test_pack(tmp_path / "p.h5", counts=(2, 2, 8), size=32, seed=5)
     with h5py.File(pack, "r") as f:
         Y, ids = f["Y_test"][()], [s.decode() for s in f["ids_test"][()]]
@@ -185,12 +182,18 @@ def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_pa
     data = review.ReviewData(run_dir, "test")
     before = review.identity(run_dir, "test")
     assert artifacts.freshness(run_dir, "test", None).fresh
+    hashed = []  # the split's ids are hashed once per version of the pack, not on every call
+    real_digest = artifacts.ids_digest
+    monkeypatch.setattr(artifacts, "ids_digest", lambda v: hashed.append(len(v)) or real_digest(v))
+    assert review.identity(run_dir, "test") == before and artifacts.freshness(run_dir, "test", None).fresh
+    assert artifacts.pack_identity(pack, "test")["ids_digest"] == before[2] and hashed == []
     # re-pack "with Replace existing": same ids, other order, new file
     perm = [3, 0, 7, 1, 6, 2, 5, 4]
     with h5py.File(pack, "a") as f:
         for name in ("X_test", "Y_test", "ids_test"):
             f[name][...] = f[name][()][perm]
     assert review.identity(run_dir, "test") != before  # a cache keyed by it reads afresh
+    assert review.identity(run_dir, "test")[2] == real_digest([ids[i] for i in perm]) and hashed == [len(ids)]
     fresh = artifacts.freshness(run_dir, "test", None)
     assert not fresh.fresh and "re-packed" in fresh.reason
     with pytest.raises(InputError, match="pack changed"):

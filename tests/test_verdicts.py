@@ -104,6 +104,38 @@ def test_a_file_that_cannot_be_migrated_is_left_as_it_was(tmp_path):
     assert version == 0
 
 
+def test_read_only_store_reads_a_first_release_file_without_changing_it(tmp_path):
+    path = _first_release_file(tmp_path / "alice.sqlite")
+    before = path.read_bytes()
+    store = verdicts.VerdictStore(path, read_only=True)
+    assert [(v.image_id, v.reader, v.verdict, v.note) for v in store.verdicts("r", "test")] == [
+        ("a", "unnamed", "model wrong", "rib edge"), ("b", "unnamed", None, "look again")]
+    assert store.readers("r", "test") == ["unnamed"] and store.get("r", "dev", "a").verdict == "agree"
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["alice.sqlite"]
+    with pytest.raises(sqlite3.OperationalError):  # "readonly database", or "a view" for an old file
+        store.set_verdict("r", "test", "z", "unsure", category="FP")
+    assert path.read_bytes() == before
+    with pytest.raises(InputError, match=r"missing\.sqlite: review file not found"):
+        verdicts.VerdictStore(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_locked_database_is_reported_busy_not_unusable(tmp_path):
+    path = tmp_path / "reviews.sqlite"
+    with sqlite3.connect(path) as con:  # a valid file in rollback-journal mode, as another tool may leave it
+        con.execute(_FIRST_RELEASE)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(InputError, match=r"reviews\.sqlite: the review database is busy") as e:
+            verdicts.VerdictStore(path, busy_timeout_s=0.05)
+        assert "not a usable" not in str(e.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "reader" in _raw_rows(verdicts.VerdictStore(path).path)[0]  # usable once released
+
+
 def test_readers_judge_the_same_case_independently(tmp_path):
     store = verdicts.VerdictStore(tmp_path / "reviews.sqlite")
     store.set_verdict("r", "test", "a", "model wrong", category="FP", reader="alice")

@@ -64,12 +64,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(os.path.abspath(run_dir))
     reader = check_reader(args.reader) if args.reader is not None else None
     found = _categories(run_dir, args.split)
-    if not (run_dir / DB_NAME).exists() and args.export is None:
+    if not (run_dir / DB_NAME).exists():
         print(f"{args.run_dir}: no reviews yet ({DB_NAME} not found); review on the app's Review page")
         if found:
             print(f"  {found[1]}")
+        if args.export is not None:  # nothing to export, and no empty review file made for it
+            print(f"nothing to export; {args.export} not written")
         return 0
-    store = VerdictStore.for_run(run_dir)
+    store = VerdictStore(run_dir / DB_NAME, read_only=True)  # progress and export only read
     verdicts = store.verdicts(run_dir.name, args.split, reader)
     done = {v.image_id for v in verdicts}  # a verdict or a note: what the page counts and exports
     readers = store.readers(run_dir.name, args.split)
