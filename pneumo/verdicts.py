@@ -28,6 +28,7 @@ import csv
 import io
 import os
 import sqlite3
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,22 +146,35 @@ class VerdictStore:
             raise InputError(f"{self.path}: review file not found")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as con:
-                if read_only:
-                    self._legacy_view = _legacy_view(_columns(con, "verdicts"))
-                    return
-                con.execute("PRAGMA journal_mode=WAL")
-                if _columns(con, "verdicts") and "reader" not in _columns(con, "verdicts"):
-                    _migrate(con)
-                con.execute(_TABLE_SQL.format(name="verdicts"))
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise InputError(f"{self.path}: the review database is busy (locked by another program for "
-                                 f"over {self.busy_timeout_s:g} s); try again") from None
-            raise InputError(f"{self.path}: not a usable review database ({e})") from None
-        except sqlite3.DatabaseError as e:
-            raise InputError(f"{self.path}: not a usable review database ({e})") from None
+        # Switching to WAL and migrating need the write lock; SQLite answers "locked" at once
+        # (its busy handler is skipped to avoid deadlocks) when another opener holds it, e.g.
+        # two tabs opening a first-release file together, so the whole set-up is retried.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                self._set_up()
+                return
+            except sqlite3.OperationalError as e:
+                busy = "locked" in str(e) or "busy" in str(e)
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if busy:
+                    raise InputError(f"{self.path}: the review database is busy (locked by another program for "
+                                     f"over {self.busy_timeout_s:g} s); try again") from None
+                raise InputError(f"{self.path}: not a usable review database ({e})") from None
+            except sqlite3.DatabaseError as e:
+                raise InputError(f"{self.path}: not a usable review database ({e})") from None
+
+    def _set_up(self) -> None:
+        with self._connect() as con:
+            if self.read_only:
+                self._legacy_view = _legacy_view(_columns(con, "verdicts"))
+                return
+            con.execute("PRAGMA journal_mode=WAL")
+            if _columns(con, "verdicts") and "reader" not in _columns(con, "verdicts"):
+                _migrate(con)
+            con.execute(_TABLE_SQL.format(name="verdicts"))
 
     @classmethod
     def for_run(cls, run_dir: str | os.PathLike) -> "VerdictStore":
