@@ -123,7 +123,7 @@ class BCEDiceLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="pneumo")
-class BCEBatchDiceLoss(keras.losses.Loss):
+class BCEBatchDiceLoss(BCEDiceLoss):
     """Per-image binary cross-entropy plus one soft Dice loss over the whole batch, weight 1.
 
     Keras averages the returned ``(N,)`` values: the batch Dice is added to every image's
@@ -131,14 +131,10 @@ class BCEBatchDiceLoss(keras.losses.Loss):
     """
 
     def __init__(self, smooth: float = DICE_SMOOTH, name: str = "bce_batch_dice_loss", **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-        self.smooth = float(smooth)
+        super().__init__(smooth=smooth, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         return bce_per_image(y_true, y_pred) + soft_dice_loss_batch(y_true, y_pred, self.smooth)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "smooth": self.smooth}
 
 
 def get_loss(name: str) -> keras.losses.Loss:
