@@ -67,6 +67,15 @@ def write_test_pack(
     return path
 
 
+@pytest.fixture
+def gate(tmp_path, monkeypatch) -> Path:
+    """Fake trainers started in this test hold in state ``running`` until ``gate.touch()``:
+    a test that must see a run running says when it may go on, instead of racing a clock."""
+    path = tmp_path / "fake-trainer-gate"
+    monkeypatch.setenv("PNEUMO_FAKE_GATE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory) -> Path:
     """A 64 px pack with 48/16/16 samples, about a third positive. Do not modify it."""

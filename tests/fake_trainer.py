@@ -10,7 +10,9 @@ folder contract (docs/architecture.md) over a few seconds. Environment:
 
 - ``PNEUMO_FAKE_EPOCHS`` (default: the config's epochs + fine_tune_epochs, at most 3),
 - ``PNEUMO_FAKE_SECONDS_PER_EPOCH`` (default 1.0),
-- ``PNEUMO_FAKE_FAIL=1``: end ``failed`` (error "fake failure") after the first epoch.
+- ``PNEUMO_FAKE_FAIL=1``: end ``failed`` (error "fake failure") after the first epoch,
+- ``PNEUMO_FAKE_GATE=PATH``: hold before the first epoch, state ``running``, until ``PATH``
+  exists (a test opens the gate when it has seen the run running: no race with a clock).
 
 Honours ``STOP`` in the run folder and SIGTERM (state ``stopped``, ``last.keras`` touched).
 Standard library only, so it runs from any working directory.
@@ -81,15 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     set_status(epoch=done)
     print(f"fake trainer: {epochs} epochs of {seconds:g} s in {run}", flush=True)
 
+    def stop_now() -> bool:
+        if not ((run / "STOP").exists() or term["flag"]):
+            return False
+        (run / "last.keras").write_bytes(b"fake")
+        (run / "STOP").unlink(missing_ok=True)
+        set_status(state="stopped", ended=_now())
+        print("fake trainer: stopped", flush=True)
+        return True
+
+    gate = os.environ.get("PNEUMO_FAKE_GATE")
+    while gate and not Path(gate).exists():
+        if stop_now():
+            return 0
+        time.sleep(0.05)
+
     for epoch in range(done + 1, epochs + 1):
         t0 = time.monotonic()
         for step in range(1, STEPS + 1):
             time.sleep(seconds / STEPS)
-            if (run / "STOP").exists() or term["flag"]:
-                (run / "last.keras").write_bytes(b"fake")
-                (run / "STOP").unlink(missing_ok=True)
-                set_status(state="stopped", ended=_now())
-                print("fake trainer: stopped", flush=True)
+            if stop_now():
                 return 0
             loss = 0.7 * math.exp(-0.3 * ((epoch - 1) * STEPS + step) / STEPS)
             elapsed = time.monotonic() - t0

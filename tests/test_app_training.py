@@ -152,7 +152,7 @@ def test_imagenet_chosen_by_hand_without_the_weights_offers_training_without_the
 
 
 # --------------------------------------------------------------------------- a run
-def test_training_start_runs_then_finishes(workspace):
+def test_training_start_runs_then_finishes(workspace, gate):
     at = _app(PAGE)
     at.number_input(key="tr_epochs").set_value(2)
     at.button(key="tr_start").click().run()
@@ -164,6 +164,7 @@ def test_training_start_runs_then_finishes(workspace):
     assert cfg["variant"] == C.preset(C.QUICK_PRESET).variant
     assert "running" in _badge(at)
     assert at.button(key="tr_start").disabled
+    gate.touch()  # the fake trainer held until now: "running" above was no race
     _wait_for(at, lambda a: "finished" in _badge(a))
     assert not at.button(key="tr_start").disabled
     assert at.get("plotly_chart")  # loss/Dice curves
@@ -249,8 +250,7 @@ def test_training_failure_is_shown_with_its_error(workspace, monkeypatch):
     assert list(table["state"]) == ["failed"] and list(table["error"]) == ["fake failure"]
 
 
-def test_training_second_start_refused_while_one_runs(workspace, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "100")
+def test_training_second_start_refused_while_one_runs(workspace, gate):
     first = _app(PAGE)
     first.button(key="tr_start").click().run()
     # a second tab (a new session) finds the run and cannot start another

@@ -60,7 +60,7 @@ def _wait_for(predicate, timeout=30.0):
 CFG = TrainConfig(pack="demo.h5", encoder_weights=None, epochs=2, batch_size=4, lr=1e-3)
 
 
-def test_start_runs_to_finished_with_history(fake):
+def test_start_runs_to_finished_with_history(fake, gate):
     run = jobs.new_run_dir(fake)
     pid = jobs.start_training(CFG, run)
     assert isinstance(pid, int) and pid > 0
@@ -68,6 +68,7 @@ def test_start_runs_to_finished_with_history(fake):
     assert st["state"] == "running" and st["pid"] == pid
     assert load_config(TrainConfig, run / "config.json") == replace(CFG, pack=str(Path("demo.h5").absolute()))
     assert jobs.active_run(fake) == run
+    gate.touch()
     _wait_for(lambda: jobs.read_progress(run) is not None)
     prog = jobs.read_progress(run)
     assert {"stage", "epoch", "epochs", "step", "steps", "loss", "images_per_s", "eta_s"} <= set(prog)
@@ -85,8 +86,7 @@ def test_start_runs_to_finished_with_history(fake):
     assert "started" in (run / "train.log").read_text()
 
 
-def test_one_run_at_a_time_and_no_reuse_of_a_run_folder(fake, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
+def test_one_run_at_a_time_and_no_reuse_of_a_run_folder(fake, gate):
     first = jobs.new_run_dir(fake)
     jobs.start_training(CFG, first)
     second = jobs.new_run_dir(fake)
@@ -218,7 +218,9 @@ print("2026-01-01 00:00:00.000000: E external/local_xla/xla/stream_executor/cuda
 report = EvalProgress(run, split, interval=0.0)
 for k in range(1, 5):
     report(k, 4)
-    time.sleep(float((run / "sleep").read_text()) if (run / "sleep").exists() else 0.05)
+    while (run / "hold").exists():  # a test holds the job running while it looks at it
+        time.sleep(0.05)
+    time.sleep(0.05)
 if mode == "fail":
     print("error: pack demo.h5 changed since run x trained on it", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -260,13 +262,14 @@ def _wait_job(run, split, states=("finished", "failed"), timeout=30.0):
 
 def test_evaluation_reports_progress_and_finishes(evaluator):
     run = evaluator
-    (run / "sleep").write_text("0.4")
+    (run / "hold").touch()
     pid = jobs.start_evaluation(run, "test")
     assert jobs.start_evaluation(run, "test") == pid  # the same job is reused
     job = _wait_job(run, "test", states=("running",))
     _wait_for(lambda: (jobs.evaluation_job(run, "test") or {}).get("fraction"))
     job = jobs.evaluation_job(run, "test")
     assert job["state"] == "running" and 0 < job["fraction"] <= 1 and job["progress"]["stage"] == "predict"
+    (run / "hold").unlink()
     job = _wait_job(run, "test")
     assert job["state"] == "finished" and job["fraction"] == 1.0 and job["error"] is None
     assert job["progress"]["stage"] == "done" and job["progress"]["total"] == 4
@@ -286,9 +289,9 @@ def test_evaluation_failure_is_the_commands_message_not_tensorflow_noise(evaluat
     assert "cuInit" not in job["error"] and "cuInit" in (run / "evaluate_dev.log").read_text()
 
 
-def test_one_job_at_a_time_across_training_and_evaluation(evaluator, fake, monkeypatch):
+def test_one_job_at_a_time_across_training_and_evaluation(evaluator, fake, gate):
     run = evaluator
-    (run / "sleep").write_text("5")
+    (run / "hold").touch()
     jobs.start_evaluation(run, "test")
     with pytest.raises(InputError, match=r"another job is running \(evaluation of run-20260101-000000 \(test\)\)"):
         jobs.start_training(CFG, jobs.new_run_dir(fake))
@@ -297,7 +300,6 @@ def test_one_job_at_a_time_across_training_and_evaluation(evaluator, fake, monke
     assert jobs.stop_evaluation(run, "test")
     assert _wait_job(run, "test")["state"] == "failed"
 
-    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
     train_run = jobs.new_run_dir(fake, prefix="t")
     jobs.start_training(CFG, train_run)
     with pytest.raises(InputError, match=r"another job is running \(training run t-"):
@@ -321,14 +323,15 @@ def test_stop_never_signals_a_foreign_process_with_the_recorded_pid(tmp_path, wi
         (run / "evaluate_test.json").write_text(json.dumps(job))
         assert jobs.evaluation_job(run, "test")["state"] == "failed"
         assert jobs.stop_evaluation(run, "test") is False
-        time.sleep(0.2)
-        assert foreign.poll() is None  # still alive: never signalled
         # a training status naming that pid is not taken for a live trainer either
         (run / "status.json").write_text(json.dumps({"state": "running", **{k: job[k] for k in job if "pid" in k}}))
         assert jobs.read_status(run)["state"] == "failed"
     finally:
         foreign.kill()
         foreign.wait()
+    # A SIGTERM sent by stop_evaluation would have ended it at once (the kernel marks a default-fatal
+    # signal's exit code when it is sent), so only our SIGKILL may be its end: no sleep, no race.
+    assert foreign.returncode == -signal.SIGKILL
 
 
 def test_test_hooks_need_the_testing_switch(evaluator, monkeypatch):
