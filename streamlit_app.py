@@ -5,7 +5,7 @@ Navigation only (`pneumo_app.common.run_app`); every page lives in `app_pages/` 
 every page has data to show.
 """
 
-# Streamlit runs this file as `__main__`, so the worker processes that pneumo.pack starts
+# Streamlit runs this file as `__main__`, so the worker processes that pneumo.store.pack starts
 # with the "spawn" method re-import it as `__mp_main__`: they must not draw the app again
 # (nor make another demo pack from inside a worker).
 if __name__ != "__mp_main__":

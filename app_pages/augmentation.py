@@ -12,7 +12,7 @@ from pneumo_app import common
 @st.cache_data(show_spinner=False, max_entries=64)
 def _preview(path: str, mtime: float, split: str, index: int, config: dict, n: int, seed: int):
     # TensorFlow is imported here, on first use, so the other pages never pay for it.
-    from pneumo import augment
+    from pneumo.train import augment
     from pneumo.config import from_dict
 
     X, Y, _ = common.read_samples(path, split, [index])
@@ -37,7 +37,7 @@ def image_ui(info) -> tuple[str, int]:
 st.title("Augmentation")
 st.write(
     "Random paired geometry applied to each training image and its mask, drawn by "
-    "`pneumo.augment.preview`: exactly what training does. The defaults are the blog's "
+    "`pneumo.train.augment.preview`: exactly what training does. The defaults are the blog's "
     "`ImageDataGenerator` ranges."
 )
 info = common.pack_picker("Pack", key="aug_pack")

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pneumo import pack, settings
+from pneumo import settings
+from pneumo.store import pack
 from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig
 from pneumo.errors import InputError
 from pneumo_app import common
@@ -159,7 +160,9 @@ def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
     Files from the user (uploads and server paths alike) are decoded and their headers read
     only in worker processes with a memory cap, never in the server.
     """
-    from pneumo import pack, sources, uploads
+    from pneumo.store import pack
+    from pneumo.ingest import sources
+    from pneumo.ingest import uploads
 
     folder = root = None
     if src["kind"] != "demo":

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pneumo import config, jobs
+from pneumo import config
+from pneumo.train import jobs
 from pneumo_app import common
 
 

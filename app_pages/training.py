@@ -1,6 +1,6 @@
 """Training page: options and presets, Start (a separate process), live curves, Stop, past runs.
 
-The page never trains: `pneumo.jobs.start_training` launches `python -m pneumo train` and
+The page never trains: `pneumo.train.jobs.start_training` launches `python -m pneumo train` and
 everything shown here is read back from the run folder, so a reload, a second tab or an app
 restart finds the run and can stop it. The run picker, the live view, the "All runs" table and
 the comparison are one fragment that refreshes itself every few seconds while a run is active.
@@ -15,7 +15,9 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pneumo import config as C
-from pneumo import curves, imagenet, jobs
+from pneumo.train import curves
+from pneumo.model import imagenet
+from pneumo.train import jobs
 from pneumo.config import TrainConfig
 from pneumo_app import common
 

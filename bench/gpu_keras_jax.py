@@ -1,7 +1,7 @@
 """GPU training-step throughput of pneumo's models, on a machine without TensorFlow.
 
 The GPU machine lent to this project has JAX (CUDA) but no TensorFlow, and TensorFlow's CUDA
-wheels are too large to carry there. ``pneumo.model`` and ``pneumo.losses`` are pure Keras 3, so
+wheels are too large to carry there. ``pneumo.model.networks`` and ``pneumo.model.losses`` are pure Keras 3, so
 this script builds the very same models on Keras' JAX backend and times their training step
 (forward, backward, Adam update; jit-compiled, the equivalent of ``--xla``) on one constant
 batch held on the GPU: the model's compute, without the ``tf.data`` input pipeline.
@@ -34,7 +34,7 @@ def _gpu_name() -> str:
 
 
 def _build(variant: str, size: int, width: float | None):
-    from pneumo.model import build_model
+    from pneumo.model.networks import build_model
 
     kwargs = {}
     if width is not None:

@@ -1,4 +1,4 @@
-"""Input pipeline speed: the blog's Python generator vs ``pneumo.data.make_dataset``.
+"""Input pipeline speed: the blog's Python generator vs ``pneumo.train.data.make_dataset``.
 
 One run, one pack (demo phantoms, 256 px):
 
@@ -93,7 +93,7 @@ def blog_iterator(pack: Path, batch_size: int):
 def dataset_iterator(pack: Path, batch_size: int, threads: int | None = None, **kwargs):
     import tensorflow as tf
 
-    from pneumo.data import make_dataset
+    from pneumo.train.data import make_dataset
 
     ds = make_dataset(pack, "train", batch_size, seed=0, **kwargs)
     if threads:
@@ -143,13 +143,13 @@ def bench_input_share(pack128: Path, batch_size: int, steps: int, rounds: int) -
     import keras
     import tensorflow as tf
 
-    from pneumo.data import make_dataset
+    from pneumo.train.data import make_dataset
 
     try:
-        from pneumo.model import build_model
+        from pneumo.model.networks import build_model
 
         model = build_model("blog", input_size=128, encoder_weights=None, freeze_encoder=True)
-        which = 'pneumo.model.build_model("blog", 128, encoder_weights=None, freeze_encoder=True)'
+        which = 'pneumo.model.networks.build_model("blog", 128, encoder_weights=None, freeze_encoder=True)'
     except Exception as e:  # the model module may be missing while others write it
         inp = keras.Input((128, 128, 1))
         x = keras.layers.Rescaling(1 / 255)(inp)

@@ -1,7 +1,7 @@
 """Time-to-quality of the quick demo: test-split scores against images seen and wall time.
 
 For each seed, trains ``config.PRESETS["quick-demo"]`` (plus ``--set key=value`` overrides)
-on a task's 128 px pack through ``pneumo.train.train``, exactly as ``python -m pneumo
+on a task's 128 px pack through ``pneumo.train.loop.train``, exactly as ``python -m pneumo
 quickstart`` does, and keeps a copy of ``last.keras`` after every epoch (copy time is not
 counted). Afterwards each snapshot is scored on the test split with the triplet tuned on
 dev (``pneumo.predict.evaluate_run``): SIIM score, the all-empty baseline, mean Dice on
@@ -99,7 +99,7 @@ def ellipses_pack(path: Path, count: int = 1000, size: int = 128, seed: int = 0)
 def task_pack(task: str, folder: Path, count: int | None) -> Path:
     """The pack of ``task`` in ``folder`` (made once; reused across seeds)."""
     from pneumo.config import QUICK_PACK_OPTIONS
-    from pneumo.pack import make_demo_pack
+    from pneumo.store.pack import make_demo_pack
 
     if task == "phantoms":
         options = dict(QUICK_PACK_OPTIONS)
@@ -130,7 +130,7 @@ def train_and_score(pack: Path, seed: int, overrides: dict, work: Path) -> dict:
 
     from pneumo import predict
     from pneumo.config import PRESETS, from_dict, to_dict
-    from pneumo.train import train
+    from pneumo.train.loop import train
 
     base = to_dict(PRESETS["quick-demo"])
     base.update(overrides)
@@ -197,7 +197,7 @@ def markdown(task: str, results: list[dict], command: str, params: int, pack_inf
         "The load is the 1-minute load average (`uptime`; 2 cores), the higher of its values at the start and "
         "the end of training: above ~0.5 the machine was shared and the seconds are longer than on an idle "
         "one; images seen is machine independent. Train s is the whole "
-        "`pneumo.train.train` call (build, trace, validation each epoch) minus the snapshot copies.",
+        "`pneumo.train.loop.train` call (build, trace, validation each epoch) minus the snapshot copies.",
         "",
         "Final (best.keras, test split, triplet tuned on dev):",
         "",
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     overrides = _parse_set(args.set)
     pack = task_pack(args.task, work, args.count)
-    from pneumo.model import build_model
-    from pneumo.pack import read_info
+    from pneumo.model.networks import build_model
+    from pneumo.store.pack import read_info
 
     results = []
     for seed in args.seeds:

@@ -35,13 +35,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumo import evaluate, review, viz  # noqa: E402
+from pneumo import evaluate  # noqa: E402
+from pneumo.review import cases as review
+from pneumo.review import viz
 
 
 def _write_run(root: Path, n: int, size: int, seed: int = 0, pool: int = 40) -> Path:
     """A pack of demo phantoms (a pool of ``pool`` reused, so writing is quick) and smooth
     model-like probabilities: high on the lesion, a false alarm on some negatives, low noise."""
-    from pneumo import phantom
+    from pneumo.ingest import phantom
 
     rng = np.random.default_rng(seed)
     pairs = [phantom.make_phantom(phantom.sample_seed(seed, i), size) for i in range(pool)]
@@ -240,7 +242,7 @@ def full_resolution_main(argv: list[str]) -> None:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     from siim_fixtures import write_dicom
 
-    from pneumo.imageio import read_full_resolution, read_image, window_to_uint8
+    from pneumo.ingest.imageio import read_full_resolution, read_image, window_to_uint8
 
     def pydicom_way(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(path)
@@ -251,8 +253,9 @@ def full_resolution_main(argv: list[str]) -> None:
         f = read_full_resolution(path)
         return window_to_uint8(f.pixels, f.center, f.width, f.invert)
 
-    from pneumo import evaluate, fullres
-    from pneumo.viz import PRED_COLOR, TARGET_COLOR
+    from pneumo import evaluate
+    from pneumo.review import fullres
+    from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
 
     levels = np.zeros((256, 256), np.uint8)  # a cached 256 px prediction with one lesion
     levels[90:150, 180:200] = 220

@@ -1,10 +1,10 @@
 """Training throughput of the models: images/s per variant, size, XLA on/off.
 
-For each variant of ``pneumo.model.VARIANTS`` and each size, one model is built with
+For each variant of ``pneumo.model.networks.VARIANTS`` and each size, one model is built with
 ``encoder_weights=None, freeze_encoder=True`` (the first stage, as with ImageNet weights: same
 compute, no download), compiled with the blog's Adam(2e-5) + binary cross-entropy, and fitted
 on one constant in-memory uint8 batch (``tf.data.Dataset.from_tensors(...).repeat()``); the
-first ``--warmup`` steps (tracing, XLA compilation) are not timed. Then, if ``pneumo.data``
+first ``--warmup`` steps (tracing, XLA compilation) are not timed. Then, if ``pneumo.train.data``
 exists, the input share: the same fit fed by ``make_dataset(augment=True)`` from a demo-phantom
 pack. The FLOP column counts the convolutions' multiply-adds (x2) from the layer shapes.
 
@@ -85,8 +85,8 @@ def fit_rate(model, ds, batch_size: int, steps: int, warmup: int) -> float:
 def _compiled(variant: str, size: int, xla: bool, *, trainable_encoder: bool = False):
     import keras
 
-    from pneumo.losses import get_loss
-    from pneumo.model import build_model
+    from pneumo.model.losses import get_loss
+    from pneumo.model.networks import build_model
 
     model = build_model(variant, size, encoder_weights=None, freeze_encoder=not trainable_encoder)
     model.compile(optimizer=keras.optimizers.Adam(2e-5), loss=get_loss("bce"), jit_compile=xla)
@@ -123,7 +123,7 @@ def bench_input_share(variant: str, size: int, batch_size: int, steps: int, warm
                       count: int = 64) -> tuple[float, float] | None:
     """(images/s on a constant batch, images/s fed by make_dataset(augment=True)), same model."""
     try:
-        from pneumo.data import make_dataset
+        from pneumo.train.data import make_dataset
     except ImportError:
         return None
     import keras
@@ -204,7 +204,7 @@ def _flop_note() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=None, help="default: all of pneumo.model.VARIANTS")
+    ap.add_argument("--variants", nargs="+", default=None, help="default: all of pneumo.model.networks.VARIANTS")
     ap.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per setting")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args(argv)
 
-    from pneumo.model import VARIANTS
+    from pneumo.model.networks import VARIANTS
 
     variants = args.variants or list(VARIANTS)
     command = "python bench/train.py " + " ".join(argv if argv is not None else sys.argv[1:])

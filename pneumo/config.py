@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from .errors import InputError
+from pneumo.errors import InputError
 
 T = TypeVar("T")
 
 # --------------------------------------------------------------------------- vocabularies
 # TensorFlow-free, so the CLI, the app and config validation share them without importing Keras.
-VARIANTS = ("unet", "blog", "blog-code", "unet-bn")  # pneumo.model builders
-LOSSES = ("bce", "dice", "bce+dice", "bce+batch-dice")  # pneumo.losses
-LR_SCHEDULES = ("constant", "cosine")  # pneumo.train
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # pneumo.augment
+VARIANTS = ("unet", "blog", "blog-code", "unet-bn")  # pneumo.model.networks builders
+LOSSES = ("bce", "dice", "bce+dice", "bce+batch-dice")  # pneumo.model.losses
+LR_SCHEDULES = ("constant", "cosine")  # pneumo.train.loop
+FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # pneumo.train.augment
 SPLITS = ("train", "dev", "test")  # the pack's splits, in order
-DICOM_WINDOWS = ("voi", "full")  # pneumo.imageio: how DICOM values become 8 bits
+DICOM_WINDOWS = ("voi", "full")  # pneumo.ingest.imageio: how DICOM values become 8 bits
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' cache name
 
 
@@ -159,7 +159,7 @@ PRESET_TITLES: dict[str, str] = {  # one line per preset for menus and --help
 QUICK_PRESET = "quick-demo"  # what Home's button and ``python -m pneumo quickstart`` train
 
 # The demo pack the quick demo trains on, in the workspace's data folder; keyword arguments
-# of ``pneumo.pack.make_demo_pack``. 128 px: a quarter of the work of 256 px per image.
+# of ``pneumo.store.pack.make_demo_pack``. 128 px: a quarter of the work of 256 px per image.
 # 1,000 phantoms (a few seconds to make): more variety to learn from than the 400 of the
 # first-launch pack, and a test split of 121 images, enough to tell a model from noise.
 QUICK_PACK_NAME = "quick-demo-128.h5"
@@ -276,7 +276,7 @@ def _check_train(config: TrainConfig) -> dict[str, int]:
 
 def _check_pack(config: TrainConfig) -> dict[str, int]:
     """The pack's side and split sizes (after ``exclude``), and the steps an epoch takes."""
-    from .pack import open_pack
+    from pneumo.store.pack import open_pack
 
     if not config.pack:
         raise InputError("pack: no pack file given")
@@ -295,7 +295,7 @@ def _check_pack(config: TrainConfig) -> dict[str, int]:
         raise InputError(f"{config.pack}: the dev split is empty; training needs dev data for "
                          f"validation (pack it with a dev share)")
     if config.exclude is not None:
-        from .exclude import pack_exclusion
+        from pneumo.exclude import pack_exclusion
 
         dropped = pack_exclusion(config.pack, config.exclude).indices
         n_train, n_dev = n_train - len(dropped["train"]), n_dev - len(dropped["dev"])
@@ -383,7 +383,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass to ``path`` as JSON, atomically."""
-    from ._io import atomic_write_json
+    from pneumo._io import atomic_write_json
 
     atomic_write_json(path, to_dict(cfg))
 

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from pneumo.errors import InputError
 
 LEVELS = 256  # uint8 probability levels
 CATEGORIES = ("TP", "FP", "FN", "TN")

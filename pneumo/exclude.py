@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_json, csv_value, load_json, now_iso
-from .errors import InputError
+from pneumo._io import atomic_write_json, csv_value, load_json, now_iso
+from pneumo.errors import InputError
 
 __all__ = ["Exclusion", "apply_exclusion", "read_exclude_list", "PackExclusion", "pack_exclusion",
            "EXCLUDED_RECORD", "EXCLUDED_SPLITS", "record_exclusion", "check_recorded"]
@@ -139,8 +139,8 @@ def pack_exclusion(pack: str | os.PathLike, path: str | os.PathLike) -> PackExcl
     Errors (:class:`InputError`) name the list or the pack. Listed ids that the pack lacks are
     reported in ``unknown``, never an error, as for packing.
     """
-    from .artifacts import decode_ids
-    from .pack import open_pack
+    from pneumo.store.predictions import decode_ids
+    from pneumo.store.pack import open_pack
 
     listed = read_exclude_list(path)
     wanted = set(listed)

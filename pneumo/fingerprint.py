@@ -12,8 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._io import atomic_write_json, load_json, now_iso
-from .errors import InputError
+from pneumo._io import atomic_write_json, load_json, now_iso
+from pneumo.errors import InputError
 
 __all__ = ["PACK_RECORD", "pack_fingerprint", "record_pack", "check_pack"]
 

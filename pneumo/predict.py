@@ -3,9 +3,9 @@
 Files written into the run folder (docs/architecture.md, "Evaluation files"), atomically:
 
 * ``predictions_<split>.h5``: ``probs (N, S, S, 1) uint8`` = round(p * 255) and ``ids``, attrs
-  :func:`pneumo.artifacts.prediction_attrs` (checkpoint name and mtime; pack path, size,
+  :func:`pneumo.store.predictions.prediction_attrs` (checkpoint name and mtime; pack path, size,
   mtime and ids digest; split; created). It is reused while it is fresh
-  (:func:`pneumo.artifacts.freshness`); a newer checkpoint (training went on) or a re-packed
+  (:func:`pneumo.store.predictions.freshness`); a newer checkpoint (training went on) or a re-packed
   pack makes it stale.
 * ``metrics_<split>.json`` and ``cases_<split>.csv``: :func:`evaluate_run`.
 
@@ -24,16 +24,16 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from . import evaluate as ev
-from ._io import atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_value, now_iso
-from .artifacts import (CHECKPOINTS, cases_path, checkpoint_path, check_split, decode_ids, freshness, metrics_path,
+from pneumo import evaluate as ev
+from pneumo._io import atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_value, now_iso
+from pneumo.store.predictions import (CHECKPOINTS, cases_path, checkpoint_path, check_split, decode_ids, freshness, metrics_path,
                         prediction_attrs, predictions_path, run_triplet)
-from .config import TrainConfig, load_config
-from .errors import InputError
-from . import imageio
-from .imageio import is_dicom
+from pneumo.config import TrainConfig, load_config
+from pneumo.errors import InputError
+from pneumo.ingest import imageio
+from pneumo.ingest.imageio import is_dicom
 
-# CHECKPOINTS, the *_path functions and run_triplet are pneumo.artifacts' (one owner); predict
+# CHECKPOINTS, the *_path functions and run_triplet are pneumo.store.predictions' (one owner); predict
 # re-exports them because they are part of how its callers name its outputs.
 IMAGE_EXTENSIONS = tuple(sorted(imageio.IMAGE_EXTENSIONS))  # what predict reads from a folder
 CASES_COLUMNS = ("id", "category", "dice", "true_area", "pred_area", "score")
@@ -43,7 +43,7 @@ ProgressFn = Callable[[int, int], None]
 # --------------------------------------------------------------------------- run folder
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The run's ``config.json``; :class:`InputError` naming the folder if it is not a run."""
-    from .artifacts import require_run
+    from pneumo.store.predictions import require_run
 
     run_dir = Path(run_dir)
     require_run(run_dir)
@@ -51,9 +51,9 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
 
 
 def pack_path(run_dir: str | os.PathLike) -> Path:
-    """The pack named in the run's config, found by :func:`pneumo.artifacts.find_pack`;
+    """The pack named in the run's config, found by :func:`pneumo.store.predictions.find_pack`;
     :class:`InputError` when it is missing."""
-    from .artifacts import find_pack
+    from pneumo.store.predictions import find_pack
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -63,7 +63,7 @@ def pack_path(run_dir: str | os.PathLike) -> Path:
 
 
 def _open_pack(path: Path) -> h5py.File:
-    from .pack import open_pack
+    from pneumo.store.pack import open_pack
 
     return open_pack(path)
 
@@ -73,7 +73,7 @@ _decode_ids = decode_ids
 
 # --------------------------------------------------------------------------- model
 def _load_model(path: Path):
-    from .model import load_model  # TensorFlow: only here
+    from pneumo.model.networks import load_model  # TensorFlow: only here
 
     return load_model(path, compile=False)
 
@@ -94,7 +94,7 @@ def _predict_u8(model, images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- prediction cache
 def cache_is_fresh(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best") -> bool:
     """Whether ``predictions_<split>.h5`` can be reused: made from this checkpoint file as it
-    is now and from the run's pack as it is now (:func:`pneumo.artifacts.freshness`;
+    is now and from the run's pack as it is now (:func:`pneumo.store.predictions.freshness`;
     :class:`InputError` when the run has no such checkpoint or pack). No TensorFlow."""
     checkpoint_path(run_dir, checkpoint)
     pack_path(run_dir)
@@ -205,12 +205,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     returns the metrics. The triplet is never tuned on test; with ``split="dev"`` the score
     is optimistic (tuned and scored on the same images). ``progress(done, total)`` counts
     the images predicted across both splits (not called when the caches are fresh); the same
-    progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.runs.EvalProgress`).
+    progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.store.run.EvalProgress`).
     A pack that differs from the run's recorded fingerprint raises :class:`InputError` unless
     ``allow_changed_pack``.
     """
-    from .fingerprint import check_pack
-    from .runs import EvalProgress
+    from pneumo.fingerprint import check_pack
+    from pneumo.store.run import EvalProgress
 
     run_dir = Path(run_dir)
     check_split(split)
@@ -282,7 +282,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLi
 def _image_id(path: Path) -> str:
     """SOPInstanceUID for DICOM (the SIIM ImageId), else the file stem."""
     if is_dicom(path):
-        from .imageio import read_dicom_meta
+        from pneumo.ingest.imageio import read_dicom_meta
 
         uid = read_dicom_meta(path)[0]
         if uid:
@@ -330,7 +330,7 @@ def mask_at_resolution(levels: np.ndarray, triplet: ev.Triplet, height: int, wid
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from .viz import PRED_COLOR, overlay
+    from pneumo.review.viz import PRED_COLOR, overlay
 
     thickness = max(1, int(round(min(image.shape) / 256)))
     rgb = overlay(image, mask, PRED_COLOR, alpha=0.3, mode="fill")
@@ -359,8 +359,8 @@ def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike
     :class:`InputError` naming the file; images are streamed in batches, so outputs of
     earlier files stay written (each atomically) but the CSV is not written.
     """
-    from .rle import siim_encode
-    from .imageio import read_image
+    from pneumo.ingest.rle import siim_encode
+    from pneumo.ingest.imageio import read_image
 
     run_dir = Path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)

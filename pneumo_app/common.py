@@ -19,7 +19,7 @@ import streamlit as st
 from pneumo import config, settings
 from pneumo.config import FILL_MODES, AugmentConfig, TrainConfig
 from pneumo.errors import InputError, PneumoError
-from pneumo.split import SPLITS
+from pneumo.ingest.split import SPLITS
 
 # Keyword arguments for the demo pack the app makes on first launch; tests shrink it.
 DEMO_PACK_OPTIONS: dict[str, Any] = {}
@@ -125,7 +125,7 @@ def _folder_key(folder: Path) -> tuple[tuple[str, float, int], ...]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _list_packs(folder: str, key: tuple) -> tuple[list, list]:
-    from pneumo import pack
+    from pneumo.store import pack
 
     return pack.scan_packs(Path(folder))
 
@@ -156,7 +156,7 @@ def damaged_packs_note() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _sweep_once(data_dir: str) -> int:
-    from pneumo import uploads
+    from pneumo.ingest import uploads
 
     return len(uploads.sweep_temp_files(data_dir)) + len(uploads.sweep_uploads(data_dir))
 
@@ -169,7 +169,7 @@ def sweep_workspace() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_info(path: str, mtime: float):
-    from pneumo import pack
+    from pneumo.store import pack
 
     return pack.read_info(path)
 
@@ -188,7 +188,7 @@ def ensure_demo_pack() -> Any:
     sweep_workspace()
     if packs():
         return None
-    from pneumo import pack
+    from pneumo.store import pack
 
     out = settings.demo_pack_path()
     bar = st.progress(0.0, text="First launch: making the demo pack (synthetic chest phantoms)...")
@@ -238,7 +238,7 @@ def pack_picker(label: str = "Pack", key: str = "pack_picker") -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _positives(path: str, mtime: float, split: str) -> np.ndarray:
-    from pneumo import pack
+    from pneumo.store import pack
 
     with pack.open_pack(path) as f:
         Y = f[f"Y_{split}"]
@@ -259,8 +259,8 @@ def positives(path: str | Path, split: str) -> np.ndarray:
 # ~0.5 GB even for a 2048 px pack, where 256 entries could have held 16 GB.
 @st.cache_data(show_spinner=False, max_entries=16)
 def _read_samples(path: str, mtime: float, split: str, indices: tuple[int, ...]):
-    from pneumo import pack
-    from pneumo.artifacts import decode_ids
+    from pneumo.store import pack
+    from pneumo.store.predictions import decode_ids
 
     with pack.open_pack(path) as f:
         idx = sorted(set(indices))
@@ -278,7 +278,7 @@ def read_samples(path: str | Path, split: str, indices: list[int] | tuple[int, .
 
 def outlined(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] | None = None) -> np.ndarray:
     """The image with the mask's outline drawn on it (ground truth in green): ``(H, W, 3) uint8``."""
-    from pneumo import viz
+    from pneumo.review import viz
 
     # 1 px at 128 px, 2 px at 256 px...: still visible once the browser scales the image down
     thickness = max(1, min(image.shape[:2]) // 128)
@@ -360,7 +360,7 @@ def preset_config(name: str, pack_path: str | Path) -> TrainConfig:
 
 def quick_pack() -> Any:
     """The 128 px demo pack the quick demo trains on, made (with a progress bar) if missing."""
-    from pneumo import pack
+    from pneumo.store import pack
 
     out = settings.data_dir() / QUICK_PACK_NAME
     if out.is_file():
@@ -378,7 +378,7 @@ def quick_pack() -> Any:
 
 def start_run(config: Any, prefix: str = "run") -> Path:
     """Start ``config`` in a new run folder (a separate process); remember it as this session's run."""
-    from pneumo import jobs
+    from pneumo.train import jobs
 
     with user_errors():
         if jobs.active_run() is not None:

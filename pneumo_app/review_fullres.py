@@ -1,15 +1,15 @@
 """The Review page's full-resolution view of the current case (issue 14, item 2).
 
 The original image read from its source (the pack's source reference; DICOM through
-:func:`pneumo.fullres.read_full_resolution` with its own window as the default), the model's
+:func:`pneumo.review.fullres.read_full_resolution` with its own window as the default), the model's
 cached probabilities resized to the original size and post-processed exactly as
-``python -m pneumo predict`` does (:func:`pneumo.fullres.prediction_at`), the target at the
+``python -m pneumo predict`` does (:func:`pneumo.review.fullres.prediction_at`), the target at the
 original size, and pan/zoom that show real pixels: a crop of native pixels (integer zoom,
 nearest) with a navigator (the whole image small, the crop box drawn). Only the crop and the
 navigator are windowed, drawn and sent, never the whole image. When the source is gone or
 the pack has no source references, one line says so and the pack's copy is shown instead.
 
-Decoded images are shared by all sessions in a byte-bounded LRU (:class:`pneumo.fullres.ImageCache`
+Decoded images are shared by all sessions in a byte-bounded LRU (:class:`pneumo.review.fullres.ImageCache`
 in ``st.cache_resource``) keyed by (path, size, mtime): ``st.cache_data`` would bound them by
 count only and copy the array on every hit.
 """
@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from pneumo import evaluate, fullres, review
+from pneumo import evaluate
+from pneumo.review import fullres
+from pneumo.review import cases as review
 from pneumo.errors import InputError
-from pneumo.viz import PRED_COLOR, TARGET_COLOR
+from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
 
 VIEW_PX = 768  # side of the crop on screen (screen px): a 768 px PNG encodes in a few ms
 NAV_PX = 256  # side of the navigator
@@ -119,7 +121,7 @@ def _pack_labels(pack_path: str, size: int, mtime_ns: int) -> tuple[str, bool] |
 
 @st.cache_resource(show_spinner=False, max_entries=2)  # read-only: a hit must not unpickle MBs
 def _labels(path: str, size: int, mtime_ns: int) -> dict:
-    from pneumo.siim_labels import read_labels
+    from pneumo.ingest.siim_labels import read_labels
 
     return read_labels(Path(path))[0]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo import review
+from pneumo.review import cases as review
 
 GRID_COLUMNS = 4  # four per row leave each caption ("12. <id> FP ✓ · 0.93") one line
 GRID_ROWS = 3

@@ -3,12 +3,12 @@
 - :func:`reader_ui`: the reader's name, asked once per browser session and kept in the URL
   (``?reader=NAME``), so a reload or a bookmark keeps it; :func:`current_reader` is what the
   verdict buttons and the progress count use. Until a name is given the page reads as
-  :data:`pneumo.verdicts.UNNAMED_READER` (a single reviewer need not type a name).
+  :data:`pneumo.store.verdicts.UNNAMED_READER` (a single reviewer need not type a name).
 - :func:`readers_ui`: per pair of readers, the cases both judged, observed agreement and
-  Cohen's kappa per category (:mod:`pneumo.agreement`), and their disagreements, each with
+  Cohen's kappa per category (:mod:`pneumo.review.agreement`), and their disagreements, each with
   an Open button that shows the case in the case viewer (the grid's mechanism,
   :func:`pneumo_app.review_nav.open_position`); and the "Write relabel list" button
-  (:func:`pneumo.curate.curate`).
+  (:func:`pneumo.review.curate.curate`).
 
 The panel is drawn outside the case viewer's fragment: its buttons rerun the whole page (the
 category filter above the viewer changes with an Open), and it is recomputed on every full
@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo import agreement, curate, review, verdicts
+from pneumo.review import agreement
+from pneumo.review import curate
+from pneumo.review import cases as review
+from pneumo.store import verdicts
 from pneumo.errors import InputError
 from pneumo_app import review_nav
 
@@ -59,7 +62,7 @@ def reader_ui() -> str:
     """"Reading as NAME" with a Change button, or a one-field form asking for the name.
 
     The name comes from the session, else from ``?reader=`` (checked with
-    :func:`pneumo.verdicts.check_reader`; a bad one is reported and ignored). Switching pages
+    :func:`pneumo.store.verdicts.check_reader`; a bad one is reported and ignored). Switching pages
     drops the query parameter; it is put back from the session. Returns :func:`current_reader`.
     """
     from pneumo_app.common import md_escape
@@ -196,7 +199,7 @@ def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict],
 
 
 def _relabel_ui(run_dir: Path, split: str, n_readers: int) -> None:
-    """"Write relabel list": :func:`pneumo.curate.curate` into ``RUN/relabel_<split>.csv``."""
+    """"Write relabel list": :func:`pneumo.review.curate.curate` into ``RUN/relabel_<split>.csv``."""
     from pneumo_app.common import md_escape
 
     st.markdown("**Relabel list** (the cases readers flagged as label problems, for `pack --exclude`)")

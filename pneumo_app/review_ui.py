@@ -1,18 +1,18 @@
 """Widgets of the review page: a radiologist-style pass over a model's predictions.
 
 Every ``*_ui`` function draws one part of the page and returns what the user chose. The model
-of the session (categories, sorting, verdicts) is :mod:`pneumo.review`; drawing is
-:mod:`pneumo.viz`; metrics are :mod:`pneumo.evaluate`. Nothing here runs a model: missing
+of the session (categories, sorting, verdicts) is :mod:`pneumo.review.cases`; drawing is
+:mod:`pneumo.review.viz`; metrics are :mod:`pneumo.evaluate`. Nothing here runs a model: missing
 predictions are computed by a ``python -m pneumo evaluate`` subprocess that the page polls.
 
 Speed with thousands of images: the per-image histograms are computed once per version of
-the predictions and the pack (``st.cache_resource`` keyed by :func:`pneumo.review.identity`:
+the predictions and the pack (``st.cache_resource`` keyed by :func:`pneumo.review.cases.identity`:
 path, size and mtime of both files and a digest of the split's ids, so a re-packed pack is
 never read under the old ids); a threshold change re-scores them in O(N) (``st.cache_data``);
 only the shown cases' pixels are read, each with its id from the same read. Predictions that
-are not fresh for the chosen checkpoint and the pack (:func:`pneumo.artifacts.freshness`) are
+are not fresh for the chosen checkpoint and the pack (:func:`pneumo.store.predictions.freshness`) are
 never shown as current. Position and view options live in ``st.session_state`` keyed by run
-and split; verdicts and notes live in SQLite (``RUN/reviews.sqlite``, :mod:`pneumo.verdicts`),
+and split; verdicts and notes live in SQLite (``RUN/reviews.sqlite``, :mod:`pneumo.store.verdicts`),
 so nothing entered is lost on reload and a second tab sees them.
 """
 from __future__ import annotations
@@ -23,10 +23,15 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo import artifacts, evaluate, fullres, jobs, review, settings, verdicts
-from pneumo.review import case_panels  # noqa: F401  (bench/review.py times it from here)
+from pneumo import evaluate, settings
+from pneumo.store import predictions as artifacts
+from pneumo.review import fullres
+from pneumo.train import jobs
+from pneumo.review import cases as review
+from pneumo.store import verdicts
+from pneumo.review.cases import case_panels  # noqa: F401  (bench/review.py times it from here)
 from pneumo.errors import InputError
-from pneumo.split import SPLITS
+from pneumo.ingest.split import SPLITS
 from pneumo_app import review_nav, review_readers
 
 PRED_VIEWS = {"mask": "Thresholded mask", "heatmap": "Probability heat map"}
@@ -74,7 +79,7 @@ def _data(run_dir: str, split: str, ident: Ident) -> review.ReviewData:
 
 def load_data(run_dir: Path, split: str, ident: Ident | None = None) -> review.ReviewData:
     """The run's :class:`ReviewData` with its histograms, shared by all sessions while the
-    predictions file and the pack are unchanged (:func:`pneumo.review.identity`; ``ident``:
+    predictions file and the pack are unchanged (:func:`pneumo.review.cases.identity`; ``ident``:
     :func:`_ident` of this page run, computed here when not given)."""
     return _data(str(run_dir), split, ident or _ident(run_dir, split))
 
@@ -297,7 +302,7 @@ def summary_ui(ev: review.Evaluation) -> None:
 def view_ui(size: int) -> dict[str, Any]:
     """Prediction as heat map or mask, overlay fill/outline and opacity, window/level, zoom.
 
-    Returns keyword arguments for :func:`pneumo.viz.triptych_panels` (plus ``magnify``).
+    Returns keyword arguments for :func:`pneumo.review.viz.triptych_panels` (plus ``magnify``).
     """
     st.markdown("**Display**")
     pred_view = st.radio("Prediction as", list(PRED_VIEWS), format_func=PRED_VIEWS.get, key="rv_pred_view")
@@ -361,7 +366,7 @@ def verdict_ui(store: verdicts.VerdictStore, run_dir: Path, split: str, image_id
 
     The note shown follows the store: a note saved in another tab replaces the field's text
     on the next rerun unless this tab has unsaved edits. Saving over a note changed elsewhere
-    since it was loaded is refused by the store (:class:`pneumo.verdicts.NoteConflict`) and
+    since it was loaded is refused by the store (:class:`pneumo.store.verdicts.NoteConflict`) and
     the page asks which one to keep.
     """
     run = run_dir.name

@@ -1,9 +1,9 @@
 """Tiny finished run folders for tests (evaluation, prediction, the review page).
 
-``make_trained_run`` writes what ``pneumo.train`` leaves behind (docs/architecture.md, "Run
+``make_trained_run`` writes what ``pneumo.train.loop`` leaves behind (docs/architecture.md, "Run
 folder"): ``config.json``, ``status.json`` (finished), ``history.csv``, ``best.keras`` and
 ``last.keras``, from a 64 px model without pretrained weights fitted for a few steps on the
-pack's train split, so its predictions are not constant. It does not use ``pneumo.train``,
+pack's train split, so its predictions are not constant. It does not use ``pneumo.train.loop``,
 so these tests do not depend on the training loop.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def make_trained_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, v
                      size: int = 64, *, fit_steps: int = 12, seed: int = 0) -> Path:
     """Create a finished run folder at ``run_dir`` (created if needed) and return it.
 
-    The model is ``pneumo.model.build_model(variant, size, encoder_weights=None)`` trained
+    The model is ``pneumo.model.networks.build_model(variant, size, encoder_weights=None)`` trained
     ``fit_steps`` batches of 8 on ``X_train`` of ``pack_path`` (whose size must be ``size``);
     on the tiny test pack, 12 steps give positives a peak near 1.0 and negatives about 0.9,
     so the tuned triplet yields a mix of TP/FP/FN/TN. Takes about 30 s on a busy 2-core CPU.
@@ -31,7 +31,7 @@ def make_trained_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, v
     import numpy as np
 
     from pneumo.config import TrainConfig, save_config
-    from pneumo.model import build_model
+    from pneumo.model.networks import build_model
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def designed_probs(masks, seed: int = 0):
 def write_cached_predictions(run_dir, split: str, probs, ids, pack_path, checkpoint: str = "best"):
     """Write ``RUN/predictions_<split>.h5`` as ``pneumo.predict`` does, fresh for the run's
     current checkpoint and pack (so the Review page shows it as current)."""
-    from pneumo import artifacts
+    from pneumo.store import predictions as artifacts
 
     return artifacts.write_predictions(run_dir, split, probs, ids, pack_path, checkpoint)
 

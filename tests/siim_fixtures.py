@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
-from pneumo.rle import siim_encode
+from pneumo.ingest.rle import siim_encode
 
 UID_ROOT = "1.2.276.0.7230010.3.1"  # the prefix the SIIM files use
 

@@ -1,12 +1,12 @@
-"""pneumo.agreement: Cohen's kappa on hand-computed tables, the degenerate cases, and the
+"""pneumo.review.agreement: Cohen's kappa on hand-computed tables, the degenerate cases, and the
 per-pair / per-category grouping of review rows."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pneumo import agreement as ag
-from pneumo.verdicts import Verdict
+from pneumo.review import agreement as ag
+from pneumo.store.verdicts import Verdict
 
 
 def _labels(table, names):

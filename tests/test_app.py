@@ -22,7 +22,9 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from pneumo import jobs, pack, settings  # noqa: E402
+from pneumo import settings  # noqa: E402
+from pneumo.train import jobs
+from pneumo.store import pack
 from pneumo.errors import InputError  # noqa: E402
 from pneumo_app import common  # noqa: E402
 

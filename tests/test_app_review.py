@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pneumo import artifacts, evaluate, jobs, review, verdicts
+from pneumo import evaluate
+from pneumo.store import predictions as artifacts
+from pneumo.train import jobs
+from pneumo.review import cases as review
+from pneumo.store import verdicts
 
 from conftest import write_test_pack
 from test_review import noisy_probs, write_predictions
@@ -424,7 +428,8 @@ def siim_review(tmp_path, monkeypatch):
     from run_fixtures import make_review_run
     from siim_fixtures import write_siim_tree
 
-    from pneumo import pack, sources
+    from pneumo.store import pack
+    from pneumo.ingest import sources
     from pneumo.config import PackConfig, SplitConfig
 
     dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", n=6, size=64, seed=4, positive_rate=0.7)
@@ -438,7 +443,7 @@ def siim_review(tmp_path, monkeypatch):
 
 
 def test_full_resolution_view_reads_the_source_and_falls_back_when_it_is_gone(siim_review):
-    from pneumo import pack
+    from pneumo.store import pack
 
     at = _app()
     assert at.toggle(key="rv_fullres").value is False

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,10 @@ import pytest
 pytest.importorskip("streamlit")
 
 from pneumo import config as C  # noqa: E402
-from pneumo import imagenet, jobs, pack, settings  # noqa: E402
+from pneumo import settings  # noqa: E402
+from pneumo.model import imagenet
+from pneumo.train import jobs
+from pneumo.store import pack
 from pneumo._procs import process_start  # noqa: E402
 from pneumo.config import TrainConfig, from_dict, normalise_train_paths, save_config  # noqa: E402
 from pneumo_app.common import md_escape  # noqa: E402
@@ -262,7 +264,6 @@ def test_training_second_start_refused_while_one_runs(workspace, gate):
 
 def test_past_runs_are_compared_on_whole_epochs(workspace):
     _hand_run("run-a", [0.5, 0.6, 0.7])
-    time.sleep(0.01)
     _hand_run("run-b", [0.4, 0.5, 0.6])
     at = _app(PAGE)
     assert len(at.dataframe[0].value) == 2

@@ -1,4 +1,4 @@
-"""pneumo.augment: paired random geometry on tiny arrays."""
+"""pneumo.train.augment: paired random geometry on tiny arrays."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from pneumo.augment import (  # noqa: E402
+from pneumo.train.augment import (  # noqa: E402
     FILL_MODES,
     apply_transforms,
     augment_batch,

@@ -55,7 +55,7 @@ def _free_port() -> int:
 def _prepare_workspace(ws: Path) -> None:
     """A 128 px demo pack and a finished run on it whose predictions are written directly
     (fixed TP/FP/FN/TN cases: the page never depends on what a model happened to learn)."""
-    from pneumo import pack
+    from pneumo.store import pack
     from run_fixtures import make_review_run
 
     # 120 images leave 14 in test: enough to step through in the review tests
@@ -218,7 +218,7 @@ def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
         finally:
             page.close()
-    from pneumo import pack
+    from pneumo.store import pack
 
     info = pack.read_info(ws / "data" / "demo.h5")
     assert sum(info.counts.values()) == pack.DEMO_COUNT
@@ -305,7 +305,7 @@ def _shown_case_id(page) -> str:
 
 
 def _expected_order(ws: Path, category: str) -> list[str]:
-    from pneumo import review
+    from pneumo.review import cases as review
 
     data = review.ReviewData(ws / "runs" / REVIEW_RUN, "test")
     ev = data.evaluate(data.default_triplet())
@@ -313,7 +313,7 @@ def _expected_order(ws: Path, category: str) -> list[str]:
 
 
 def _review_rows(ws: Path) -> list:
-    from pneumo import verdicts
+    from pneumo.store import verdicts
 
     return verdicts.VerdictStore.for_run(ws / "runs" / REVIEW_RUN).all(REVIEW_RUN, "test")
 
@@ -415,7 +415,7 @@ def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browse
     page = _open_review(browser, url)  # the server has cached this pack's predictions
     try:
         before = _shown_case_id(page)
-        from pneumo import pack
+        from pneumo.store import pack
 
         # "Replace existing": other phantoms under the same file name
         from pneumo.config import SplitConfig
@@ -447,10 +447,13 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
     import numpy as np
     from PIL import Image
 
-    from pneumo import evaluate, fullres, pack, sources
+    from pneumo import evaluate
+    from pneumo.review import fullres
+    from pneumo.store import pack
+    from pneumo.ingest import sources
     from pneumo.config import PackConfig, SplitConfig
-    from pneumo.siim_labels import read_labels
-    from pneumo.viz import PRED_COLOR, TARGET_COLOR
+    from pneumo.ingest.siim_labels import read_labels
+    from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
     from run_fixtures import REVIEW_TRIPLET, designed_probs, make_review_run
     from siim_fixtures import write_review_tree
 
@@ -514,7 +517,7 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
     positives; the Readers panel shows the pair's table, a disagreement opens its case, and the
     relabel list is written. With ``PNEUMO_SAVE_SCREENSHOTS=1`` the panel goes to
     docs/screenshots/ (the review protocol shows it)."""
-    from pneumo import verdicts
+    from pneumo.store import verdicts
 
     ws = tmp_path / "ws"
     _prepare_workspace(ws)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 
 from pneumo.cli import main
-from pneumo.verdicts import VerdictStore
+from pneumo.store.verdicts import VerdictStore
 
 
 def _run_with_cases(tmp_path):

@@ -118,7 +118,7 @@ def test_train_exclude_end_to_end(tmp_path, monkeypatch, capsys):
     pytest.importorskip("keras")
     from conftest import write_test_pack
 
-    import pneumo.data as D
+    import pneumo.train.data as D
 
     pack = write_test_pack(tmp_path / "p.h5", counts=(16, 8, 4), size=32)
     lst = _write_list(tmp_path / "relabel.csv", ["train-0001", "train-0004", "dev-0002", "test-0000", "nope"])

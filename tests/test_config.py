@@ -64,7 +64,7 @@ def test_check_width_lives_in_config_and_model_reexports_it():
     with pytest.raises(InputError, match="fit VGG16 at width 1 only"):
         check_width("unet-bn", 0.5, "imagenet")
     pytest.importorskip("keras")
-    from pneumo import model
+    from pneumo.model import networks as model
 
     assert model.check_width is check_width
 

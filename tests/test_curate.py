@@ -1,4 +1,4 @@
-"""pneumo.curate and ``python -m pneumo curate`` (issue 14): the relabel list of the cases
+"""pneumo.review.curate and ``python -m pneumo curate`` (issue 14): the relabel list of the cases
 readers flagged as label problems, and its round trip into ``pack --exclude``."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from pneumo import evaluate
 from pneumo.cli import main
-from pneumo.curate import RELABEL_COLUMNS, RelabelCase, curate, is_label_problem, relabel_cases, write_relabel_list
+from pneumo.review.curate import RELABEL_COLUMNS, RelabelCase, curate, is_label_problem, relabel_cases, write_relabel_list
 from pneumo.errors import InputError
 from pneumo.exclude import read_exclude_list
-from pneumo.verdicts import Verdict, VerdictStore
+from pneumo.store.verdicts import Verdict, VerdictStore
 
 from conftest import write_test_pack
 from run_fixtures import REVIEW_TRIPLET, designed_probs, make_review_run

@@ -1,4 +1,4 @@
-"""pneumo.curves: the all-empty Dice level, whole epoch ticks, the batch-loss sampler (no TensorFlow)."""
+"""pneumo.train.curves: the all-empty Dice level, whole epoch ticks, the batch-loss sampler (no TensorFlow)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_test_pack
-from pneumo import curves
+from pneumo.train import curves
 
 
 # --------------------------------------------------------------------------- all-empty level
@@ -120,5 +120,5 @@ def test_sampler_ignores_repeats_and_handles_a_resume():
 
 
 def test_curves_imports_without_tensorflow():
-    code = "import sys, pneumo.curves; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    code = "import sys, pneumo.train.curves; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

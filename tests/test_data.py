@@ -1,4 +1,4 @@
-"""pneumo.data: tf.data pipelines from a tiny pack (tests/conftest.py writes the layout)."""
+"""pneumo.train.data: tf.data pipelines from a tiny pack (tests/conftest.py writes the layout)."""
 from __future__ import annotations
 
 import h5py
@@ -9,9 +9,9 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import write_test_pack  # noqa: E402
 
-from pneumo import data as data_mod  # noqa: E402
+from pneumo.train import data as data_mod  # noqa: E402
 from pneumo.config import AugmentConfig  # noqa: E402
-from pneumo.data import fits_in_memory, make_dataset, split_size  # noqa: E402
+from pneumo.train.data import fits_in_memory, make_dataset, split_size  # noqa: E402
 from pneumo.errors import InputError, PackFormatError  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""pneumo.distribute: strategies and the Keras multi-worker workarounds, isolated and checked.
+"""pneumo.train.distribute: strategies and the Keras multi-worker workarounds, isolated and checked.
 
 ``test_keras_still_has_what_the_workarounds_patch`` is the canary for a Keras upgrade: it fails
 naming the installed Keras version when the private names the patches need are gone.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 keras = pytest.importorskip("keras")
-from pneumo import distribute  # noqa: E402
+from pneumo.train import distribute  # noqa: E402
 from pneumo.errors import InputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_keras_still_has_what_the_workarounds_patch():
     try:
         distribute.check_keras_internals()
     except distribute.KerasInternalsChanged as e:
-        pytest.fail(f"Keras {keras.__version__} broke pneumo.distribute's multi-worker workarounds: {e}")
+        pytest.fail(f"Keras {keras.__version__} broke pneumo.train.distribute's multi-worker workarounds: {e}")
 
 
 def test_a_missing_private_name_fails_loudly_with_the_keras_version(monkeypatch):

@@ -1,4 +1,4 @@
-"""The full-resolution review view's library (pneumo.fullres): predict's resize rule, crop and
+"""The full-resolution review view's library (pneumo.review.fullres): predict's resize rule, crop and
 window maths on tiny images, the byte-bounded image cache and the source checks."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from pneumo import evaluate as ev
-from pneumo import fullres
+from pneumo.review import fullres
 from pneumo import predict as pr
 from pneumo.errors import InputError
-from pneumo.pack import SourceRef
-from pneumo.windowing import window_to_uint8
+from pneumo.store.pack import SourceRef
+from pneumo.ingest.windowing import window_to_uint8
 
 from siim_fixtures import write_dicom
 
@@ -193,9 +193,10 @@ def test_pack_copy_is_a_full_image_with_the_byte_window():
 
 
 def test_native_target_decodes_the_siim_rle_recorded_by_the_pack(tmp_path):
-    from pneumo import pack, sources
+    from pneumo.store import pack
+    from pneumo.ingest import sources
     from pneumo.config import PackConfig, SplitConfig
-    from pneumo.siim_labels import read_labels
+    from pneumo.ingest.siim_labels import read_labels
 
     from siim_fixtures import write_siim_tree
 

@@ -7,9 +7,9 @@ from hostile_files import deflated_dicom, peak_rss_mb, png_bomb
 from PIL import Image
 from siim_fixtures import write_dicom
 
-from pneumo import imageio
+from pneumo.ingest import imageio
 from pneumo.errors import InputError
-from pneumo.imageio import gray_file_at, read_dicom_meta, read_full_resolution, read_image, read_mask, window_to_uint8
+from pneumo.ingest.imageio import gray_file_at, read_dicom_meta, read_full_resolution, read_image, read_mask, window_to_uint8
 
 
 # ----------------------------------------------------------------------------- pixel budget
@@ -22,7 +22,7 @@ def test_png_bomb_refused_from_the_header_with_bounded_memory(tmp_path):
     with pytest.raises(InputError, match="12000x12000"):
         gray_file_at(bomb, 64, is_mask=False)
     grew, result = peak_rss_mb(
-        "from pneumo.imageio import read_image\nfrom pneumo.errors import InputError",
+        "from pneumo.ingest.imageio import read_image\nfrom pneumo.errors import InputError",
         f"try:\n    read_image({str(bomb)!r})\nexcept InputError as e:\n    result['error'] = str(e)",
     )
     assert "12000x12000" in result["error"]
@@ -68,7 +68,7 @@ def test_deflated_dicom_bomb_header_read_and_decode_stay_small(tmp_path):
     with pytest.raises(InputError, match=r"bomb\.dcm: image is 12000x12000 \(144\.0 Mpx\)"):
         read_image(bomb)
     grew, result = peak_rss_mb(
-        "from pneumo.imageio import read_dicom_meta, read_image\nfrom pneumo.errors import InputError",
+        "from pneumo.ingest.imageio import read_dicom_meta, read_image\nfrom pneumo.errors import InputError",
         f"result['meta'] = read_dicom_meta({str(bomb)!r})\n"
         f"try:\n    read_image({str(bomb)!r})\nexcept InputError as e:\n    result['error'] = str(e)",
     )
@@ -110,7 +110,7 @@ def test_16bit_4000px_png_peak_memory(tmp_path):
     ramp = (np.arange(4000, dtype=np.uint32)[None, :] * 16 + np.arange(4000, dtype=np.uint32)[:, None]) % 60000
     Image.fromarray(ramp.astype(np.uint16)).save(path)
     grew, result = peak_rss_mb(
-        "import numpy as np\nfrom pneumo.imageio import read_image",
+        "import numpy as np\nfrom pneumo.ingest.imageio import read_image",
         f"g = read_image({str(path)!r})\nresult['shape'] = list(g.shape)\nresult['max'] = int(g.max())",
     )
     assert result == {"shape": [4000, 4000], "max": 255}
@@ -122,7 +122,7 @@ def test_16bit_dicom_peak_memory(tmp_path):
     path = write_dicom(tmp_path / "big16.dcm", (np.arange(3000 * 3000, dtype=np.uint32) % 4096)
                        .astype(np.uint16).reshape(3000, 3000), bits_stored=12)
     grew, result = peak_rss_mb(
-        "from pneumo.imageio import read_image",
+        "from pneumo.ingest.imageio import read_image",
         f"g = read_image({str(path)!r})\nresult['max'] = int(g.max())",
     )
     assert result["max"] == 255
@@ -229,7 +229,7 @@ def test_windowed_16bit_dicom_peak_memory(tmp_path):
     path = write_dicom(tmp_path / "big16w.dcm", (np.arange(3000 * 3000, dtype=np.uint32) % 4096)
                        .astype(np.uint16).reshape(3000, 3000), bits_stored=12, window=(2048, 1024))
     grew, result = peak_rss_mb(
-        "from pneumo.imageio import read_image, read_full_resolution, window_to_uint8",
+        "from pneumo.ingest.imageio import read_image, read_full_resolution, window_to_uint8",
         f"g = read_image({str(path)!r})\nresult['max'] = int(g.max())\ndel g\n"
         f"f = read_full_resolution({str(path)!r})\n"
         "result['dtype'] = str(f.pixels.dtype)\nresult['u8'] = int(window_to_uint8(f.pixels, f.center, f.width).max())",

@@ -1,4 +1,4 @@
-"""pneumo.imagenet: where Keras caches the VGG16 ImageNet weights, and the md5 check (no TensorFlow)."""
+"""pneumo.model.imagenet: where Keras caches the VGG16 ImageNet weights, and the md5 check (no TensorFlow)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pneumo import imagenet
+from pneumo.model import imagenet
 from pneumo.config import IMAGENET_NOTOP_FILE
 
 
@@ -22,7 +22,7 @@ def test_cache_path_follows_keras_home(tmp_path, monkeypatch):
 
 def test_keras_reads_the_same_home(tmp_path):
     """The path here is where Keras itself caches: same KERAS_HOME rule (checked in a fresh process)."""
-    code = ("import keras.src.backend.config as c, pneumo.imagenet as i, sys; "
+    code = ("import keras.src.backend.config as c, pneumo.model.imagenet as i, sys; "
             "sys.exit(0 if str(i.keras_home()) == c.keras_home() else 1)")
     env = {"KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1],
@@ -62,5 +62,5 @@ def test_a_folder_in_place_of_the_file_is_a_problem_not_a_crash(tmp_path, monkey
 
 
 def test_imports_without_tensorflow():
-    code = "import sys, pneumo.imagenet; sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
+    code = "import sys, pneumo.model.imagenet; sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

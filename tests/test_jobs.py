@@ -1,4 +1,4 @@
-"""pneumo.jobs: launching, following and stopping trainers through run folders (fake trainer)."""
+"""pneumo.train.jobs: launching, following and stopping trainers through run folders (fake trainer)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo import jobs
+from pneumo.train import jobs
 from pneumo.config import TrainConfig, load_config
 from pneumo.errors import InputError
 
@@ -201,7 +201,7 @@ def test_list_runs_newest_first_and_new_folders_unique(tmp_path):
 
 
 def test_jobs_imports_without_tensorflow():
-    code = "import sys, pneumo.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    code = "import sys, pneumo.train.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 
@@ -209,7 +209,7 @@ def test_jobs_imports_without_tensorflow():
 _FAKE_EVALUATE = """
 import sys, time
 from pathlib import Path
-from pneumo.runs import EvalProgress
+from pneumo.store.run import EvalProgress
 # argv: evaluate RUN --split S --checkpoint C
 run, split = Path(sys.argv[2]), sys.argv[4]
 mode = (run / "mode").read_text() if (run / "mode").exists() else "ok"

@@ -1,11 +1,11 @@
-"""pneumo.losses: hand-computed 4x4 cases for the losses and the per-image metrics."""
+"""pneumo.model.losses: hand-computed 4x4 cases for the losses and the per-image metrics."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from pneumo import losses as pl
+from pneumo.model import losses as pl
 from pneumo.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""pneumo.model: parameter tables, shapes, names, freezing, weights files, save/load."""
+"""pneumo.model.networks: parameter tables, shapes, names, freezing, weights files, save/load."""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from keras.src.utils.naming import to_snake_case
 
-from pneumo import model as pm
+from pneumo.model import networks as pm
 from pneumo.errors import InputError
-from pneumo.losses import get_loss, get_metrics
+from pneumo.model.losses import get_loss, get_metrics
 
 
 def _n_trainable(m: keras.Model) -> int:
@@ -248,10 +248,10 @@ def test_local_weights_file_is_loaded_and_frozen(vgg_weights, fname):
 
 
 def test_one_training_step_starts_from_the_weights_file(vgg_weights, tmp_path):
-    """The real path of ``--encoder-weights FILE``: pneumo.train builds, trains and saves."""
+    """The real path of ``--encoder-weights FILE``: pneumo.train.loop builds, trains and saves."""
     from conftest import write_test_pack
     from pneumo.config import TrainConfig, load_config
-    from pneumo.train import train
+    from pneumo.train.loop import train
 
     d, kernels = vgg_weights
     pack = write_test_pack(tmp_path / "p32.h5", counts=(8, 4, 4), size=32)
@@ -325,7 +325,7 @@ def offline(monkeypatch):
 
 
 def test_imagenet_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch, offline):
-    from pneumo.imagenet import IMAGENET_NOTOP_URL
+    from pneumo.model.imagenet import IMAGENET_NOTOP_URL
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(InputError) as err:
@@ -337,7 +337,7 @@ def test_imagenet_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch, 
 
 
 def test_imagenet_uses_the_cache_file_without_network(tmp_path, monkeypatch, vgg_weights, offline):
-    import pneumo.imagenet
+    import pneumo.model.imagenet
 
     d, kernels = vgg_weights
     cache = tmp_path / "models" / pm.IMAGENET_NOTOP_FILE
@@ -345,7 +345,7 @@ def test_imagenet_uses_the_cache_file_without_network(tmp_path, monkeypatch, vgg
     cache.write_bytes((d / pm.IMAGENET_NOTOP_FILE).read_bytes())
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     # Keras' md5 of the real file cannot be met by a stand-in: accept the stand-in's md5 instead.
-    monkeypatch.setattr(pneumo.imagenet, "IMAGENET_NOTOP_MD5", hashlib.md5(cache.read_bytes()).hexdigest())
+    monkeypatch.setattr(pneumo.model.imagenet, "IMAGENET_NOTOP_MD5", hashlib.md5(cache.read_bytes()).hexdigest())
     m = pm.build_model("blog", 32, encoder_weights="imagenet")
     _assert_encoder_equals(m, kernels)
     assert _n_trainable(m) == 155_665

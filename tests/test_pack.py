@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo import sources
+from pneumo.ingest import sources
 from pneumo.config import PackConfig, SplitConfig
 from pneumo.errors import InputError, PackFormatError
-from pneumo.pack import SPLITS, list_packs, load_split, make_demo_pack, open_pack, pack_manifest, read_info
+from pneumo.store.pack import SPLITS, list_packs, load_split, make_demo_pack, open_pack, pack_manifest, read_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_demo_pack_layout(demo_pack):
 
 
 def test_demo_pack_matches_phantoms_and_ids(demo_pack):
-    from pneumo.phantom import make_phantom, sample_seed
+    from pneumo.ingest.phantom import make_phantom, sample_seed
 
     X, Y, ids = load_split(demo_pack, "dev")
     for k in range(len(ids)):
@@ -269,7 +269,7 @@ def test_cli_demo_data_writes_blog_layout_and_packs_back(tmp_path):
     r = _cli("pack", "folders", "ph/train", "ph/masks", "--out", "f.h5", "--size", "64", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     # the folder pack of demo-data PNGs equals the demo pack of the same phantoms
-    from pneumo.phantom import make_phantom, sample_seed
+    from pneumo.ingest.phantom import make_phantom, sample_seed
 
     X, Y, ids = load_split(tmp_path / "f.h5", "train")
     for k, name in enumerate(ids):
@@ -278,7 +278,7 @@ def test_cli_demo_data_writes_blog_layout_and_packs_back(tmp_path):
 
 
 def test_thousands_of_skipped_files_fit(tmp_path):
-    from pneumo.sources import Manifest
+    from pneumo.ingest.sources import Manifest
 
     m = sources.demo_source(6, size=32, seed=0)
     many = Manifest(m.kind, m.samples, [(f"unpaired-{i:05d}.png", "no mask with this stem " * 4) for i in range(5000)], {})
@@ -293,7 +293,7 @@ def test_thousands_of_skipped_files_fit(tmp_path):
 def test_siim_absolute_rle_csv_detected_and_packed_like_relative(tmp_path, fmt):
     import csv
 
-    from pneumo.rle import siim_decode, siim_encode
+    from pneumo.ingest.rle import siim_decode, siim_encode
     from tests.siim_fixtures import write_siim_tree
 
     dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 12, 64, 1)
@@ -347,7 +347,7 @@ def test_pixel_bomb_refused_or_skipped_by_name_with_bounded_memory(tmp_path):
     assert any(name == "bomb" and "12000x12000" in reason for name, reason in info.report["skipped"])
     # The same pack in a fresh process with two workers: peak RSS stays far from 144 MB per image.
     grew, result = peak_rss_mb(
-        "from pneumo import sources\nfrom pneumo.config import PackConfig\nfrom pneumo.pack import pack_manifest",
+        "from pneumo.ingest import sources\nfrom pneumo.config import PackConfig\nfrom pneumo.store.pack import pack_manifest",
         f"i = pack_manifest(sources.folder_source({str(images)!r}, {str(masks)!r}), {str(tmp_path / 'p.h5')!r}, "
         "PackConfig(size=32, workers=2, skip_bad=True, isolate=True))\n"
         "result['n'] = sum(i.counts.values())",
@@ -376,7 +376,7 @@ def test_deflated_dicom_bomb_in_a_siim_pack(tmp_path):
 def test_isolated_workers_run_apart_with_a_memory_cap():
     import resource
 
-    from pneumo.pack import _ordered_map
+    from pneumo.store.pack import _ordered_map
 
     with _ordered_map(resource.getrlimit, [resource.RLIMIT_AS], (), 1, isolate=True,
                       memory_limit=3 << 30) as results:
@@ -398,7 +398,7 @@ def test_cli_max_pixels(tmp_path):
 
 # --------------------------------------------------------------------------- damaged state
 def test_foreign_and_damaged_h5_are_listed_as_damaged_never_raise(tmp_path, demo_pack):
-    from pneumo.pack import scan_packs
+    from pneumo.store.pack import scan_packs
 
     os.link(demo_pack, tmp_path / "good.h5")
     one = tmp_path / "one.h5"
@@ -423,7 +423,7 @@ def test_foreign_and_damaged_h5_are_listed_as_damaged_never_raise(tmp_path, demo
 
 
 def test_sweep_removes_only_old_temporary_files(tmp_path):
-    from pneumo.uploads import sweep_temp_files
+    from pneumo.ingest.uploads import sweep_temp_files
 
     old_tmp, new_tmp = tmp_path / ".demo.h5.abc123.tmp", tmp_path / ".demo.h5.def456.tmp"
     keep = [tmp_path / "demo.h5", tmp_path / "notes.tmp", tmp_path / ".hidden"]
@@ -447,7 +447,7 @@ def test_cli_pack_sweeps_leftovers_of_a_killed_pack(tmp_path):
 
 # --------------------------------------------------------------------------- source references (issue 14)
 def _refs(path: Path) -> dict[str, tuple[str, int, int]]:
-    from pneumo.pack import read_sources
+    from pneumo.store.pack import read_sources
 
     out = {}
     for s in SPLITS:
@@ -480,7 +480,7 @@ def test_source_references_for_folders_siim_and_demo(tmp_path, demo_pack):
     for image_id, (path, h, w) in refs.items():
         assert Path(path).name == f"{image_id}.dcm" and Path(path).is_file() and (h, w) == (48, 48)
 
-    from pneumo.phantom import sample_seed
+    from pneumo.ingest.phantom import sample_seed
 
     refs = _refs(demo_pack)
     assert refs["phantom-00007"] == (f"demo:{sample_seed(3, 7)}", 64, 64)
@@ -489,7 +489,7 @@ def test_source_references_for_folders_siim_and_demo(tmp_path, demo_pack):
 def test_old_pack_without_source_references_still_opens(tmp_path, demo_pack):
     import shutil
 
-    from pneumo.pack import read_sources
+    from pneumo.store.pack import read_sources
 
     old = tmp_path / "old.h5"
     shutil.copy(demo_pack, old)
@@ -529,7 +529,7 @@ def test_dicom_window_is_applied_and_recorded(tmp_path):
         assert r.returncode == 0, r.stderr
         assert read_info(tmp_path / f"{window}.h5").attrs["dicom_window"] == window
         packed[window] = load_split(tmp_path / f"{window}.h5", "train")[0][0, ..., 0]
-    from pneumo.imageio import read_image
+    from pneumo.ingest.imageio import read_image
 
     path = next(dicom_dir.glob("*.dcm"))
     assert np.array_equal(packed["voi"], read_image(path, dicom_window="voi"))

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pneumo.errors import InputError
-from pneumo.phantom import POSITIVE_RATE, _render, is_positive, make_phantom, sample_seed
+from pneumo.ingest.phantom import POSITIVE_RATE, _render, is_positive, make_phantom, sample_seed
 
 SEEDS = range(8)
 

@@ -18,7 +18,7 @@ from pneumo import evaluate as ev
 from pneumo import predict as pr
 from pneumo.cli import main
 from pneumo.errors import InputError
-from pneumo.rle import siim_decode
+from pneumo.ingest.rle import siim_decode
 from run_fixtures import make_trained_run
 from siim_fixtures import write_dicom
 
@@ -70,7 +70,7 @@ def test_predict_split_cache_contents(trained_run, tiny_pack):
     assert a["checkpoint_mtime"] == pytest.approx((trained_run / "best.keras").stat().st_mtime)
     assert Path(a["pack"]) == Path(tiny_pack).resolve()
     # the cache is round(p * 255) of the model's output
-    from pneumo.model import load_model
+    from pneumo.model.networks import load_model
 
     p = load_model(trained_run / "best.keras", compile=False).predict_on_batch(x[:4])
     diff = np.abs(probs[:4].astype(int) - np.round(np.asarray(p) * 255).astype(int))
@@ -262,7 +262,7 @@ def test_predict_files_min_area_gate_gives_empty_rows(run_copy, inputs, tmp_path
 def test_predict_files_mask_follows_the_probabilities(run_copy, inputs, tmp_path):
     """Mask at the input's size = the model's probabilities upsampled and thresholded."""
     _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 0))
-    from pneumo.model import load_model
+    from pneumo.model.networks import load_model
 
     img = np.asarray(Image.open(inputs["jpg"]).convert("L"))  # 64 px: no resizing at all
     p = load_model(run_copy / "best.keras", compile=False).predict_on_batch(img[None, ..., None])

@@ -1,6 +1,6 @@
-"""pneumo.review: loading cached predictions, categories as pneumo.evaluate computes them,
-filter/sort/position; pneumo.verdicts: the SQLite verdict store (upsert, persistence, WAL, two
-connections, no phantom rows, note conflicts); pneumo.artifacts: freshness and the triplet rule."""
+"""pneumo.review.cases: loading cached predictions, categories as pneumo.evaluate computes them,
+filter/sort/position; pneumo.store.verdicts: the SQLite verdict store (upsert, persistence, WAL, two
+connections, no phantom rows, note conflicts); pneumo.store.predictions: freshness and the triplet rule."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pneumo import artifacts, evaluate, review, verdicts
+from pneumo import evaluate
+from pneumo.store import predictions as artifacts
+from pneumo.review import cases as review
+from pneumo.store import verdicts
 from pneumo.errors import InputError
 
 from conftest import write_test_pack

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.rle import rle_runs, siim_decode, siim_encode, union_decode
+from pneumo.ingest.rle import rle_runs, siim_decode, siim_encode, union_decode
 
 # Pixel numbering of a 4x4 image, column by column (Fortran order):
 #
@@ -191,7 +191,7 @@ def test_absolute_variant_hand_case():
     mask = np.zeros((4, 4), np.uint8)
     mask[1:3, 0] = 255
     mask[1:4, 2] = 255
-    from pneumo.rle import detect_format
+    from pneumo.ingest.rle import detect_format
 
     assert siim_encode(mask, relative=False) == "1 2 9 3"
     assert siim_encode(mask) == "1 2 6 3"
@@ -203,7 +203,7 @@ def test_absolute_variant_hand_case():
 
 
 def test_detect_format_on_realistic_masks():
-    from pneumo.rle import detect_format
+    from pneumo.ingest.rle import detect_format
 
     rng = np.random.default_rng(0)
     masks = []

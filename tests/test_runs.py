@@ -1,4 +1,4 @@
-"""pneumo.runs: the run folder's one owner; damaged files never break a listing or a reader."""
+"""pneumo.store.run: the run folder's one owner; damaged files never break a listing or a reader."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_test_pack
-from pneumo import fingerprint, runs
+from pneumo import fingerprint
+from pneumo.store import run as runs
 from pneumo.errors import InputError
 
 GOOD_HISTORY = ",".join(runs.HISTORY_COLUMNS) + "\n1,train,0.5,0.2,0.1,0.6,0.3,0.2,0.001,1.5\n"
@@ -150,7 +151,7 @@ def test_eval_progress_file(tmp_path):
 
 
 def test_runs_imports_without_tensorflow():
-    code = "import sys, pneumo.runs, pneumo.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    code = "import sys, pneumo.store.run, pneumo.train.jobs; sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 

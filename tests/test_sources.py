@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from siim_fixtures import write_dicom, write_siim_tree
 
-from pneumo import phantom
+from pneumo.ingest import phantom
 from pneumo.errors import InputError
-from pneumo.rle import siim_encode
-from pneumo.sources import (
+from pneumo.ingest.rle import siim_encode
+from pneumo.ingest.sources import (
     Manifest,
     Sample,
     demo_source,
@@ -513,7 +513,7 @@ def test_load_pair_in_worker_process(tmp_path):
 
 
 def test_siim_headers_read_in_worker_processes(tmp_path, monkeypatch):
-    import pneumo.sources as sources
+    import pneumo.ingest.sources as sources
 
     dicom, csv_path = write_siim_tree(tmp_path, 5, 16, seed=2)
     serial = siim_source(dicom, csv_path, salt="s", workers=1)
@@ -526,7 +526,7 @@ def test_siim_headers_read_in_worker_processes(tmp_path, monkeypatch):
 def test_load_resized_fast_path_equals_general_path(tmp_path):
     from PIL import Image
 
-    from pneumo.sources import Sample, load_pair, load_resized, resize_pair
+    from pneumo.ingest.sources import Sample, load_pair, load_resized, resize_pair
 
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (96, 96), dtype=np.uint8)
@@ -554,7 +554,7 @@ def test_load_resized_fast_path_equals_general_path(tmp_path):
 def test_load_resized_size_mismatch_and_corrupt_file(tmp_path):
     from PIL import Image
 
-    from pneumo.sources import Sample, load_resized
+    from pneumo.ingest.sources import Sample, load_resized
 
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((32, 64), np.uint8)).save(tmp_path / "m.png")
@@ -569,7 +569,7 @@ def test_load_resized_size_mismatch_and_corrupt_file(tmp_path):
 
 # ----------------------------------------------------------------------------- one entry point
 def test_manifest_from_spec_matches_each_source(tmp_path):
-    from pneumo.sources import manifest_from_spec
+    from pneumo.ingest.sources import manifest_from_spec
 
     images, masks = tmp_path / "images", tmp_path / "masks"
     for stem in "ab":
@@ -594,14 +594,14 @@ def test_manifest_from_spec_matches_each_source(tmp_path):
     ],
 )
 def test_manifest_from_spec_errors(kind, kwargs, message):
-    from pneumo.sources import manifest_from_spec
+    from pneumo.ingest.sources import manifest_from_spec
 
     with pytest.raises(InputError, match=message):
         manifest_from_spec(kind, **kwargs)
 
 
 def test_upload_root_needs_exactly_one_label_csv(tmp_path):
-    from pneumo.sources import manifest_from_spec
+    from pneumo.ingest.sources import manifest_from_spec
 
     dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", 2, 32, 0)
     (csv_path.parent / "other.csv").write_text("x\n")
@@ -616,8 +616,8 @@ def test_siim_headers_isolated_in_a_worker(tmp_path):
 
 
 def test_sources_reexports_the_decoders():
-    import pneumo.imageio as imageio
-    import pneumo.sources as sources
+    import pneumo.ingest.imageio as imageio
+    import pneumo.ingest.sources as sources
 
     for name in ("read_image", "read_mask", "read_dicom_meta", "resize_pair", "IMAGE_EXTENSIONS"):
         assert getattr(sources, name) is getattr(imageio, name)
@@ -625,7 +625,7 @@ def test_sources_reexports_the_decoders():
 
 # ------------------------------------------------------------------ source references and DICOM windows (issue 14)
 def test_load_for_pack_gives_the_native_size_and_source_path(tmp_path):
-    from pneumo.sources import load_for_pack, load_resized, source_path
+    from pneumo.ingest.sources import load_for_pack, load_resized, source_path
 
     images, masks = tmp_path / "i", tmp_path / "m"
     images.mkdir(), masks.mkdir()
@@ -660,7 +660,7 @@ def test_siim_load_pair_applies_the_dicom_window(tmp_path):
 
 
 def test_siim_labels_module_reads_the_csv(tmp_path):
-    from pneumo.siim_labels import read_labels
+    from pneumo.ingest.siim_labels import read_labels
 
     (tmp_path / "l.csv").write_text("ImageId, EncodedPixels\na, -1\na, 3 2\nb, 1 1 2 1\n")
     labels, rows, fmt = read_labels(tmp_path / "l.csv", "relative")

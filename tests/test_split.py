@@ -8,7 +8,7 @@ import pytest
 
 from pneumo.config import SplitConfig
 from pneumo.errors import InputError
-from pneumo.split import format_report, split_counts, split_samples
+from pneumo.ingest.split import format_report, split_counts, split_samples
 
 
 def test_counts_from_proportions_add_up():

@@ -1,4 +1,4 @@
-"""pneumo.train and ``python -m pneumo train``: validation, run folder, stop, resume, stages, workers.
+"""pneumo.train.loop and ``python -m pneumo train``: validation, run folder, stop, resume, stages, workers.
 
 Runs use the 64 px ``tiny_pack``, ``encoder_weights=None`` and a few steps; the cheaper
 "blog" variant (no BatchNorm, 4x4 bottleneck) unless a test needs the U-Net.
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from conftest import write_test_pack
-from pneumo import jobs
+from pneumo.train import jobs
 from pneumo.config import TrainConfig, load_config, to_dict
 from pneumo.errors import InputError
 
 keras = pytest.importorskip("keras")
-from pneumo.model import encoder_layers, load_model  # noqa: E402
-from pneumo.train import HISTORY_COLUMNS, train  # noqa: E402
+from pneumo.model.networks import encoder_layers, load_model  # noqa: E402
+from pneumo.train.loop import HISTORY_COLUMNS, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds"
@@ -55,12 +55,12 @@ def _env() -> dict:
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if a model gets built: bad input must be caught before."""
-    import pneumo.model
+    import pneumo.model.networks
 
     def boom(*a, **k):
         raise AssertionError("a model was built before the input was checked")
 
-    monkeypatch.setattr(pneumo.model, "build_model", boom)
+    monkeypatch.setattr(pneumo.model.networks, "build_model", boom)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -152,7 +152,7 @@ def test_check_config_fills_in_the_blog_defaults(tiny_pack):
 
 # --------------------------------------------------------------------------- a run
 def test_run_folder_contents(tiny_pack, tmp_path, caplog):
-    caplog.set_level("INFO", logger="pneumo.train")
+    caplog.set_level("INFO", logger="pneumo.train.loop")
     run = tmp_path / "run"
     seen = []
     cfg = _cfg(tiny_pack, validation_steps=99)
@@ -269,12 +269,12 @@ def test_sigterm_stops_cleanly(tiny_pack, tmp_path):
 
 
 def test_failure_is_recorded_then_raised(tiny_pack, tmp_path, monkeypatch):
-    import pneumo.data
+    import pneumo.train.data
 
     def broken(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(pneumo.data, "make_dataset", broken)
+    monkeypatch.setattr(pneumo.train.data, "make_dataset", broken)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="disk on fire"):
         train(_cfg(tiny_pack), run, verbose=0)
@@ -419,7 +419,7 @@ def test_two_cpu_workers_train_one_run(tiny_pack, tmp_path):
     assert status["state"] == "finished" and status["pid"] == procs[0].pid  # only the chief writes here
 
 
-# --------------------------------------------------------------------------- through pneumo.jobs
+# --------------------------------------------------------------------------- through pneumo.train.jobs
 @pytest.mark.slow
 def test_jobs_launch_stop_and_resume_the_real_trainer(tiny_pack, tmp_path, monkeypatch):
     """The app's path: start_training -> running -> request_stop -> stopped -> resume -> finished."""
@@ -504,7 +504,7 @@ def test_cosine_schedule_and_warm_start(tiny_pack, tmp_path):
     source = load_model(first / "best.keras", compile=False)
 
     # the warm start copies every weight before the first step
-    from pneumo.model import build_model, warm_start
+    from pneumo.model.networks import build_model, warm_start
 
     m = build_model("unet-bn", 64, None, width=0.125)
     warm_start(m, first / "best.keras", 64)
@@ -531,10 +531,10 @@ def test_nan_mid_epoch_then_stop_keeps_the_last_good_checkpoint(tiny_pack, tmp_p
     step 2" and last.keras stays the (finite) one from epoch 1; nothing is saved from NaN weights."""
     import tensorflow as tf
 
-    import pneumo.losses
+    import pneumo.model.losses
 
     scale = tf.Variable(1.0, trainable=False)  # NaN from epoch 2, step 2: NaN loss and gradients
-    real = pneumo.losses.get_loss
+    real = pneumo.model.losses.get_loss
 
     def poisoned(name):
         base = real(name)
@@ -543,7 +543,7 @@ def test_nan_mid_epoch_then_stop_keeps_the_last_good_checkpoint(tiny_pack, tmp_p
             return base(y_true, y_pred) * scale
         return scaled_loss
 
-    monkeypatch.setattr(pneumo.losses, "get_loss", poisoned)
+    monkeypatch.setattr(pneumo.model.losses, "get_loss", poisoned)
     run = tmp_path / "run"
     saved = {}
 

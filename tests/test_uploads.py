@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumo import uploads
+from pneumo.ingest import uploads
 from pneumo.errors import InputError
-from pneumo.uploads import content_root, data_root, extract_upload, hide_root, safe_extract_zip, sweep_uploads
+from pneumo.ingest.uploads import content_root, data_root, extract_upload, hide_root, safe_extract_zip, sweep_uploads
 
 
 def _zip(members: dict[str, bytes], symlink: str | None = None, *, dirs: tuple[str, ...] = ()) -> io.BytesIO:
@@ -157,7 +157,7 @@ def test_bounded_memory_while_extracting(tmp_path):
         for i in range(4):
             z.writestr(f"d/{i}.bin", os.urandom(1 << 20) * 16)  # 16 MB each, ~1 MB zipped: 16x
     grew, result = peak_rss_mb(
-        "from pneumo.uploads import safe_extract_zip",
+        "from pneumo.ingest.uploads import safe_extract_zip",
         f"safe_extract_zip({str(path)!r}, {str(tmp_path / 'out')!r})\nresult['ok'] = 1",
     )
     assert result == {"ok": 1} and sum(p.stat().st_size for p in (tmp_path / "out" / "d").iterdir()) == 64 << 20

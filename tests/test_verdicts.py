@@ -1,4 +1,4 @@
-"""pneumo.verdicts with readers (issue 14): rows keyed by reader, reader names checked, the
+"""pneumo.store.verdicts with readers (issue 14): rows keyed by reader, reader names checked, the
 export's reader column, and the in-place migration of first-release review files."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from pneumo import verdicts
+from pneumo.store import verdicts
 from pneumo.errors import InputError
 
 _FIRST_RELEASE = ("CREATE TABLE verdicts (run TEXT NOT NULL, split TEXT NOT NULL, image_id TEXT NOT NULL, "

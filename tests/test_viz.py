@@ -1,10 +1,10 @@
-"""pneumo.viz: hand-computed 4x4 outlines, overlay colours and alpha, window/level, heat maps."""
+"""pneumo.review.viz: hand-computed 4x4 outlines, overlay colours and alpha, window/level, heat maps."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pneumo import viz
+from pneumo.review import viz
 from pneumo.errors import InputError
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumo.split import SPLITS
+from pneumo.ingest.split import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the list and say what is in it (no TensorFlow)."""
-    from pneumo.curate import curate
+    from pneumo.review.curate import curate
 
     result = curate(args.run_dir, args.split, args.out, verdict_files=args.verdicts, pack=args.pack,
                     min_readers=args.min_readers, force=args.force)

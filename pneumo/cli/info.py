@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report (no TensorFlow, no image data read)."""
-    from pneumo.pack import SPLITS, read_info, read_sources
+    from pneumo.store.pack import SPLITS, read_info, read_sources
 
     info = read_info(args.pack)
     refs = {s: read_sources(args.pack, s) for s in SPLITS}

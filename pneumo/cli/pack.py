@@ -119,11 +119,11 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Build the manifest, pack it with a progress bar, print the split report."""
-    from pneumo import sources
+    from pneumo.ingest import sources
     from pneumo.config import check_size
     from pneumo.errors import InputError
-    from pneumo.pack import pack_manifest
-    from pneumo.uploads import sweep_temp_files
+    from pneumo.store.pack import pack_manifest
+    from pneumo.ingest.uploads import sweep_temp_files
 
     config = config_from_args(args)
     check_size(config.size)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pack:
         pack_path = Path(args.pack).expanduser()
-        from pneumo.pack import read_info
+        from pneumo.store.pack import read_info
 
         read_info(pack_path)  # a clear error now rather than after the model is built
     else:
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     import keras
     from tqdm import tqdm
 
-    from pneumo import jobs
+    from pneumo.train import jobs
     from pneumo.predict import evaluate_run
-    from pneumo.train import train
+    from pneumo.train.loop import train
 
     info = config.check()  # bad input fails before a run folder exists
     run_dir = jobs.new_run_dir(prefix="quickstart")
@@ -104,7 +104,7 @@ def _make_pack(path) -> None:
     from tqdm import tqdm
 
     from pneumo import config as C
-    from pneumo.pack import make_demo_pack
+    from pneumo.store.pack import make_demo_pack
 
     bar = tqdm(total=None, unit="img", desc="making the demo pack", file=sys.stdout)
 

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pneumo.split import SPLITS
+from pneumo.ingest.split import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _categories(run_dir: Path, split: str) -> tuple[dict[str, str], str] | None:
     """Category per id under the run's triplet (the rule the Review page and ``predict`` use:
-    :func:`pneumo.artifacts.run_triplet`) from the cached predictions when they are fresh for
+    :func:`pneumo.store.predictions.run_triplet`) from the cached predictions when they are fresh for
     the pack, else from ``cases_<split>.csv``; and a line saying which."""
-    from pneumo import artifacts
+    from pneumo.store import predictions as artifacts
     from pneumo.predict import read_cases_csv
-    from pneumo.review import ReviewData
+    from pneumo.review.cases import ReviewData
 
     if artifacts.freshness(run_dir, split, None).fresh:
         data = ReviewData(run_dir, split)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from pneumo.errors import InputError
-    from pneumo.verdicts import DB_NAME, VerdictStore, check_reader
+    from pneumo.store.verdicts import DB_NAME, VerdictStore, check_reader
 
     run_dir: Path = args.run_dir
     if not run_dir.is_dir():
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_agreement(rows: list) -> None:
     """Per pair of readers: overall then per category, with the cases they disagree on."""
-    from pneumo.agreement import agreement_rows, reader_agreement
+    from pneumo.review.agreement import agreement_rows, reader_agreement
 
     table = agreement_rows(reader_agreement(rows))
     if not table:

@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     import keras
 
-    from pneumo import jobs
+    from pneumo.train import jobs
     from pneumo.config import TrainConfig, load_config
-    from pneumo.train import train
+    from pneumo.train.loop import train
 
     run_dir, created = args.run_dir, None
     if run_dir is None:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_dir}", flush=True)
     seed_config = config if config is not None else load_config(TrainConfig, os.path.join(run_dir, "config.json"))
     # The process entry point is the one place allowed to seed Keras' global generator
-    # (weight initialisation); pneumo.train itself only uses explicit seeds.
+    # (weight initialisation); pneumo.train.loop itself only uses explicit seeds.
     keras.utils.set_random_seed(seed_config.seed)
     try:
         summary = train(config, run_dir, resume=args.resume, allow_changed_pack=args.allow_changed_pack)

@@ -2,7 +2,7 @@
 
 No streamlit, no TensorFlow. ``python -m pneumo curate RUN --split S`` and the Review page
 call :func:`curate`. A case is listed when at least ``min_readers`` readers gave it a verdict
-of :data:`pneumo.verdicts.LABEL_PROBLEM_VERDICTS` (e.g. "label missed a pneumothorax" on a
+of :data:`pneumo.store.verdicts.LABEL_PROBLEM_VERDICTS` (e.g. "label missed a pneumothorax" on a
 false positive, "label doubtful" on a false negative). The CSV (columns
 :data:`RELABEL_COLUMNS`) names each case by its pack id, the file it was packed from (empty
 for packs made before source references), its category when judged, every reader's verdict
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from ._io import atomic_path, csv_cell, fsync_dir, temp_path_for
-from .errors import InputError, PneumoError
-from .verdicts import DB_NAME, LABEL_PROBLEM_VERDICTS, Verdict, VerdictStore
+from pneumo._io import atomic_path, csv_cell, fsync_dir, temp_path_for
+from pneumo.errors import InputError, PneumoError
+from pneumo.store.verdicts import DB_NAME, LABEL_PROBLEM_VERDICTS, Verdict, VerdictStore
 
 RELABEL_COLUMNS = ("id", "source", "category", "verdicts", "notes")
 _ANY_LABEL_PROBLEM = frozenset(v for vs in LABEL_PROBLEM_VERDICTS.values() for v in vs)
@@ -151,8 +151,8 @@ def pack_sources(run_dir: str | os.PathLike, split: str,
     """``{pack id: source path}`` for a run's split, and None; or ``{}`` and the reason
     (pack not found, a pack made before source references, damaged). The pack is ``pack``,
     else the one the run's predictions were made from, else the run's config's."""
-    from . import artifacts
-    from .fullres import sources_by_id
+    from pneumo.store import predictions as artifacts
+    from pneumo.review.fullres import sources_by_id
 
     try:
         if pack is None:
@@ -176,7 +176,7 @@ def curate(run_dir: str | os.PathLike, split: str, out: str | os.PathLike | None
     """Write the relabel list of a run's split (default ``RUN/relabel_<split>.csv``) from its
     review file (``RUN/reviews.sqlite``, or ``verdict_files`` merged) and return what was
     written. Reviews are those saved under the run's folder name."""
-    from .split import SPLITS
+    from pneumo.ingest.split import SPLITS
 
     run_dir = Path(os.path.abspath(run_dir))  # reviews are keyed by the folder's name, also for "."
     if split not in SPLITS:

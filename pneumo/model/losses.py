@@ -1,6 +1,6 @@
 """Losses (BCE, soft Dice, BCE+Dice, BCE+batch Dice) and per-image Dice/IoU metrics.
 
-Shapes: ``y_true`` ``(N, S, S, 1)`` float in {0, 1} (what ``pneumo.data`` yields), ``y_pred``
+Shapes: ``y_true`` ``(N, S, S, 1)`` float in {0, 1} (what ``pneumo.train.data`` yields), ``y_pred``
 ``(N, S, S, 1)`` probabilities. Everything is computed in float32, so a float16 ``y_pred``
 under mixed precision is safe.
 
@@ -25,8 +25,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from .config import LOSSES
-from .errors import InputError
+from pneumo.config import LOSSES
+from pneumo.errors import InputError
 
 DICE_SMOOTH = 1.0  # soft Dice: keeps empty/empty at loss 0 and the gradient finite
 

@@ -24,12 +24,12 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from . import __version__
-from ._io import atomic_path
-from .config import DICOM_WINDOWS, PackConfig, SplitConfig, check_size, to_dict
-from .errors import InputError, PackFormatError
-from .split import SPLITS, format_report, split_samples
-from .workers import worker_pool
+from pneumo import __version__
+from pneumo._io import atomic_path
+from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig, check_size, to_dict
+from pneumo.errors import InputError, PackFormatError
+from pneumo.ingest.split import SPLITS, format_report, split_samples
+from pneumo.workers import worker_pool
 
 FORMAT = "pneumo-pack"
 FORMAT_VERSION = 1
@@ -171,7 +171,7 @@ class DamagedPack:
 def scan_packs(folder: str | os.PathLike | None = None) -> tuple[list[PackInfo], list[DamagedPack]]:
     """Packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name: the valid ones
     and the damaged or foreign ones with the reason. Never raises for a bad file."""
-    from .settings import data_dir
+    from pneumo.settings import data_dir
 
     folder = Path(folder) if folder is not None else data_dir()
     infos: list[PackInfo] = []
@@ -199,7 +199,7 @@ def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
 def out_path(name: str, folder: str | os.PathLike | None = None) -> Path:
     """The pack file ``folder/name`` (default folder ``settings.data_dir()``; ``.h5`` added when
     missing). ``InputError`` unless ``name`` is a plain file name (no folder, not hidden)."""
-    from .settings import data_dir
+    from pneumo.settings import data_dir
 
     name = name.strip()
     if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
@@ -213,7 +213,7 @@ def out_path(name: str, folder: str | os.PathLike | None = None) -> Path:
 def _load_resized(sample: Any, size: int, max_pixels: int | None, dicom_window: str = "voi") -> tuple | str:
     """Worker: decode one pair, resize it, and give its native (height, width); a bad file
     returns its error message."""
-    from .sources import load_for_pack
+    from pneumo.ingest.sources import load_for_pack
 
     try:
         return load_for_pack(sample, size, max_pixels, dicom_window)
@@ -224,7 +224,7 @@ def _load_resized(sample: Any, size: int, max_pixels: int | None, dicom_window: 
 
 
 def _sample_positive(sample: Any, max_pixels: int | None) -> bool | str:
-    from .sources import sample_positive
+    from pneumo.ingest.sources import sample_positive
 
     try:
         return sample_positive(sample, max_pixels)
@@ -312,11 +312,11 @@ def pack_manifest(
         raise InputError(f"{out}: already exists; use --force to replace it")
     if out.is_dir():
         raise InputError(f"{out}: is a folder, not a file")
-    from .sources import source_path
+    from pneumo.ingest.sources import source_path
 
     exclusion = None
     if config.exclude:
-        from .exclude import apply_exclusion
+        from pneumo.exclude import apply_exclusion
 
         manifest, exclusion = apply_exclusion(manifest, config.exclude)
     samples = list(manifest.samples)
@@ -456,14 +456,14 @@ def make_demo_pack(
     progress: ProgressFn | None = None,
 ) -> PackInfo:
     """Render ``count`` demo phantoms at ``size`` px and pack them (what the app does on first launch)."""
-    from .sources import demo_source
+    from pneumo.ingest.sources import demo_source
 
     config = PackConfig(size=size, split=split, workers=workers)
     return pack_manifest(demo_source(count, size=size, seed=seed), out, config, force=force, progress=progress)
 
 
 def _write_phantom_pngs(index: int, seed: int, size: int, images: Path, masks: Path) -> None:
-    from .phantom import make_phantom, sample_seed
+    from pneumo.ingest.phantom import make_phantom, sample_seed
 
     image, mask = make_phantom(sample_seed(seed, index), size)
     name = f"phantom-{index:05d}.png"

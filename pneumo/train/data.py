@@ -36,10 +36,10 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
-from .augment import augment_batch, check_config, is_identity
-from .config import AugmentConfig
-from .errors import InputError
-from .split import SPLITS
+from pneumo.train.augment import augment_batch, check_config, is_identity
+from pneumo.config import AugmentConfig
+from pneumo.errors import InputError
+from pneumo.ingest.split import SPLITS
 
 # Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
 _SHUFFLE_TAG = 0x5348
@@ -59,9 +59,9 @@ def _open_split(pack_path: str | os.PathLike, split: str) -> tuple[h5py.File, h5
 
     Raises :class:`InputError` for an unknown split and :class:`PackFormatError` (an
     ``InputError``) for a missing file or anything that is not a well-formed pneumo pack
-    (layout checked by :func:`pneumo.pack.open_pack`).
+    (layout checked by :func:`pneumo.store.pack.open_pack`).
     """
-    from .pack import open_pack
+    from pneumo.store.pack import open_pack
 
     path = Path(pack_path)
     if split not in SPLITS:

@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from .config import SPLITS, SplitConfig
-from .errors import InputError
+from pneumo.config import SPLITS, SplitConfig
+from pneumo.errors import InputError
 
 
 

@@ -16,13 +16,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .errors import InputError
+from pneumo.errors import InputError
 
 __all__ = ["tf_config", "cluster_role", "make_strategy", "symbolic_build_for_multi_worker", "with_shard_policy",
            "check_keras_internals", "KerasInternalsChanged"]
 
-# A child of pneumo.train's logger: the trainer's log level and handlers apply.
-log = logging.getLogger("pneumo.train.distribute")
+# A child of pneumo.train.loop's logger: the trainer's log level and handlers apply.
+log = logging.getLogger("pneumo.train.loop.distribute")
 
 
 class KerasInternalsChanged(RuntimeError):
@@ -71,7 +71,7 @@ def check_keras_internals() -> None:
             missing.append(f"keras.Model.{name}")
     if missing:
         raise KerasInternalsChanged(
-            f"Keras {keras.__version__} no longer has {', '.join(missing)}, which pneumo.distribute "
+            f"Keras {keras.__version__} no longer has {', '.join(missing)}, which pneumo.train.distribute "
             f"patches for multi-worker training (written for Keras 3.5-3.15); update the workarounds "
             f"or pin an older Keras")
 

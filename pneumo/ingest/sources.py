@@ -2,7 +2,7 @@
 
 Each source builds a :class:`Manifest` of :class:`Sample` records quickly (file names, CSV and
 DICOM headers only); :func:`load_pair` decodes one sample's image and mask (in a worker
-process when packing) through :mod:`pneumo.imageio`, which owns decoding, the conversions to
+process when packing) through :mod:`pneumo.ingest.imageio`, which owns decoding, the conversions to
 8-bit gray and the pixel budget. :func:`manifest_from_spec` is the one entry point that turns
 a source description (the CLI's arguments, the Data page's form) into a manifest.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .imageio import (
+from pneumo.errors import InputError
+from pneumo.ingest.imageio import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
     check_pixels,
@@ -29,9 +29,9 @@ from .imageio import (
     read_mask,
     resize_pair,
 )
-from .rle import EMPTY, union_decode
-from .siim_labels import read_labels as _read_labels
-from .workers import worker_pool
+from pneumo.ingest.rle import EMPTY, union_decode
+from pneumo.ingest.siim_labels import read_labels as _read_labels
+from pneumo.workers import worker_pool
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -307,7 +307,7 @@ def demo_source(count: int, size: int = 256, seed: int = 0) -> Manifest:
 
     Deterministic in ``seed``; ``positive`` is known up front (``phantom.is_positive``).
     """
-    from . import phantom
+    from pneumo.ingest import phantom
 
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise InputError(f"--count: need a positive number of demo images, got {count!r}")
@@ -350,7 +350,7 @@ def load_pair(
     ``dicom_window``: how DICOM images become 8 bits ("voi" or "full", see ``read_image``).
     """
     if sample.kind == "demo":
-        from . import phantom
+        from pneumo.ingest import phantom
 
         check_pixels(sample.id, sample.size, sample.size, max_pixels)
         image, mask = phantom.make_phantom(sample.phantom_seed, sample.size, positive=sample.positive)
@@ -430,7 +430,7 @@ def sample_positive(sample: Sample, max_pixels: int | None = MAX_PIXELS) -> bool
     if sample.kind == "siim":
         return bool(sample.rles)
     if sample.kind == "demo":
-        from . import phantom
+        from pneumo.ingest import phantom
 
         return bool(phantom.is_positive(sample.phantom_seed))
     if sample.mask is None:

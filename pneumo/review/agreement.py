@@ -1,7 +1,7 @@
 """Agreement between readers: Cohen's kappa per pair of readers, per category and overall.
 
 Pure numpy (no streamlit, no TensorFlow, no SQLite): the inputs are labels, or rows with
-``image_id``, ``reader``, ``category`` and ``verdict`` attributes (:class:`pneumo.verdicts.Verdict`).
+``image_id``, ``reader``, ``category`` and ``verdict`` attributes (:class:`pneumo.store.verdicts.Verdict`).
 
 For two readers A and B who both judged n cases with labels from k categories, the k x k
 table ``T[i, j]`` counts cases A labelled i and B labelled j. Then
@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-CATEGORIES = ("FP", "FN", "TP", "TN")  # review order, as pneumo.verdicts.VERDICTS
+CATEGORIES = ("FP", "FN", "TP", "TN")  # review order, as pneumo.store.verdicts.VERDICTS
 
 __all__ = ["Agreement", "PairAgreement", "confusion", "kappa_from_table", "agreement", "pair_agreement",
            "reader_agreement", "agreement_rows", "CATEGORIES"]

@@ -1,7 +1,7 @@
 """Where Keras keeps the VGG16 ImageNet weights, and whether the file there is the real one.
 
 TensorFlow-free, so the app can say whether pretrained training will work (and where the file
-goes) without importing Keras; :mod:`pneumo.model` uses the same functions to load it.
+goes) without importing Keras; :mod:`pneumo.model.networks` uses the same functions to load it.
 
 Keras caches ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` in
 ``$KERAS_HOME/models/`` (default ``~/.keras/models/``; ``/tmp/.keras/models/`` when that home
@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .config import IMAGENET_NOTOP_FILE
+from pneumo.config import IMAGENET_NOTOP_FILE
 
 __all__ = [
     "IMAGENET_NOTOP_FILE",

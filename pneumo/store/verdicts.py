@@ -6,7 +6,7 @@ two processes review the same run without losing a click.
 
 Each verdict belongs to a *reader* (the person reviewing): rows are keyed by
 ``(run, split, image_id, reader)``, so two radiologists judge the same case independently and
-:mod:`pneumo.agreement` compares them. Review files of the first release have no reader
+:mod:`pneumo.review.agreement` compares them. Review files of the first release have no reader
 column: opening one migrates it in place, in one transaction (copy into the new table, check
 the row count, drop, rename), every old row going to the reader :data:`UNNAMED_READER`.
 The migration is idempotent and a second process opening the file at the same time waits,
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
-from ._io import atomic_path, csv_cell, now_iso
-from .errors import InputError
+from pneumo._io import atomic_path, csv_cell, now_iso
+from pneumo.errors import InputError
 
 #: Verdict vocabulary per category at the time of review (keys in review order).
 VERDICTS: dict[str, tuple[str, ...]] = {

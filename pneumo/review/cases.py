@@ -1,8 +1,8 @@
 """Reviewing a model's predictions case by case, as a radiologist would: the model of a session.
 
 No streamlit and no TensorFlow: the review page (``app_pages/review.py``) is a thin view over this.
-File names, freshness and the triplet rule are :mod:`pneumo.artifacts`; verdicts are
-:mod:`pneumo.verdicts`.
+File names, freshness and the triplet rule are :mod:`pneumo.store.predictions`; verdicts are
+:mod:`pneumo.store.verdicts`.
 
 * :class:`ReviewData` reads a run's cached predictions (``RUN/predictions_<split>.h5``,
   written by ``python -m pneumo evaluate``) and the pack's images and masks for that split,
@@ -12,7 +12,7 @@ File names, freshness and the triplet rule are :mod:`pneumo.artifacts`; verdicts
 * :func:`identity`: what a cache of a :class:`ReviewData` must be keyed by.
 * :func:`select`, :func:`shown_category`: filter by category (FP first by default, falling
   back to the next non-empty one) and sort; :func:`step` moves through them.
-* Missing predictions are computed by an evaluation job: :func:`pneumo.jobs.start_evaluation`.
+* Missing predictions are computed by an evaluation job: :func:`pneumo.train.jobs.start_evaluation`.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from pneumo import artifacts, evaluate
-from pneumo.artifacts import FileStamp, decode_ids, predictions_path, run_checkpoints
+from pneumo import evaluate
+from pneumo.store import predictions as artifacts
+from pneumo.store.predictions import FileStamp, decode_ids, predictions_path, run_checkpoints
 from pneumo.errors import InputError
 
 CATEGORIES = ("FP", "FN", "TP", "TN")  # review order: false positives first
@@ -63,7 +64,7 @@ def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
 def run_label(path: Path) -> str:
     """``"run-... (finished)"``: the run's name and the state in its ``status.json``."""
     try:
-        from pneumo import jobs
+        from pneumo.train import jobs
 
         state = jobs.read_status(path).get("state", "")
     except Exception:  # a damaged status file must not hide the run
@@ -167,7 +168,7 @@ class ReviewData:
 
     # ---- setup
     def _match_pack_rows(self) -> np.ndarray:
-        from pneumo import pack
+        from pneumo.store import pack
 
         with pack.open_pack(self.pack_path) as f:
             pack_ids = decode_ids(f[f"ids_{self.split}"][()])
@@ -206,7 +207,7 @@ class ReviewData:
     def stats(self) -> evaluate.ProbStats:
         """Per-image histograms of all predictions (computed once, chunked reads)."""
         if self._stats is None:
-            from pneumo import pack
+            from pneumo.store import pack
 
             with h5py.File(self.predictions_path, "r") as fp, pack.open_pack(self.pack_path) as fk:
                 Y = fk[f"Y_{self.split}"]
@@ -230,7 +231,7 @@ class ReviewData:
         id the predictions hold for it; a pack rewritten since opening raises
         :class:`InputError` instead of showing one image under another's id.
         """
-        from pneumo import pack
+        from pneumo.store import pack
 
         idx = [int(i) for i in indices]
         for i in idx:
@@ -266,7 +267,7 @@ class ReviewData:
         return self.cases([index])[0]
 
     def default_triplet(self) -> evaluate.Triplet:
-        """The run's triplet by the one rule of :func:`pneumo.artifacts.run_triplet` (made with
+        """The run's triplet by the one rule of :func:`pneumo.store.predictions.run_triplet` (made with
         this file's checkpoint first), at this pack's size."""
         return artifacts.run_triplet(self.run_dir, self.size, self.checkpoint)[0]
 
@@ -331,9 +332,9 @@ def step(position: int, total: int, delta: int) -> int:
 def case_panels(case: Case, triplet: evaluate.Triplet, view: dict[str, Any]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Input, target and prediction panels of a case, each ``(H, W, 3) uint8`` (``view``: the
-    keyword arguments of :func:`pneumo.viz.triptych_panels`). The prediction mask is exactly
+    keyword arguments of :func:`pneumo.review.viz.triptych_panels`). The prediction mask is exactly
     the post-processed mask that was scored (:func:`pneumo.evaluate.postprocess`)."""
-    from pneumo import viz
+    from pneumo.review import viz
 
     pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
     return viz.triptych_panels(case.image, case.target, case.probs, pred_mask=pred_mask, **view)
@@ -343,7 +344,7 @@ def case_thumbnail(case: Case, category: str, triplet: evaluate.Triplet, view: d
                    size: int) -> np.ndarray:
     """A grid thumbnail ``(size, size, 3) uint8``: target (green) and post-processed prediction
     (red) over the windowed image, framed in the category's colour."""
-    from pneumo import viz
+    from pneumo.review import viz
 
     pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
     gray = viz.window_level(case.image, *view["window"]) if view["window"] else case.image

@@ -1,9 +1,9 @@
 """Full-resolution reading for review: native pixels with their values kept for windowing.
 
-Where :func:`pneumo.imageio.read_image` makes 8 bits at once (for packing), this keeps what a
+Where :func:`pneumo.ingest.imageio.read_image` makes 8 bits at once (for packing), this keeps what a
 viewer needs to window and level: DICOM's 12/16-bit values after the modality transform and the
-file's own default window; :func:`pneumo.windowing.window_to_uint8` then draws any window.
-Re-exported by :mod:`pneumo.imageio`.
+file's own default window; :func:`pneumo.ingest.windowing.window_to_uint8` then draws any window.
+Re-exported by :mod:`pneumo.ingest.imageio`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import windowing
-from .errors import InputError
-from .imageio import (
+from pneumo.ingest import windowing
+from pneumo.errors import InputError
+from pneumo.ingest.imageio import (
     _BLOCK_PIXELS,
     MAX_PIXELS,
     _dicom_pixels,
@@ -28,7 +28,7 @@ from .imageio import (
     decoding,
     is_dicom,
 )
-from .windowing import full_range_window, window_to_uint8
+from pneumo.ingest.windowing import full_range_window, window_to_uint8
 
 __all__ = [
     "FullImage",
@@ -59,7 +59,7 @@ class FullImage:
     """An image at its native resolution with its values kept for windowing."""
 
     pixels: np.ndarray  # (H, W): uint8/uint16/int16/int32 stored or modality values, or float32
-    center: float  # default window (LINEAR, see pneumo.windowing): the file's own, else the full range
+    center: float  # default window (LINEAR, see pneumo.ingest.windowing): the file's own, else the full range
     width: float
     invert: bool  # MONOCHROME1: high values are dark; pass to window_to_uint8
     photometric: str  # "MONOCHROME1", "MONOCHROME2", "RGB" (converted to luma), "L", "I;16" ...
@@ -174,7 +174,7 @@ def prediction_at(levels: np.ndarray, triplet, height: int, width: int) -> np.nd
 
     ``levels``: ``(S, S)`` or ``(S, S, 1) uint8``; returns ``(height, width) uint8`` {0, 255}.
     """
-    from .predict import mask_at_resolution  # lazy: predict imports imageio, which re-exports us
+    from pneumo.predict import mask_at_resolution  # lazy: predict imports imageio, which re-exports us
 
     lv = np.asarray(levels)
     return mask_at_resolution(lv.reshape(lv.shape[0], lv.shape[1]), triplet, int(height), int(width))[0]
@@ -211,7 +211,7 @@ class SourceCheck:
 
 
 def check_source(ref) -> SourceCheck:
-    """Check a :class:`pneumo.pack.SourceRef` (or ``None``: the pack has no source references).
+    """Check a :class:`pneumo.store.pack.SourceRef` (or ``None``: the pack has no source references).
 
     A reference is usable when it names a regular file that exists; a demo phantom
     (``demo:<seed>``) has no file. Never raises."""
@@ -315,7 +315,7 @@ def default_centre(*masks: np.ndarray | None) -> tuple[int, int] | None:
 def _outline_in(mask: np.ndarray, top: int, left: int, h: int, w: int, thickness: int = 1) -> np.ndarray:
     """The outline of ``mask`` inside the region, computed with a margin so the region's own
     border is not taken for the mask's: ``(h, w) bool``."""
-    from .viz import outline
+    from pneumo.review.viz import outline
 
     t0, l0 = max(0, top - thickness), max(0, left - thickness)
     t1, l1 = min(mask.shape[0], top + h + thickness), min(mask.shape[1], left + w + thickness)
@@ -357,7 +357,7 @@ def draw_overview(full: FullImage, center: float, width: float, size: int,
     :func:`overview_step`; a mask pixel is kept when any native pixel of its ``k x k`` block is
     set, so a thin band stays visible), windowed, mask outlines painted, and ``box`` (native
     ``(top, left, h, w)``) drawn as a rectangle: ``(ceil(H / k), ceil(W / k), 3) uint8``."""
-    from .viz import outline
+    from pneumo.review.viz import outline
 
     H, W = full.pixels.shape[:2]
     k = overview_step(H, W, size)
@@ -384,10 +384,10 @@ def draw_overview(full: FullImage, center: float, width: float, size: int,
 
 
 def sources_by_id(pack_path: str | os.PathLike, split: str) -> dict | None:
-    """``{image id: SourceRef}`` of a pack's split (:func:`pneumo.pack.read_sources` keyed by
+    """``{image id: SourceRef}`` of a pack's split (:func:`pneumo.store.pack.read_sources` keyed by
     ``ids_<split>``), or ``None`` for a pack written without source references."""
-    from .artifacts import pack_split_ids
-    from .pack import read_sources
+    from pneumo.store.predictions import pack_split_ids
+    from pneumo.store.pack import read_sources
 
     refs = read_sources(pack_path, split)
     if refs is None:
@@ -399,7 +399,7 @@ def sources_by_id(pack_path: str | os.PathLike, split: str) -> dict | None:
 def siim_labels(pack_path: str | os.PathLike) -> tuple[str, bool] | None:
     """``(label CSV path, relative RLE starts)`` recorded by a SIIM pack (its report's
     ``info["labels_csv"]``), or ``None`` (another source, or a pack made before it was recorded)."""
-    from .pack import read_info
+    from pneumo.store.pack import read_info
 
     info = read_info(pack_path)
     if info.attrs.get("source") != "siim":
@@ -414,8 +414,8 @@ def siim_labels(pack_path: str | os.PathLike) -> tuple[str, bool] | None:
 def native_target(labels: dict, image_id: str, height: int, width: int, relative: bool) -> np.ndarray | None:
     """The target decoded from the label CSV's RLE at the native ``(height, width)``: ``uint8``
     {0, 255}; ``None`` when the CSV has no row for ``image_id`` or the RLE does not fit.
-    ``labels``: :func:`pneumo.siim_labels.read_labels`'s first result."""
-    from .rle import EMPTY, union_decode
+    ``labels``: :func:`pneumo.ingest.siim_labels.read_labels`'s first result."""
+    from pneumo.ingest.rle import EMPTY, union_decode
 
     entries = labels.get(image_id)
     if not entries:

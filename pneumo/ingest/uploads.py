@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from .errors import InputError
+from pneumo.errors import InputError
 
 __all__ = [
     "MAX_ZIP_BYTES",
@@ -58,7 +58,7 @@ def _shown(name: str) -> str:
 def uploads_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir/uploads`` (default: the workspace's data folder)."""
     if data_dir is None:
-        from .settings import data_dir as default_data_dir
+        from pneumo.settings import data_dir as default_data_dir
 
         data_dir = default_data_dir()
     return Path(data_dir) / "uploads"

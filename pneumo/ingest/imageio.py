@@ -17,7 +17,7 @@ Conversions (documented choices):
   WindowCenter/WindowWidth (``apply_voi_lut``), the output range mapped to 0..255; a file
   without either, or "full", is scaled by its ``BitsStored`` (the full stored range through the
   modality transform), so 8-bit data is unchanged. Both run as lookup tables
-  (:mod:`pneumo.windowing`). ``MONOCHROME1`` is inverted; colour is converted to luminance;
+  (:mod:`pneumo.ingest.windowing`). ``MONOCHROME1`` is inverted; colour is converted to luminance;
   multi-frame files are refused.
 - Masks: any non-zero pixel in any colour channel is pneumothorax (alpha ignored; a palette
   mask is judged by its colours, not its indices). JPEG masks therefore count compression
@@ -38,8 +38,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import DICOM_WINDOWS, PackConfig
-from .errors import InputError
+from pneumo.config import DICOM_WINDOWS, PackConfig
+from pneumo.errors import InputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -343,7 +343,7 @@ def _dicom_pixels(path: Path, max_pixels: int | None, what: str) -> tuple[object
 
 
 def _dicom_gray(path: Path, max_pixels: int | None, window: str = "voi") -> np.ndarray:
-    from . import windowing
+    from pneumo.ingest import windowing
 
     ds, pixels = _dicom_pixels(path, max_pixels, "image")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -456,15 +456,15 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 
 
 _NONZERO_LUT = [0] + [255] * 255
-_LAZY = {"FullImage": "fullres", "read_full_resolution": "fullres", "window_to_uint8": "windowing"}
+_LAZY = {"FullImage": "pneumo.review.fullres", "read_full_resolution": "pneumo.review.fullres", "window_to_uint8": "pneumo.ingest.windowing"}
 
 
 def __getattr__(name: str):
-    # Re-exported lazily: pneumo.fullres imports this module.
+    # Re-exported lazily: pneumo.review.fullres imports this module.
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,9 +1,9 @@
 """The training engine: one run folder per run, resumable, observable, stoppable.
 
 :func:`train` validates everything first (:meth:`TrainConfig.check`, pack, exclusion list,
-weights, run folder), then fits a model from :mod:`pneumo.model` on
-:func:`pneumo.data.make_dataset` pipelines and keeps the run folder (docs/architecture.md,
-"Run folder"; written through :mod:`pneumo.runs`, every file replaced atomically) up to date
+weights, run folder), then fits a model from :mod:`pneumo.model.networks` on
+:func:`pneumo.train.data.make_dataset` pipelines and keeps the run folder (docs/architecture.md,
+"Run folder"; written through :mod:`pneumo.store.run`, every file replaced atomically) up to date
 through Keras callbacks: status, progress (per batch, at most every ``PROGRESS_INTERVAL_S``),
 history (one row per epoch), ``best.keras`` (lowest ``val_loss``), ``last.keras`` and its backup.
 
@@ -15,7 +15,7 @@ history (one row per epoch), ``best.keras`` (lowest ``val_loss``), ``last.keras`
 - Two stages: ``epochs`` as configured, then ``fine_tune_epochs`` with the encoder unfrozen
   and Adam at ``fine_tune_lr``; epoch numbers run on across both.
 - Devices and strategies (several GPUs, ``TF_CONFIG`` workers; only the chief writes the run
-  folder, which must be shared between machines, as must a STOP): :mod:`pneumo.distribute`.
+  folder, which must be shared between machines, as must a STOP): :mod:`pneumo.train.distribute`.
 - Divergence: a non-finite batch loss ends the run ``failed`` ("diverged at epoch E, step S")
   and no checkpoint is written from non-finite weights.
 - The pack's fingerprint goes to ``pack.json``: resuming refuses a changed pack unless
@@ -48,20 +48,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import runs
-from ._procs import sigterm_sets
-from .fingerprint import check_pack, record_pack
-from ._io import now_iso
-from .distribute import cluster_role, make_strategy, symbolic_build_for_multi_worker, with_shard_policy
-from .config import TrainConfig, config_diff, init_config, load_config, normalise_train_paths, save_config
-from .exclude import PackExclusion, check_recorded, pack_exclusion, record_exclusion
-from .errors import InputError, PneumoError, user_message
+from pneumo.store import run as runs
+from pneumo._procs import sigterm_sets
+from pneumo.fingerprint import check_pack, record_pack
+from pneumo._io import now_iso
+from pneumo.train.distribute import cluster_role, make_strategy, symbolic_build_for_multi_worker, with_shard_policy
+from pneumo.config import TrainConfig, config_diff, init_config, load_config, normalise_train_paths, save_config
+from pneumo.exclude import PackExclusion, check_recorded, pack_exclusion, record_exclusion
+from pneumo.errors import InputError, PneumoError, user_message
 
 __all__ = ["train", "HISTORY_COLUMNS", "STAGES", "PROGRESS_INTERVAL_S"]
 
-log = logging.getLogger("pneumo.train")
+log = logging.getLogger("pneumo.train.loop")
 
-HISTORY_COLUMNS, STAGES = runs.HISTORY_COLUMNS, runs.STAGES  # re-exported: defined in pneumo.runs
+HISTORY_COLUMNS, STAGES = runs.HISTORY_COLUMNS, runs.STAGES  # re-exported: defined in pneumo.store.run
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -244,7 +244,7 @@ class _Setup:
 
 def _compile(model: keras.Model, lr: float, config: TrainConfig, decay_steps: int | None = None) -> None:
     """Compile with Adam at ``lr``; with ``decay_steps`` and ``lr_schedule="cosine"``, lr decays to 0 over them."""
-    from .losses import get_loss, get_metrics
+    from pneumo.model.losses import get_loss, get_metrics
 
     if decay_steps and config.lr_schedule == "cosine":
         # The schedule reads optimizer.iterations, which a resumed backup restores.
@@ -287,7 +287,7 @@ def train(
 
     Raises:
         InputError: bad config, pack, weights or run folder; raised before anything is
-            written to the run folder (a status.json that :mod:`pneumo.jobs` wrote for this
+            written to the run folder (a status.json that :mod:`pneumo.train.jobs` wrote for this
             process is set to ``failed`` with the message).
         Exception: anything raised while training, after setting the state ``failed``.
     """
@@ -391,7 +391,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
 
 def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Model:
     """Strategy, then the compiled model (restored from the backup when resuming)."""
-    from .model import build_model, set_encoder_trainable, warm_start
+    from pneumo.model.networks import build_model, set_encoder_trainable, warm_start
 
     config, info = setup.config, setup.info
     strategy = make_strategy(setup.workers)
@@ -444,8 +444,8 @@ def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Mod
 
 def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbacks: list,
                 done: int, verbose: int | str) -> str:
-    from .data import make_dataset
-    from .model import set_encoder_trainable
+    from pneumo.train.data import make_dataset
+    from pneumo.model.networks import set_encoder_trainable
 
     config, info = setup.config, setup.info
     if verbose == "auto":
@@ -472,7 +472,7 @@ def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbac
         fit(done, config.epochs)
     if config.fine_tune_epochs and done < setup.total_epochs:
         if monitor.stage != "fine-tune":
-            from .model import encoder_layers
+            from pneumo.model.networks import encoder_layers
 
             if all(layer.trainable for layer in encoder_layers(model)):
                 log.info("fine-tune stage: the encoder was already trainable; only the learning rate changes")

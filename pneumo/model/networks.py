@@ -25,9 +25,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .config import IMAGENET_NOTOP_FILE, VARIANTS, check_width  # check_width: TensorFlow-free, re-exported
-from .errors import InputError
-from .imagenet import imagenet_cache_path, imagenet_cache_problem, imagenet_fix
+from pneumo.config import IMAGENET_NOTOP_FILE, VARIANTS, check_width  # check_width: TensorFlow-free, re-exported
+from pneumo.errors import InputError
+from pneumo.model.imagenet import imagenet_cache_path, imagenet_cache_problem, imagenet_fix
 
 _BN_MOMENTUM = 0.9  # decoder BatchNorm; see _conv_bn_relu
 # Encoder layers whose outputs feed the U-Net decoder, deepest first (qubvel's VGG16 skips).
@@ -375,7 +375,7 @@ def load_model(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
 
     ``compile=False`` skips restoring the loss, metrics and optimizer (enough to predict).
     """
-    from . import losses  # noqa: F401  (registers the custom losses and metrics)
+    from pneumo.model import losses  # noqa: F401  (registers the custom losses and metrics)
 
     path = Path(path)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """Evaluation files of a run folder: one owner for their names, identities and rules.
 
-No TensorFlow and no streamlit. ``pneumo.predict`` writes these files, ``pneumo.review``, the
+No TensorFlow and no streamlit. ``pneumo.predict`` writes these files, ``pneumo.review.cases``, the
 Review page and the ``evaluate``/``review`` commands read them; all go through here
 (docs/architecture.md, "Evaluation files"):
 
@@ -24,10 +24,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import evaluate as ev
-from ._io import atomic_path, read_json, now_iso
-from .errors import InputError
-from .split import SPLITS
+from pneumo import evaluate as ev
+from pneumo._io import atomic_path, read_json, now_iso
+from pneumo.errors import InputError
+from pneumo.ingest.split import SPLITS
 
 CHECKPOINTS = ("best", "last")
 # Splits whose metrics may hold a run's tuned triplet; every one made by `evaluate_run`
@@ -114,7 +114,7 @@ def find_pack(run_dir: str | os.PathLike, stored: str | None = None) -> Path:
     attribute) when given and present, else the run's ``config.json`` ``pack``. A relative
     path is tried against the current directory, the workspace, then the run folder.
     :class:`InputError` listing what was tried when none exists."""
-    from .settings import workspace
+    from pneumo.settings import workspace
 
     run_dir = Path(run_dir)
     cfg = read_json(run_dir / "config.json")
@@ -157,7 +157,7 @@ class FileStamp:
 
 @functools.lru_cache(maxsize=64)
 def _pack_split_ids(stamp: FileStamp, split: str) -> tuple[str, ...]:
-    from .pack import open_pack
+    from pneumo.store.pack import open_pack
 
     with open_pack(stamp.path) as f:
         return tuple(decode_ids(f[f"ids_{split}"][()]))

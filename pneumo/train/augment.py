@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .config import FILL_MODES, AugmentConfig
-from .errors import InputError
+from pneumo.config import FILL_MODES, AugmentConfig
+from pneumo.errors import InputError
 
 INTERPOLATIONS = ("bilinear", "nearest")
 PARAM_NAMES = ("angle", "shift_x", "shift_y", "zoom_x", "zoom_y", "flip")

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import PneumoError
+from pneumo.errors import PneumoError
 
 __all__ = ["all_empty_val_dice", "predicts_nothing", "BatchLossSampler", "epoch_tick_step",
            "PREDICTS_NOTHING_TOLERANCE"]
@@ -36,7 +36,7 @@ def all_empty_val_dice(config: Mapping[str, Any]) -> float | None:
     them when None); for the whole split the pack's ``positive_fraction_dev`` gives the answer
     without reading masks. None when the pack is gone or unreadable (the chart then has no line).
     """
-    from .pack import open_pack
+    from pneumo.store.pack import open_pack
 
     pack = config.get("pack")
     if not pack or not os.path.isfile(str(pack)):

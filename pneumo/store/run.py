@@ -2,7 +2,7 @@
 
 docs/architecture.md ("Run folder") is the contract. :class:`RunWriter` is what the trainer
 writes with (status, progress, history, checkpoints, backup); everything else here reads,
-for :mod:`pneumo.jobs`, the CLI and the app. No TensorFlow: the app imports this on every page.
+for :mod:`pneumo.train.jobs`, the CLI and the app. No TensorFlow: the app imports this on every page.
 
 Readers never raise on a damaged folder: a ``status.json`` that is not UTF-8 or JSON, a folder
 named ``status.json``, a non-UTF-8 ``history.csv`` or a ``config.json`` with ``"epochs":
@@ -22,10 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import settings
-from ._io import atomic_write_json, atomic_write_text, load_json, now_iso, read_json, replace_durably
-from ._procs import is_ours, process_start
-from .errors import InputError
+from pneumo import settings
+from pneumo._io import atomic_write_json, atomic_write_text, load_json, now_iso, read_json, replace_durably
+from pneumo._procs import is_ours, process_start
+from pneumo.errors import InputError
 
 __all__ = [
     "HISTORY_COLUMNS", "STAGES", "STATES", "RunWriter", "RunInfo", "read_status", "read_progress",
@@ -146,7 +146,7 @@ def holds_run(run_dir: str | os.PathLike, own_pid: int | None = None) -> str | N
     """Why ``run_dir`` already holds a run, or None: the one "is this folder taken" rule.
 
     Taken: a history, a checkpoint or a backup, or a ``status.json`` (readable or not) other
-    than the ``running`` one :mod:`pneumo.jobs` prepared for ``own_pid``.
+    than the ``running`` one :mod:`pneumo.train.jobs` prepared for ``own_pid``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -319,7 +319,7 @@ def best_row(rows: list[dict]) -> dict | None:
 
 
 def summary(state: str, run_dir: Path, total: int, seconds: float) -> dict:
-    """What :func:`pneumo.train.train` returns, from the folder's history."""
+    """What :func:`pneumo.train.loop.train` returns, from the folder's history."""
     rows = read_history(run_dir)
     best = best_row(rows)
     return {

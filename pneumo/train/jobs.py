@@ -4,7 +4,7 @@ The app never trains or evaluates in its own process: :func:`start_training` lau
 ``python -m pneumo train --config RUN/config.json --run-dir RUN`` and :func:`start_evaluation`
 ``python -m pneumo evaluate RUN --split S --checkpoint C``, each in a new session with its
 output in a log file of the run folder. Everything else reads or writes files of the run
-folder (:mod:`pneumo.runs`, docs/architecture.md "Run folder"), so a page reload, a second
+folder (:mod:`pneumo.store.run`, docs/architecture.md "Run folder"), so a page reload, a second
 browser tab or a restarted app finds a running job, follows it and can stop it.
 
 - One job at a time, across both kinds: a start is refused while any training or
@@ -15,7 +15,7 @@ browser tab or a restarted app finds a running job, follows it and can stop it.
   :func:`pneumo.predict.evaluate_run`), and a failure as the command's one-line error; raw
   log lines (TensorFlow's C++ chatter) stay in the log file.
 
-The readers pages use (:func:`read_status`, :func:`list_runs`, ...) are :mod:`pneumo.runs`'
+The readers pages use (:func:`read_status`, :func:`list_runs`, ...) are :mod:`pneumo.store.run`'
 own, re-exported here. No TensorFlow here: the app imports this module on every page.
 
 Test hooks: with ``PNEUMO_TESTING=1`` set, ``$PNEUMO_TRAIN_COMMAND`` and
@@ -34,20 +34,20 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import settings
-from .artifacts import check_checkpoint, check_split, predictions_path
-from ._io import atomic_write_json, load_json, now_iso, read_json
-from ._procs import CHILDREN, is_ours, process_start
-from .config import TrainConfig, normalise_train_paths, save_config, to_dict
-from .errors import InputError
-from .runs import (STATES, RunInfo, active_run, eval_progress_path, holds_run, is_run_dir, list_runs, log_tail,
+from pneumo import settings
+from pneumo.store.predictions import check_checkpoint, check_split, predictions_path
+from pneumo._io import atomic_write_json, load_json, now_iso, read_json
+from pneumo._procs import CHILDREN, is_ours, process_start
+from pneumo.config import TrainConfig, normalise_train_paths, save_config, to_dict
+from pneumo.errors import InputError
+from pneumo.store.run import (STATES, RunInfo, active_run, eval_progress_path, holds_run, is_run_dir, list_runs, log_tail,
                    new_run_dir, read_history, read_progress, read_status, request_stop, write_prepared_status)
-from .split import SPLITS
+from pneumo.ingest.split import SPLITS
 
 __all__ = [
     "start_training", "start_evaluation", "evaluation_job", "stop_evaluation", "evaluate_command",
     "running_job", "eval_progress_path",
-    # pneumo.runs' readers, for the pages
+    # pneumo.store.run' readers, for the pages
     "RunInfo", "read_status", "read_progress", "read_history", "request_stop", "list_runs",
     "active_run", "new_run_dir", "is_run_dir", "log_tail", "STATES",
 ]

@@ -1,12 +1,12 @@
 """The SIIM-ACR label CSV: ``ImageId, EncodedPixels`` rows (stage 1 ``train-rle.csv`` or
-stage 2 ``stage_2_train.csv``), validated and grouped by image (used by :func:`pneumo.sources.siim_source`)."""
+stage 2 ``stage_2_train.csv``), validated and grouped by image (used by :func:`pneumo.ingest.sources.siim_source`)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from .errors import InputError
-from .rle import detect_format, rle_runs
+from pneumo.errors import InputError
+from pneumo.ingest.rle import detect_format, rle_runs
 
 __all__ = ["read_labels"]
 
