@@ -10,7 +10,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pneumo import settings
-from pneumo.store import pack
+from pneumo.store import pack_folder
 from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig
 from pneumo.errors import InputError
 from pneumo_app import common
@@ -160,8 +160,7 @@ def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
     Files from the user (uploads and server paths alike) are decoded and their headers read
     only in worker processes with a memory cap, never in the server.
     """
-    from pneumo.store import pack
-    from pneumo.ingest import sources
+    from pneumo.ingest import packer, sources
     from pneumo.ingest import uploads
 
     folder = root = None
@@ -184,7 +183,7 @@ def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
             def progress(done: int, total: int) -> None:
                 bar.progress(done / max(total, 1), text=f"Packing {done} of {total} images")
 
-            info = pack.pack_manifest(manifest, out, config, force=force, progress=progress)
+            info = packer.pack_manifest(manifest, out, config, force=force, progress=progress)
         except InputError as e:
             if folder is None:
                 raise
@@ -206,7 +205,7 @@ def make_pack_ui() -> None:
         config, name, force = options_ui(src["kind"])
     if st.button("Build the pack", type="primary", key="data_build"):
         with common.user_errors():
-            out = pack.out_path(name)
+            out = pack_folder.out_path(name)
             info = build_pack(src, config, out, force)
         st.session_state[common.PACK_KEY] = str(info.path)
         st.session_state["data_pack"] = str(info.path)

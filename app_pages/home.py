@@ -6,7 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from pneumo import config
-from pneumo.train import jobs
+from pneumo.store.run import checkpoint_file
+from pneumo.store.run_list import active_run, list_runs
 from pneumo_app import common
 
 
@@ -17,8 +18,8 @@ st.write(
     "positives first. Everything below runs on this machine; images never leave it."
 )
 
-active = jobs.active_run()
-runs = jobs.list_runs()
+active = active_run()
+runs = list_runs()
 packs = common.packs()
 
 with st.container(border=True):
@@ -81,7 +82,7 @@ if runs:
                 "pack": Path(str(r.config.get("pack", ""))).name,
                 "epochs": f"{r.epochs_done} / {r.epochs if r.epochs is not None else '?'}",
                 "best val Dice": r.best_val_dice,
-                "checkpoint": "best.keras" if r.has_best else "",
+                "checkpoint": checkpoint_file("best") if r.has_best else "",
                 "error": r.damaged or r.error or "",  # a damaged run says why
             }
             for r in runs

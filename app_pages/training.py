@@ -17,24 +17,13 @@ from plotly.subplots import make_subplots
 from pneumo import config as C
 from pneumo.train import curves
 from pneumo.model import imagenet
-from pneumo.train import jobs
 from pneumo.config import TrainConfig
+from pneumo.store.run import (CONFIG, EXCLUSION_RECORD, RunFolder, log_tail, read_history, read_progress, read_status, remote_host, request_stop,
+                              stop_requested)
+from pneumo.store.run_list import active_run, list_runs
 from pneumo_app import common
 
-# Menu labels, keyed by the library's vocabularies (a value without a label shows as itself).
-VARIANT_LABELS = {
-    "unet": "unet: VGG16-U-Net with skip connections (for ImageNet weights)",
-    "blog": "blog: the blog's VGG16 encoder-decoder, as described",
-    "blog-code": "blog-code: the blog's model as its code builds it",
-    "unet-bn": "unet-bn: VGG-shaped U-Net with BatchNorm and a width (from scratch, CPU)",
-}
-LOSS_LABELS = {
-    "bce": "binary cross-entropy (the blog's)",
-    "dice": "soft Dice per image",
-    "bce+dice": "BCE + soft Dice per image",
-    "bce+batch-dice": "BCE + soft Dice over the batch",
-}
-LR_SCHEDULE_LABELS = {"constant": "constant", "cosine": "cosine decay to 0"}
+# Model, loss and schedule labels are the library's (pneumo.config, beside the vocabularies).
 WEIGHTS = {"imagenet": "ImageNet (pretrained VGG16)", "none": "none (random initialisation)", "file": "a local .h5 file"}
 FREEZE = {"auto": "auto (frozen when pretrained)", "frozen": "frozen", "trainable": "trainable"}
 REFRESH_S = 2
@@ -113,7 +102,7 @@ def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
     ss = st.session_state
     name = preset_ui(weights_available)
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Model", C.VARIANTS, format_func=_label(VARIANT_LABELS), key="tr_variant")
+    c1.selectbox("Model", C.VARIANTS, format_func=lambda v: f"{v}: {C.VARIANT_LABELS[v]}", key="tr_variant")
     c1.number_input("Width (unet-bn's filters x this; 1 for the other models)", 0.0625, 1.0, key="tr_width",
                     step=0.0625, format="%.4g", disabled=ss.tr_variant != "unet-bn")
     c2.selectbox("Encoder weights", list(WEIGHTS), format_func=WEIGHTS.get, key="tr_weights")
@@ -126,9 +115,9 @@ def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
     c4.number_input("Batch size", 1, 1024, key="tr_batch")
     c1, c2, c3, c4 = st.columns(4)
     c1.number_input("Learning rate (Adam)", 1e-7, 1.0, key="tr_lr", format="%.1e", step=1e-5)
-    c2.selectbox("Learning-rate schedule", C.LR_SCHEDULES, format_func=_label(LR_SCHEDULE_LABELS),
+    c2.selectbox("Learning-rate schedule", C.LR_SCHEDULES, format_func=_label(C.LR_SCHEDULE_LABELS),
                  key="tr_lr_schedule")
-    c3.selectbox("Loss", C.LOSSES, format_func=_label(LOSS_LABELS), key="tr_loss")
+    c3.selectbox("Loss", C.LOSSES, format_func=_label(C.LOSS_LABELS), key="tr_loss")
     c4.number_input("Positive share per batch (0 = uniform)", 0.0, 1.0, key="tr_positive", step=0.05,
                     help="Each training batch holds this share of images with a lesion.")
     c1, c2, c3, c4 = st.columns(4)
@@ -147,7 +136,7 @@ def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
             help="A CSV with an `id` column: paste the path of the relabel list the Review page (or "
                  "`python -m pneumo curate`) wrote. Those images are left out of the train and dev splits, "
                  "never out of test, so test scores stay comparable. The run records the list "
-                 "(config.json, excluded.json). Same as `python -m pneumo train --exclude LIST.csv`.",
+                 f"({CONFIG}, {EXCLUSION_RECORD}). Same as `python -m pneumo train --exclude LIST.csv`.",
         ).strip()
     weights = {"imagenet": "imagenet", "none": None, "file": weights_path.strip() or None}[ss.tr_weights]
     # Fields the form does not show (e.g. init_from) keep the preset's values.
@@ -229,7 +218,7 @@ def compare_figure(runs: list, metric: str = "val_loss") -> go.Figure:
     fig = go.Figure()
     last = 1
     for run in runs:
-        x, y = _series(jobs.read_history(run.path), metric)
+        x, y = _series(read_history(run.path), metric)
         fig.add_scatter(x=x, y=y, mode="lines+markers", name=run.name)
         last = max([last, *x])
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10),
@@ -287,29 +276,32 @@ def _progress_ui(run_dir: str, status: dict, progress: dict, history: list[dict]
 
 
 def _live_body(run_dir: str, run_config: dict) -> None:
-    status = jobs.read_status(run_dir)
-    progress = jobs.read_progress(run_dir)
-    history = jobs.read_history(run_dir)
+    status = read_status(run_dir)
+    progress = read_progress(run_dir)
+    history = read_history(run_dir)
     state = status["state"]
     ss = st.session_state
 
     head, stop_col = st.columns([4, 1])
     head.markdown(f"**{common.md_escape(Path(run_dir).name)}** {STATE_BADGE.get(state, state)}")
+    host = remote_host(status)
+    if host:  # written by another machine sharing the runs folder: its process is not visible here
+        head.caption(f"running on {common.md_escape(host)}")
     if state == "running":
-        if (Path(run_dir) / "STOP").exists():
+        if stop_requested(Path(run_dir)):
             stop_col.button("Stopping...", disabled=True, key="tr_stopping")
         elif stop_col.button("Stop", key="tr_stop", icon=":material/stop:",
                              help="Ends after the current batch and saves last.keras."):
             with common.user_errors():
-                jobs.request_stop(run_dir)
+                request_stop(run_dir)
             st.caption("Stop requested: the run ends after the current batch and saves `last.keras`.")
     if state in ("failed", "damaged"):
         what = "The run failed" if state == "failed" else "The run folder is damaged"
         st.error(f"{what}: {common.md_escape(status.get('error') or 'no message')}")
-        log = Path(run_dir) / "train.log"
+        log = RunFolder(run_dir).log
         if log.exists():
-            with st.expander("Last lines of train.log"):
-                st.code(jobs.log_tail(log, lines=30), language=None)  # reads the end only
+            with st.expander(f"Last lines of {log.name}"):
+                st.code(log_tail(log, lines=30), language=None)  # reads the end only
 
     # Sampled on every refresh of every session looking at the run; see curves.BatchLossSampler.
     sampler = ss.setdefault("tr_batch_loss", {}).setdefault(run_dir, curves.BatchLossSampler())
@@ -381,28 +373,28 @@ def past_runs_ui(runs: list) -> None:
 
 def _runs_body(page_active: str | None) -> None:
     """Run picker, live view, all runs and the comparison, read afresh on every refresh."""
-    runs = jobs.list_runs()  # once per tick: every run's status is read here, the active one included
-    # what jobs.active_run() returns (the first running one, same order), without reading them twice
-    active = next((r.name for r in runs if r.state == "running"), None)
+    infos = list_runs()  # once per tick: every run's status is read here, the active one included
+    # what active_run() returns (the first running one, same order), without reading them twice
+    active = next((r.name for r in infos if r.state == "running"), None)
     if active != page_active:
         st.rerun()  # a run started or ended: the whole page (Start, refresh rate) follows
-    if not runs:
+    if not infos:
         st.info("No runs yet in the workspace.")
         return
     ss = st.session_state
     st.subheader("Run")
-    names = [r.name for r in runs]
+    names = [r.name for r in infos]
     wanted = active if active is not None else Path(ss.get(common.RUN_KEY, "")).name
     if ss.get("tr_run") not in names or ss.get("tr_run_active") != active:
         ss.tr_run = wanted if wanted in names else names[0]
     ss.tr_run_active = active
-    by_name = {r.name: r for r in runs}
+    by_name = {r.name: r for r in infos}
     name = st.selectbox("Run", names, key="tr_run", label_visibility="collapsed",
                         format_func=lambda n: f"{n}  ({by_name[n].state})" if n in by_name else n)
     ss[common.RUN_KEY] = str(by_name[name].path)
     _live_body(str(by_name[name].path), by_name[name].config)
     st.subheader("All runs")
-    past_runs_ui(runs)
+    past_runs_ui(infos)
 
 
 def runs_ui(active: str | None) -> None:
@@ -449,7 +441,7 @@ def main() -> None:
         "to its own folder: reloading this page, opening a second tab or restarting the app does not "
         "stop it, and any of them can follow or stop it. One run at a time."
     )
-    active_path = jobs.active_run()
+    active_path = active_run()
     active = active_path.name if active_path is not None else None
     with st.container(border=True):
         st.subheader("New run")

@@ -33,7 +33,7 @@ def machine_line() -> str:
 def demo_pack(path: Path, count: int, size: int, seed: int = 0, proportions=(250.0, 40.0, 40.0)) -> Path:
     """A pack of ``count`` demo phantoms at ``size`` px, made the way users make one."""
     from pneumo.config import SplitConfig
-    from pneumo.store.pack import make_demo_pack
+    from pneumo.ingest.packer import make_demo_pack
 
     make_demo_pack(path, count=count, size=size, seed=seed, split=SplitConfig(proportions=proportions), force=True)
     return path

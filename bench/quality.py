@@ -50,21 +50,16 @@ def ellipses_pack(path: Path, count: int = 1000, size: int = 128, seed: int = 0)
     brighter. Distractors (0-2 per image, any image): discs of the same contrast, not in
     the mask, so "a bright blob" is not enough to call an image positive.
     """
-    import h5py
+    from pneumo.store.pack import PackWriter
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     counts = (int(round(count * 250 / 330)), int(round(count * 40 / 330)))
     counts = (counts[0], counts[1], count - counts[0] - counts[1])
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format="pneumo-pack", format_version=1, size=size, seed=seed,
-                       split=json.dumps({"proportions": list(counts)}), source="bench/quality.py ellipses",
-                       created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       pneumo_version="bench", report="{}")
+    with PackWriter(path, size, dict(zip(("train", "dev", "test"), counts)), sources=False) as writer:
         for split, n in zip(("train", "dev", "test"), counts):
             X = np.zeros((n, size, size, 1), np.uint8)
             Y = np.zeros((n, size, size, 1), np.uint8)
-            pos = 0
             for i in range(n):
                 img = np.full((size, size), 100.0, np.float32)
                 for _ in range(3):
@@ -85,21 +80,16 @@ def ellipses_pack(path: Path, count: int = 1000, size: int = 128, seed: int = 0)
                     m = (u / a) ** 2 + (v / b) ** 2 <= 1
                     img[m] += rng.uniform(25, 40)
                     Y[i, ..., 0] = m * 255
-                    pos += 1
                 X[i, ..., 0] = np.clip(img, 0, 255).astype(np.uint8)
-            f.create_dataset(f"X_{split}", data=X, chunks=(1, size, size, 1))
-            f.create_dataset(f"Y_{split}", data=Y, chunks=(1, size, size, 1))
-            f.create_dataset(f"ids_{split}", data=np.array([f"{split}-{i:05d}" for i in range(n)], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.attrs[f"count_{split}"] = n
-            f.attrs[f"positive_fraction_{split}"] = pos / n if n else 0.0
+            writer.append(split, [f"{split}-{i:05d}" for i in range(n)], X, Y)
+        writer.finish(seed=seed, split=json.dumps({"proportions": list(counts)}), source="bench/quality.py ellipses")
     return path
 
 
 def task_pack(task: str, folder: Path, count: int | None) -> Path:
     """The pack of ``task`` in ``folder`` (made once; reused across seeds)."""
     from pneumo.config import QUICK_PACK_OPTIONS
-    from pneumo.store.pack import make_demo_pack
+    from pneumo.ingest.packer import make_demo_pack
 
     if task == "phantoms":
         options = dict(QUICK_PACK_OPTIONS)

@@ -5,7 +5,7 @@ images and probabilities: speed does not depend on content), then times what the
 
 - open: ``ReviewData`` + its per-image histograms (once per predictions file; cached by the app);
 - next case: read one case (image, mask, probabilities from the HDF5 files) + post-process it
-  + build the three triptych panels (``review_ui.case_panels``); and the same plus PNG
+  + build the three triptych panels (``review.cases.case_panels``); and the same plus PNG
   encoding of the three panels, which ``st.image`` does on the server;
 - threshold change: re-score every image under a new triplet (``ReviewData.evaluate``:
   categories, Dice, summary, ROC) + the FP filter and sort (``review.select``).
@@ -28,7 +28,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 
@@ -40,48 +39,48 @@ from pneumo.review import cases as review
 from pneumo.review import viz
 
 
-def _write_run(root: Path, n: int, size: int, seed: int = 0, pool: int = 40) -> Path:
-    """A pack of demo phantoms (a pool of ``pool`` reused, so writing is quick) and smooth
-    model-like probabilities: high on the lesion, a false alarm on some negatives, low noise."""
+def _blocks(n: int, size: int, seed: int, pool: int, step: int = 100):
+    """Images, masks and probability levels of the run, ``step`` at a time: ``(a, b, X, Y, P)``
+    with ``(k, S, S) uint8`` each; the same for the same arguments."""
     from pneumo.ingest import phantom
 
     rng = np.random.default_rng(seed)
     pairs = [phantom.make_phantom(phantom.sample_seed(seed, i), size) for i in range(pool)]
     yy, xx = np.mgrid[:size, :size]
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        k = b - a
+        X = np.empty((k, size, size), np.uint8)
+        Y = np.empty((k, size, size), np.uint8)
+        Pr = np.empty((k, size, size), np.float32)
+        for j in range(k):
+            X[j], Y[j] = pairs[int(rng.integers(pool))]
+            p = (Y[j] > 0) * rng.uniform(0.3, 0.95)
+            if rng.random() < 0.15:  # a false alarm somewhere
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                p = np.maximum(p, rng.uniform(0.3, 0.9) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size * 2.0)))
+            Pr[j] = p
+        Pr += rng.normal(0, 0.02, Pr.shape).astype(np.float32)
+        yield a, b, X, Y, evaluate.quantize(np.clip(Pr, 0, 1))
+
+
+def _write_run(root: Path, n: int, size: int, seed: int = 0, pool: int = 40) -> Path:
+    """A pack of demo phantoms (a pool of ``pool`` reused, so writing is quick) and smooth
+    model-like probabilities: high on the lesion, a false alarm on some negatives, low noise."""
+    from pneumo.store.pack import PackWriter
+    from pneumo.store.predictions import create_predictions
+
     pack, run = root / "bench.h5", root / "runs" / "bench-run"
     run.mkdir(parents=True)
     ids = [f"img-{i:05d}" for i in range(n)]
-    chunk = (1, size, size, 1)
-    with h5py.File(pack, "w") as fk, h5py.File(run / "predictions_test.h5", "w") as fp:
-        fk.attrs.update(format="pneumo-pack", format_version=1, size=size, seed=seed, split="{}", source="bench",
-                        created="", pneumo_version="bench", report="{}")
-        for s in ("train", "dev", "test"):
-            m = n if s == "test" else 0
-            fk.create_dataset(f"X_{s}", (m, size, size, 1), np.uint8, chunks=chunk if m else None)
-            fk.create_dataset(f"Y_{s}", (m, size, size, 1), np.uint8, chunks=chunk if m else None)
-            fk.create_dataset(f"ids_{s}", data=np.array(ids if m else [], dtype=object), dtype=h5py.string_dtype())
-            fk.attrs[f"count_{s}"] = m
-        P = fp.create_dataset("probs", (n, size, size, 1), np.uint8, chunks=chunk)
-        fp.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        fp.attrs.update(checkpoint="best", checkpoint_mtime=0.0, pack=str(pack), split="test", created="")
-        step = 100
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            k = b - a
-            X = np.empty((k, size, size), np.uint8)
-            Y = np.empty((k, size, size), np.uint8)
-            Pr = np.empty((k, size, size), np.float32)
-            for j in range(k):
-                X[j], Y[j] = pairs[int(rng.integers(pool))]
-                p = (Y[j] > 0) * rng.uniform(0.3, 0.95)
-                if rng.random() < 0.15:  # a false alarm somewhere
-                    cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-                    p = np.maximum(p, rng.uniform(0.3, 0.9) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size * 2.0)))
-                Pr[j] = p
-            Pr += rng.normal(0, 0.02, Pr.shape).astype(np.float32)
-            fk["X_test"][a:b] = X[..., None]
-            fk["Y_test"][a:b] = Y[..., None]
-            P[a:b] = evaluate.quantize(np.clip(Pr, 0, 1))[..., None]
+    with PackWriter(pack, size, {"test": n}, sources=False) as writer:  # train and dev stay empty
+        for a, b, X, Y, _ in _blocks(n, size, seed, pool):
+            writer.append("test", ids[a:b], X, Y)
+        writer.finish(seed=seed, split="{}", source="bench")
+    # the run has no model: the page checks these predictions against the pack only
+    with create_predictions(run, "test", ids, size, pack) as writer:
+        for a, _, _, _, P in _blocks(n, size, seed, pool):
+            writer.write(a, P[..., None])
     return run
 
 
@@ -133,7 +132,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=60)
     args = ap.parse_args()
     # the page module imports streamlit; case_panels itself is plain numpy
-    from pneumo_app.review_ui import case_panels, png_bytes
+    from pneumo.review.cases import case_panels
+    from pneumo_app.review_cache import png_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -182,8 +182,11 @@ def main() -> None:
         t_page = _page_reruns(Path(tmp), max(5, args.repeats // 4))
 
         # baseline: pixel by pixel with everything in memory
-        with h5py.File(data.predictions_path, "r") as fp, h5py.File(data.pack_path, "r") as fk:
-            probs, Y = fp["probs"][()], fk["Y_test"][()]
+        from pneumo.store.pack import Pack
+
+        probs = data.predictions.read()
+        with Pack(data.pack_path) as pack:
+            Y = pack.masks("test")
         t_base = []
         for t in triplets[: max(3, args.repeats // 10)]:
             s = time.perf_counter()
@@ -213,7 +216,7 @@ def main() -> None:
     print(f"| open the run once (ids, pack match, per-image histograms of all {args.n}) | {t_open * 1000:.0f} ms | - |")
     print(f"| next case: read image, mask, probabilities + post-process + triptych (mask view) | {nm:.1f} ms | {np95:.1f} ms |")
     print(f"| next case, heat-map view with window/level | {hm:.1f} ms | {hp95:.1f} ms |")
-    print(f"| next case + lossless PNG encoding of the 3 panels (`review_ui.png_bytes`, zlib level 1) | {pm:.1f} ms | {pp95:.1f} ms |")
+    print(f"| next case + lossless PNG encoding of the 3 panels (`review_cache.png_bytes`, zlib level 1) | {pm:.1f} ms | {pp95:.1f} ms |")
     print(f"| (for comparison: encoding the 3 panels alone at PIL's default PNG level 6) | {dm:.1f} ms | {dp95:.1f} ms |")
     print(f"| threshold change: re-score all {args.n} (categories, Dice, summary, ROC) + FP filter/sort | {tm:.1f} ms | {tp95:.1f} ms |")
     print(f"| Next click through Streamlit (AppTest round trip: progress, triptych, PNGs, verdicts; includes AppTest's polling) | {gm:.0f} ms | {gp95:.0f} ms |")
@@ -228,7 +231,7 @@ def main() -> None:
 def full_resolution_main(argv: list[str]) -> None:
     """``python bench/review.py --full-resolution [--side 3000] [--repeats 15]``: load a 16-bit
     DICOM (12 bits stored, WindowCenter/WindowWidth) at native size and window it to uint8
-    (``imageio.read_full_resolution`` + ``window_to_uint8``), against pydicom's own way
+    (``fullres.read_full_resolution`` + ``window_to_uint8``), against pydicom's own way
     (``dcmread`` + ``pixel_array`` + ``apply_modality_lut`` + ``apply_voi_lut`` on the image)."""
     import tracemalloc
 
@@ -242,7 +245,9 @@ def full_resolution_main(argv: list[str]) -> None:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     from siim_fixtures import write_dicom
 
-    from pneumo.ingest.imageio import read_full_resolution, read_image, window_to_uint8
+    from pneumo.ingest.imageio import read_image
+    from pneumo.ingest.windowing import window_to_uint8
+    from pneumo.review.fullres import read_full_resolution
 
     def pydicom_way(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(path)

@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from pneumo.errors import InputError
 
@@ -23,13 +23,53 @@ T = TypeVar("T")
 
 # --------------------------------------------------------------------------- vocabularies
 # TensorFlow-free, so the CLI, the app and config validation share them without importing Keras.
-VARIANTS = ("unet", "blog", "blog-code", "unet-bn")  # pneumo.model.networks builders
-LOSSES = ("bce", "dice", "bce+dice", "bce+batch-dice")  # pneumo.model.losses
+# Where a module builds things by name, its registry (name -> builder) is checked against the
+# vocabulary at import with check_registry; the labels the app's menus and the CLI's --help
+# show are defined once here, beside their vocabulary, and checked the same way below.
+VARIANTS = ("unet", "blog", "blog-code", "unet-bn")  # pneumo.model.networks.VARIANT_BUILDERS
+VARIANT_LABELS: dict[str, str] = {
+    "unet": "VGG16-U-Net with skip connections (for ImageNet weights)",
+    "blog": "the blog's VGG16 encoder-decoder, as described",
+    "blog-code": "the blog's model as its code builds it",
+    "unet-bn": "VGG-shaped U-Net with BatchNorm and a width (from scratch, CPU)",
+}
+LOSSES = ("bce", "dice", "bce+dice", "bce+batch-dice")  # pneumo.model.losses.LOSS_BUILDERS
+LOSS_LABELS: dict[str, str] = {
+    "bce": "binary cross-entropy (the blog's)",
+    "dice": "soft Dice per image",
+    "bce+dice": "BCE + soft Dice per image",
+    "bce+batch-dice": "BCE + soft Dice over the batch",
+}
 LR_SCHEDULES = ("constant", "cosine")  # pneumo.train.loop
+LR_SCHEDULE_LABELS: dict[str, str] = {"constant": "constant", "cosine": "cosine decay to 0"}
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # pneumo.train.augment
 SPLITS = ("train", "dev", "test")  # the pack's splits, in order
 DICOM_WINDOWS = ("voi", "full")  # pneumo.ingest.imageio: how DICOM values become 8 bits
+SOURCE_KINDS = ("folders", "siim", "demo")  # pneumo.ingest.sources.SOURCES: what can be packed
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' cache name
+
+
+def check_registry(registry: str, names: Iterable[str], vocabulary: Sequence[str]) -> None:
+    """Raise ``RuntimeError`` unless ``names`` (a registry's keys) are exactly ``vocabulary``, in its order.
+
+    Called at import by every registry and label table: a builder added without its name in
+    the vocabulary (or the reverse) stops the import with a message naming the difference,
+    instead of surfacing later as an unknown option or a missing menu entry.
+    """
+    names = tuple(names)
+    if names == tuple(vocabulary):
+        return
+    missing = [n for n in vocabulary if n not in names]
+    extra = [n for n in names if n not in vocabulary]
+    problems = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+               ([f"not in the vocabulary {', '.join(map(repr, extra))}"] if extra else [])
+    detail = "; ".join(problems) or f"order {', '.join(names)} instead of {', '.join(vocabulary)}"
+    raise RuntimeError(f"{registry} does not match its vocabulary ({', '.join(vocabulary)}): {detail}")
+
+
+check_registry("pneumo.config.VARIANT_LABELS", VARIANT_LABELS, VARIANTS)
+check_registry("pneumo.config.LOSS_LABELS", LOSS_LABELS, LOSSES)
+check_registry("pneumo.config.LR_SCHEDULE_LABELS", LR_SCHEDULE_LABELS, LR_SCHEDULES)
 
 
 # --------------------------------------------------------------------------- split
@@ -91,7 +131,7 @@ class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run folder."""
 
     pack: str = ""  # path of the HDF5 pack
-    variant: str = "unet"  # "unet", "blog" or "blog-code"
+    variant: str = "unet"  # one of VARIANTS (VARIANT_LABELS says what each builds)
     encoder_weights: str | None = "imagenet"  # "imagenet", a local .h5 path, or None
     freeze_encoder: bool | None = None  # None: frozen when weights are pretrained
     epochs: int = 90  # the blog's 90
@@ -99,7 +139,7 @@ class TrainConfig:
     validation_steps: int | None = None  # None: one pass over the dev split
     batch_size: int = 32  # the blog's 32
     lr: float = 2e-5  # the blog's Adam learning rate
-    loss: str = "bce"  # "bce" (the blog's), "dice" or "bce+dice"
+    loss: str = "bce"  # one of LOSSES; "bce" is the blog's
     fine_tune_epochs: int = 0  # second stage with the encoder unfrozen; 0 = none
     fine_tune_lr: float = 1e-5  # lower than lr: pretrained features move slowly
     mixed_precision: bool = False  # float16 compute on GPUs
@@ -110,21 +150,12 @@ class TrainConfig:
     # reproduce the old behaviour exactly.
     width: float = 1.0  # filter multiplier of "unet-bn" (0.25: 16 filters in block 1); 1 for the others
     positive_fraction: float | None = None  # share of positive images per train batch; None = uniform
-    lr_schedule: str = "constant"  # "constant" or "cosine" (lr decays to 0 over all first-stage steps)
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES; "cosine": lr decays to 0 over all first-stage steps
     init_from: str | None = None  # run folder whose best.keras weights start this run; None = fresh
     # CSV with an "id" column (e.g. the relabel list `pneumo curate` writes): those images are
     # left out of the train and dev splits while training, never out of test, so test scores
     # stay comparable with runs on the whole pack. None = train on every image of the pack.
     exclude: str | None = None
-
-    def check(self) -> dict[str, int]:
-        """Check this config and its pack without building anything (no TensorFlow); raise :class:`InputError`.
-
-        Returns ``{"size", "train", "dev", "steps", "validation_steps", "dev_batches"}``: the
-        pack's image side, the train and dev sizes after ``exclude``, and the step counts an
-        epoch will use (defaults filled in, ``validation_steps`` clamped to the dev batches).
-        """
-        return _check_train(self)
 
 
 # --------------------------------------------------------------------------- presets
@@ -159,7 +190,7 @@ PRESET_TITLES: dict[str, str] = {  # one line per preset for menus and --help
 QUICK_PRESET = "quick-demo"  # what Home's button and ``python -m pneumo quickstart`` train
 
 # The demo pack the quick demo trains on, in the workspace's data folder; keyword arguments
-# of ``pneumo.store.pack.make_demo_pack``. 128 px: a quarter of the work of 256 px per image.
+# of ``pneumo.ingest.packer.make_demo_pack``. 128 px: a quarter of the work of 256 px per image.
 # 1,000 phantoms (a few seconds to make): more variety to learn from than the 400 of the
 # first-launch pack, and a test split of 121 images, enough to tell a model from noise.
 QUICK_PACK_NAME = "quick-demo-128.h5"
@@ -225,8 +256,9 @@ def check_width(variant: str, width: float, encoder_weights: Any = None) -> floa
     return float(width)
 
 
-def _check_train(config: TrainConfig) -> dict[str, int]:
-    """:meth:`TrainConfig.check`: the options first, then the files they name."""
+def check_options(config: TrainConfig) -> TrainConfig:
+    """Check every value of ``config`` (no file is read: :func:`pneumo.plan.plan_run` checks the
+    files it names); return it, or raise :class:`InputError` naming the option."""
     if not isinstance(config, TrainConfig):
         raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
     if config.variant not in VARIANTS:
@@ -258,75 +290,11 @@ def _check_train(config: TrainConfig) -> dict[str, int]:
         raise InputError(f"positive_fraction = {f!r}: must be a number in 0..1 or null (uniform batches)")
     if config.lr_schedule not in LR_SCHEDULES:
         raise InputError(f"lr_schedule {config.lr_schedule!r} is unknown (choose one of: {', '.join(LR_SCHEDULES)})")
-    if config.init_from is not None:
-        init_config(config)
-    if config.exclude is not None and not isinstance(config.exclude, str):
-        raise InputError(f"exclude = {config.exclude!r}: must be the path of a CSV file or null")
-
-    weights = config.encoder_weights
-    if weights is not None and weights != "imagenet":
-        path = Path(weights)
-        if not path.is_file():
-            raise InputError(f"encoder weights file {path}: not found (give 'imagenet', 'none' or "
-                             f"the path of a VGG16 no-top weights .h5 file)")
-        if not path.name.endswith(".h5"):
-            raise InputError(f"encoder weights file {path}: expected a Keras weights file ending in .h5")
-    return _check_pack(config)
-
-
-def _check_pack(config: TrainConfig) -> dict[str, int]:
-    """The pack's side and split sizes (after ``exclude``), and the steps an epoch takes."""
-    from pneumo.store.pack import open_pack
-
-    if not config.pack:
-        raise InputError("pack: no pack file given")
-    pack = Path(config.pack)
-    if pack.is_dir():
-        raise InputError(f"{pack}: is a folder, expected an HDF5 pack file")
-    with open_pack(pack) as f:
-        n_train, size = (int(v) for v in f["X_train"].shape[:2])
-        n_dev = int(f["X_dev"].shape[0])
-    if size <= 0 or size % 32:
-        raise InputError(f"{config.pack}: image size {size} is not a multiple of 32, which the models "
-                         f"need (five 2x poolings); pack it again with --size 64, 128, 256, ...")
-    if n_train == 0:
-        raise InputError(f"{config.pack}: the train split is empty; nothing to train on")
-    if n_dev == 0:
-        raise InputError(f"{config.pack}: the dev split is empty; training needs dev data for "
-                         f"validation (pack it with a dev share)")
-    if config.exclude is not None:
-        from pneumo.exclude import pack_exclusion
-
-        dropped = pack_exclusion(config.pack, config.exclude).indices
-        n_train, n_dev = n_train - len(dropped["train"]), n_dev - len(dropped["dev"])
-        for split, n in (("train", n_train), ("dev", n_dev)):
-            if n == 0:
-                raise InputError(f"{config.exclude}: lists every image of the {split} split of "
-                                 f"{config.pack}; nothing left to {'train on' if split == 'train' else 'validate on'}")
-    dev_batches = math.ceil(n_dev / config.batch_size)
-    steps = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
-    val_steps = min(config.validation_steps or dev_batches, dev_batches)
-    return {"size": size, "train": n_train, "dev": n_dev, "steps": steps,
-            "validation_steps": val_steps, "dev_batches": dev_batches}
-
-
-def init_config(config: TrainConfig) -> TrainConfig:
-    """The config of the run ``config.init_from`` names, after checking it fits (same variant, width).
-
-    Raises :class:`InputError` naming the folder when it has no ``best.keras`` or ``config.json``,
-    or when its model differs from the one ``config`` builds. The image side is checked
-    when the weights are loaded.
-    """
-    root = Path(str(config.init_from))
-    if not (root / "best.keras").is_file():
-        raise InputError(f"init_from {root}: no best.keras there (give a run folder that finished at least "
-                         f"one epoch)")
-    other = load_config(TrainConfig, root / "config.json")
-    for name in ("variant", "width"):
-        if getattr(other, name) != getattr(config, name):
-            raise InputError(f"init_from {root}: its model has {name} {getattr(other, name)!r}, this run "
-                             f"{getattr(config, name)!r}; a warm start needs the same model")
-    return other
+    for name in ("init_from", "exclude"):
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{name} = {value!r}: must be a path or null")
+    return config
 
 
 def config_diff(a: Any, b: Any) -> list[str]:
@@ -379,25 +347,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write a config dataclass to ``path`` as JSON, atomically."""
-    from pneumo._io import atomic_write_json
-
-    atomic_write_json(path, to_dict(cfg))
-
-
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Read a config dataclass written by :func:`save_config`; errors name the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    return from_dict(cls, data, where=str(path))
 
 
 def check_size(size: int) -> int:

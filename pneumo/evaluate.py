@@ -362,12 +362,6 @@ def evaluate_stats(stats: ProbStats, triplet: Triplet, ids: Sequence[str] | None
     return summary, cases
 
 
-def evaluate_probs(probs: np.ndarray, masks_true: np.ndarray, triplet: Triplet,
-                   ids: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """:func:`evaluate_stats` on ``prob_stats(probs, masks_true)``; keep the stats to re-score fast."""
-    return evaluate_stats(prob_stats(probs, masks_true), triplet, ids)
-
-
 def _categories(true_pos: np.ndarray, pred_pos: np.ndarray) -> np.ndarray:
     # index = 2 * (not true) + (not pred) -> TP, FN, FP, TN
     table = np.array(["TP", "FN", "FP", "TN"], dtype=object)

@@ -1,9 +1,7 @@
 """Exclusion lists: the ids a pack (``pneumo pack --exclude``) or a run (``pneumo train --exclude``) leaves out.
 
-The list is a CSV with an ``id`` column: the relabel list ``pneumo curate`` writes (columns
-id, source, category, verdicts, notes) or any hand-made file; only ``id`` is read. Cells
-written through :func:`pneumo._io.csv_cell` (a leading ``'`` before ``= + - @``) are read back
-with :func:`pneumo._io.csv_value`.
+The list is a CSV with an ``id`` column: the relabel list ``pneumo curate`` writes or any
+hand-made file, read by :func:`pneumo.store.relabel.read_list_ids` (only ``id`` is read).
 
 A pack leaves the ids out before splitting. A run leaves them out of the pack's train and dev
 splits (:func:`pack_exclusion`) but never out of test, so its test score stays comparable with
@@ -12,7 +10,6 @@ refuses a list whose ids changed (:func:`check_recorded`).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -21,44 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from pneumo._io import atomic_write_json, csv_value, load_json, now_iso
+from pneumo._io import now_iso
 from pneumo.errors import InputError
+from pneumo.store.run import RunFolder, read_exclusion_record
+from pneumo.store.relabel import read_list_ids
 
-__all__ = ["Exclusion", "apply_exclusion", "read_exclude_list", "PackExclusion", "pack_exclusion",
-           "EXCLUDED_RECORD", "EXCLUDED_SPLITS", "record_exclusion", "check_recorded"]
+__all__ = ["Exclusion", "apply_exclusion", "PackExclusion", "pack_exclusion",
+           "EXCLUDED_SPLITS", "check_recorded"]
 
-EXCLUDED_RECORD = "excluded.json"  # in a run folder: what ``train --exclude`` left out
 # The splits a run filters; test never is, so test scores of runs with and without a list compare.
 EXCLUDED_SPLITS = ("train", "dev")
-
-_REPORT_IDS = 50  # ids listed in a pack's report attribute (all excluded ids are in a dataset)
-
-
-def read_exclude_list(path: str | os.PathLike) -> list[str]:
-    """The ids of an exclusion CSV, in file order without duplicates (blank cells ignored).
-
-    Raises ``InputError`` naming the file when it is missing, unreadable, not UTF-8 text or has
-    no ``id`` column (header names are matched after trimming spaces, case-sensitively).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: exclusion list not found" if not path.exists() else f"{path}: exclusion list is not a file")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [c.strip() for c in next(reader, None) or []]
-            if "id" not in header:
-                raise InputError(
-                    f"{path}: exclusion list has no 'id' column (found {header or 'no header'}); "
-                    "expected a CSV such as the relabel list `pneumo curate` writes"
-                )
-            col = header.index("id")
-            ids = [csv_value(row[col].strip()) for row in reader if len(row) > col and row[col].strip()]
-    except InputError:
-        raise
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise InputError(f"{path}: cannot read exclusion list ({type(e).__name__}: {e})") from None
-    return list(dict.fromkeys(ids))
 
 
 @dataclass
@@ -69,15 +38,6 @@ class Exclusion:
     excluded: list[str] = field(default_factory=list)  # ids removed from the source, in source order
     unknown: list[str] = field(default_factory=list)  # ids of the list that the source lacks
 
-    def report(self) -> dict[str, Any]:
-        """The pack report's entry: counts, the list's path and the first ids."""
-        return {
-            "list": self.path,
-            "excluded": len(self.excluded),
-            "excluded_ids": self.excluded[:_REPORT_IDS],
-            "unknown": len(self.unknown),
-            "unknown_ids": self.unknown[:_REPORT_IDS],
-        }
 
 
 def apply_exclusion(manifest: Any, path: str | os.PathLike) -> tuple[Any, Exclusion]:
@@ -86,7 +46,7 @@ def apply_exclusion(manifest: Any, path: str | os.PathLike) -> tuple[Any, Exclus
     Ids of the list that the manifest lacks (already fixed, another source, a typo) are
     reported in ``Exclusion.unknown``, never an error. The manifest is copied, not changed.
     """
-    ids = read_exclude_list(path)
+    ids = read_list_ids(path)
     wanted = set(ids)
     keep = [s for s in manifest.samples if s.id not in wanted]
     excluded = [s.id for s in manifest.samples if s.id in wanted]
@@ -139,15 +99,14 @@ def pack_exclusion(pack: str | os.PathLike, path: str | os.PathLike) -> PackExcl
     Errors (:class:`InputError`) name the list or the pack. Listed ids that the pack lacks are
     reported in ``unknown``, never an error, as for packing.
     """
-    from pneumo.store.predictions import decode_ids
-    from pneumo.store.pack import open_pack
+    from pneumo.store.pack import Pack
 
-    listed = read_exclude_list(path)
+    listed = read_list_ids(path)
     wanted = set(listed)
     indices, ids, found = {}, {}, set()
-    with open_pack(pack) as f:
-        for split in ("train", "dev", "test"):
-            split_ids = decode_ids(f[f"ids_{split}"][()], errors="replace")
+    with Pack(pack) as packed:
+        for split in packed.counts:  # train, dev, test
+            split_ids = packed.ids(split, errors="replace")
             hits = [i for i, v in enumerate(split_ids) if v in wanted]
             found.update(split_ids[i] for i in hits)
             if split in EXCLUDED_SPLITS:
@@ -159,11 +118,6 @@ def pack_exclusion(pack: str | os.PathLike, path: str | os.PathLike) -> PackExcl
                          test_kept, [i for i in listed if i not in found])
 
 
-def record_exclusion(run_dir: str | os.PathLike, exclusion: PackExclusion) -> None:
-    """Write ``RUN/excluded.json`` (atomically): enough to rebuild the run's training data."""
-    atomic_write_json(Path(run_dir) / EXCLUDED_RECORD, exclusion.record())
-
-
 def check_recorded(run_dir: str | os.PathLike, exclusion: PackExclusion) -> None:
     """Refuse to resume a run whose exclusion list now names other ids than when it started.
 
@@ -171,11 +125,11 @@ def check_recorded(run_dir: str | os.PathLike, exclusion: PackExclusion) -> None
     the ids count: notes or verdicts edited in a relabel list do not change the training data.
     """
     run_dir = Path(run_dir)
-    old, problem = load_json(run_dir / EXCLUDED_RECORD)
+    old, problem = read_exclusion_record(run_dir)
     if problem == "missing":
         return
     if not isinstance(old, dict) or not isinstance(old.get("ids_sha256"), str):
-        raise InputError(f"{run_dir / EXCLUDED_RECORD}: damaged ({problem or 'no ids_sha256'}); cannot tell "
+        raise InputError(f"{RunFolder(run_dir).exclusion_record}: damaged ({problem or 'no ids_sha256'}); cannot tell "
                          f"whether {exclusion.path} still lists the ids this run left out")
     if old["ids_sha256"] != exclusion.ids_sha256:
         raise InputError(f"exclusion list {exclusion.path} changed since run {run_dir.name} started with it "

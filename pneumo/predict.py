@@ -2,12 +2,12 @@
 
 Files written into the run folder (docs/architecture.md, "Evaluation files"), atomically:
 
-* ``predictions_<split>.h5``: ``probs (N, S, S, 1) uint8`` = round(p * 255) and ``ids``, attrs
-  :func:`pneumo.store.predictions.prediction_attrs` (checkpoint name and mtime; pack path, size,
-  mtime and ids digest; split; created). It is reused while it is fresh
-  (:func:`pneumo.store.predictions.freshness`); a newer checkpoint (training went on) or a re-packed
-  pack makes it stale.
-* ``metrics_<split>.json`` and ``cases_<split>.csv``: :func:`evaluate_run`.
+* the predictions file of a split: ``probs (N, S, S, 1) uint8`` = round(p * 255) and ``ids``,
+  written by :func:`pneumo.store.predictions.create_predictions` with what they were made
+  from (checkpoint name and mtime; pack path, size, mtime and ids digest). It is reused while
+  it is fresh (:func:`pneumo.store.predictions.freshness`); a newer checkpoint (training went
+  on) or a re-packed pack makes it stale.
+* the metrics and the case table of a split: :func:`evaluate_run`.
 
 TensorFlow is imported only when a model has to run, so evaluating from fresh caches (and
 the review page) never loads it.
@@ -20,55 +20,41 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import h5py
 import numpy as np
 from PIL import Image
 
 from pneumo import evaluate as ev
-from pneumo._io import atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_value, now_iso
-from pneumo.store.predictions import (CHECKPOINTS, cases_path, checkpoint_path, check_split, decode_ids, freshness, metrics_path,
-                        prediction_attrs, predictions_path, run_triplet)
-from pneumo.config import TrainConfig, load_config
+from pneumo._io import atomic_path, atomic_write_text, now_iso
+from pneumo.config import TrainConfig
+from pneumo.store.config_file import load_config
 from pneumo.errors import InputError
 from pneumo.ingest import imageio
 from pneumo.ingest.imageio import is_dicom
+from pneumo.store.predictions import (check_split, checkpoint_path, create_predictions, find_pack, freshness,
+                                      open_predictions, predictions_path, require_run, run_triplet, write_cases,
+                                      write_metrics)
+from pneumo.store.run import RunFolder
 
-# CHECKPOINTS, the *_path functions and run_triplet are pneumo.store.predictions' (one owner); predict
-# re-exports them because they are part of how its callers name its outputs.
 IMAGE_EXTENSIONS = tuple(sorted(imageio.IMAGE_EXTENSIONS))  # what predict reads from a folder
-CASES_COLUMNS = ("id", "category", "dice", "true_area", "pred_area", "score")
 ProgressFn = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------- run folder
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The run's ``config.json``; :class:`InputError` naming the folder if it is not a run."""
-    from pneumo.store.predictions import require_run
-
+    """The run's config; :class:`InputError` naming the folder if it is not a run."""
     run_dir = Path(run_dir)
     require_run(run_dir)
-    return load_config(TrainConfig, run_dir / "config.json")
+    return load_config(TrainConfig, RunFolder(run_dir).config)
 
 
 def pack_path(run_dir: str | os.PathLike) -> Path:
     """The pack named in the run's config, found by :func:`pneumo.store.predictions.find_pack`;
     :class:`InputError` when it is missing."""
-    from pneumo.store.predictions import find_pack
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     if not cfg.pack:
-        raise InputError(f"{run_dir / 'config.json'}: no pack given")
+        raise InputError(f"{RunFolder(run_dir).config}: no pack given")
     return find_pack(run_dir)
-
-
-def _open_pack(path: Path) -> h5py.File:
-    from pneumo.store.pack import open_pack
-
-    return open_pack(path)
-
-
-_decode_ids = decode_ids
 
 
 # --------------------------------------------------------------------------- model
@@ -118,80 +104,31 @@ def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: s
         return out
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    attrs = prediction_attrs(run_dir, split, checkpoint, pack)  # before predicting: see its docstring
-    with _open_pack(pack) as f:
-        x = f[f"X_{split}"]
-        n, size = int(x.shape[0]), int(x.shape[1])
-        ids = _decode_ids(f[f"ids_{split}"][()])
-        model = _load_model(ckpt) if n else None
-        if model is not None and _model_size(model) != size:
-            raise InputError(f"{ckpt}: the model takes {_model_size(model)} px images but pack {pack} "
-                             f"holds {size} px images")
-        with atomic_path(out) as tmp:
-            with h5py.File(tmp, "w") as g:
-                probs = g.create_dataset("probs", (n, size, size, 1), np.uint8,
-                                         chunks=(1, size, size, 1) if n else None)
-                for a in range(0, n, batch_size):
-                    b = min(n, a + batch_size)
-                    probs[a:b] = _predict_u8(model, x[a:b])
-                    if progress:
-                        progress(b, n)
-                g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-                g.attrs.update(size=size, **attrs)
+    from pneumo.store.pack import Pack
+
+    with Pack(pack) as p:
+        n, size, x = p.counts[split], p.size, p.lazy_images(split)
+        # entered before the model loads: a checkpoint saved meanwhile makes the file stale
+        with create_predictions(run_dir, split, p.ids(split), size, pack, checkpoint) as writer:
+            model = _load_model(ckpt) if n else None
+            if model is not None and _model_size(model) != size:
+                raise InputError(f"{ckpt}: the model takes {_model_size(model)} px images but pack {pack} "
+                                 f"holds {size} px images")
+            for a in range(0, n, batch_size):
+                b = min(n, a + batch_size)
+                writer.write(a, _predict_u8(model, x[a:b]))
+                if progress:
+                    progress(b, n)
     return out
-
-
-def load_predictions(run_dir: str | os.PathLike, split: str = "test") -> tuple[np.ndarray, list[str]]:
-    """The cached ``(probs (N, S, S, 1) uint8, ids)`` of a split; :class:`InputError` if missing."""
-    path = predictions_path(run_dir, split)
-    if not path.is_file():
-        raise InputError(f"{path}: no cached predictions (run `python -m pneumo evaluate {run_dir} --split {split}`)")
-    try:
-        with h5py.File(path, "r") as f:
-            return f["probs"][()], _decode_ids(f["ids"][()])
-    except (OSError, KeyError) as e:
-        raise InputError(f"{path}: damaged predictions file ({e}); evaluate again with --force") from None
 
 
 # --------------------------------------------------------------------------- evaluation
 def split_stats(run_dir: str | os.PathLike, split: str) -> tuple[ev.ProbStats, list[str]]:
     """:class:`pneumo.evaluate.ProbStats` of the cached predictions against the pack's masks,
-    and the ids (read chunk by chunk; memory stays small)."""
-    run_dir = Path(run_dir)
-    path = predictions_path(run_dir, split)
-    if not path.is_file():
-        raise InputError(f"{path}: no cached predictions (run `python -m pneumo evaluate {run_dir} --split {split}`)")
-    with h5py.File(path, "r") as g, _open_pack(pack_path(run_dir)) as f:
-        ids = _decode_ids(g["ids"][()])
-        pack_ids = _decode_ids(f[f"ids_{split}"][()])
-        if ids != pack_ids:
-            raise InputError(f"{path}: its ids differ from the pack's {split} split; evaluate again with --force")
-        return ev.prob_stats(g["probs"], f[f"Y_{split}"]), ids
-
-
-def write_cases_csv(path: str | os.PathLike, cases: dict[str, np.ndarray]) -> None:
-    """Write the case table (columns :data:`CASES_COLUMNS`) atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CASES_COLUMNS)
-    for i in range(len(cases["category"])):
-        w.writerow([csv_cell(str(cases["id"][i])), csv_cell(str(cases["category"][i])), f"{cases['dice'][i]:.6f}",
-                    int(cases["true_area"][i]), int(cases["pred_area"][i]), f"{cases['score'][i]:.6f}"])
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_cases_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a ``cases_<split>.csv`` with numbers parsed; [] while missing."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-    for r in rows:
-        r["id"], r["category"] = csv_value(r["id"]), csv_value(r["category"])  # undo csv_cell
-        r["dice"], r["score"] = float(r["dice"]), float(r["score"])
-        r["true_area"], r["pred_area"] = int(r["true_area"]), int(r["pred_area"])
-    return rows
+    and the ids (:func:`pneumo.store.predictions.open_predictions` checks the file; read chunk
+    by chunk, memory stays small)."""
+    preds = open_predictions(run_dir, split, pack_path(run_dir))
+    return preds.prob_stats(), preds.ids
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
@@ -205,12 +142,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     returns the metrics. The triplet is never tuned on test; with ``split="dev"`` the score
     is optimistic (tuned and scored on the same images). ``progress(done, total)`` counts
     the images predicted across both splits (not called when the caches are fresh); the same
-    progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.store.run.EvalProgress`).
+    progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.store.eval_progress.EvalProgress`).
     A pack that differs from the run's recorded fingerprint raises :class:`InputError` unless
     ``allow_changed_pack``.
     """
-    from pneumo.fingerprint import check_pack
-    from pneumo.store.run import EvalProgress
+    from pneumo.plan import check_pack
+    from pneumo.store.eval_progress import EvalProgress
 
     run_dir = Path(run_dir)
     check_split(split)
@@ -221,8 +158,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     needed = list(dict.fromkeys(["dev", split]))
     stale = [s for s in needed if force or not cache_is_fresh(run_dir, s, checkpoint)]
     if stale:
-        with _open_pack(pack) as f:
-            counts = {s: int(f[f"X_{s}"].shape[0]) for s in stale}
+        from pneumo.store.pack import Pack
+
+        with Pack(pack) as p:
+            counts = {s: p.counts[s] for s in stale}
         total, done = sum(counts.values()), 0
         for s in stale:
             offset = done
@@ -249,8 +188,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         "pack": str(pack),
         "created": now_iso(),
     }
-    write_cases_csv(cases_path(run_dir, split), cases)
-    atomic_write_json(metrics_path(run_dir, split), metrics)
+    write_cases(run_dir, split, cases)
+    write_metrics(run_dir, split, metrics)
     report.stage("done")
     return metrics
 

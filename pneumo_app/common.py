@@ -125,9 +125,9 @@ def _folder_key(folder: Path) -> tuple[tuple[str, float, int], ...]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _list_packs(folder: str, key: tuple) -> tuple[list, list]:
-    from pneumo.store import pack
+    from pneumo.store.pack_folder import scan_packs
 
-    return pack.scan_packs(Path(folder))
+    return scan_packs(Path(folder))
 
 
 def packs() -> list:
@@ -188,7 +188,7 @@ def ensure_demo_pack() -> Any:
     sweep_workspace()
     if packs():
         return None
-    from pneumo.store import pack
+    from pneumo.ingest.packer import make_demo_pack
 
     out = settings.demo_pack_path()
     bar = st.progress(0.0, text="First launch: making the demo pack (synthetic chest phantoms)...")
@@ -197,7 +197,7 @@ def ensure_demo_pack() -> Any:
         bar.progress(done / max(total, 1), text=f"First launch: making the demo pack: {done} of {total} images")
 
     with user_errors():
-        info = pack.make_demo_pack(out, progress=progress, **DEMO_PACK_OPTIONS)
+        info = make_demo_pack(out, progress=progress, **DEMO_PACK_OPTIONS)
     bar.empty()
     st.cache_data.clear()
     st.session_state.setdefault(PACK_KEY, str(out))
@@ -238,16 +238,10 @@ def pack_picker(label: str = "Pack", key: str = "pack_picker") -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _positives(path: str, mtime: float, split: str) -> np.ndarray:
-    from pneumo.store import pack
+    from pneumo.store.pack import Pack
 
-    with pack.open_pack(path) as f:
-        Y = f[f"Y_{split}"]
-        n = Y.shape[0]
-        out = np.zeros(n, bool)
-        step = 256  # bounded memory for large packs
-        for i in range(0, n, step):
-            out[i : i + step] = Y[i : i + step].reshape(min(step, n - i), -1).max(axis=1) > 0
-    return out
+    with Pack(path) as pack:
+        return pack.positives(split)  # chunk by chunk: bounded memory for large packs
 
 
 def positives(path: str | Path, split: str) -> np.ndarray:
@@ -259,16 +253,11 @@ def positives(path: str | Path, split: str) -> np.ndarray:
 # ~0.5 GB even for a 2048 px pack, where 256 entries could have held 16 GB.
 @st.cache_data(show_spinner=False, max_entries=16)
 def _read_samples(path: str, mtime: float, split: str, indices: tuple[int, ...]):
-    from pneumo.store import pack
-    from pneumo.store.predictions import decode_ids
+    from pneumo.store.pack import Pack
 
-    with pack.open_pack(path) as f:
-        idx = sorted(set(indices))
-        X = f[f"X_{split}"][idx][..., 0] if idx else np.zeros((0, 1, 1), np.uint8)
-        Y = f[f"Y_{split}"][idx][..., 0] if idx else np.zeros((0, 1, 1), np.uint8)
-        ids = decode_ids(f[f"ids_{split}"][idx]) if idx else []
-    order = [idx.index(i) for i in indices]
-    return X[order], Y[order], [ids[i] for i in order]
+    with Pack(path) as pack:
+        rows = list(indices)
+        return pack.images(split, rows)[..., 0], pack.masks(split, rows)[..., 0], pack.ids(split, rows)
 
 
 def read_samples(path: str | Path, split: str, indices: list[int] | tuple[int, ...]):
@@ -360,7 +349,7 @@ def preset_config(name: str, pack_path: str | Path) -> TrainConfig:
 
 def quick_pack() -> Any:
     """The 128 px demo pack the quick demo trains on, made (with a progress bar) if missing."""
-    from pneumo.store import pack
+    from pneumo.ingest.packer import make_demo_pack
 
     out = settings.data_dir() / QUICK_PACK_NAME
     if out.is_file():
@@ -371,19 +360,20 @@ def quick_pack() -> Any:
         bar.progress(done / max(total, 1), text=f"Making a 128 px demo pack: {done} of {total} images")
 
     with user_errors():
-        info = pack.make_demo_pack(out, progress=progress, **{**QUICK_PACK_OPTIONS, **DEMO_PACK_OPTIONS})
+        info = make_demo_pack(out, progress=progress, **{**QUICK_PACK_OPTIONS, **DEMO_PACK_OPTIONS})
     bar.empty()
     return info
 
 
 def start_run(config: Any, prefix: str = "run") -> Path:
     """Start ``config`` in a new run folder (a separate process); remember it as this session's run."""
+    from pneumo.store.run_list import active_run, new_run_dir
     from pneumo.train import jobs
 
     with user_errors():
-        if jobs.active_run() is not None:
+        if active_run() is not None:
             raise InputError("a training run is active already; stop it or wait until it ends")
-        run_dir = jobs.new_run_dir(prefix=prefix)
+        run_dir = new_run_dir(prefix=prefix)
         try:
             jobs.start_training(config, run_dir)
         except BaseException:

@@ -10,8 +10,8 @@ navigator are windowed, drawn and sent, never the whole image. When the source i
 the pack has no source references, one line says so and the pack's copy is shown instead.
 
 Decoded images are shared by all sessions in a byte-bounded LRU (:class:`pneumo.review.fullres.ImageCache`
-in ``st.cache_resource``) keyed by (path, size, mtime): ``st.cache_data`` would bound them by
-count only and copy the array on every hit.
+in ``st.cache_resource``, :func:`pneumo_app.review_cache.load_full`) keyed by (path, size, mtime):
+``st.cache_data`` would bound them by count only and copy the array on every hit.
 """
 from __future__ import annotations
 
@@ -21,60 +21,14 @@ import numpy as np
 import streamlit as st
 
 from pneumo import evaluate
-from pneumo.review import fullres
-from pneumo.review import cases as review
 from pneumo.errors import InputError
+from pneumo.review import cases as review
+from pneumo.review import fullres
 from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
+from pneumo_app import review_cache
 
 VIEW_PX = 768  # side of the crop on screen (screen px): a 768 px PNG encodes in a few ms
 NAV_PX = 256  # side of the navigator
-CACHE_BYTES = 512 * 2**20  # decoded images kept for all sessions: ~25 3000x3000 16-bit images
-
-
-@st.cache_resource(show_spinner=False)
-def _image_cache() -> fullres.ImageCache:
-    return fullres.ImageCache(CACHE_BYTES)
-
-
-def load_full(path: str) -> tuple[fullres.FullImage, float, float]:
-    """The decoded image at its native size (cached by path, size and mtime) and its value
-    range ``(lo, hi)`` for the window controls."""
-    key = fullres.file_key(path)
-
-    def _load():
-        f = fullres.read_full_resolution(path)
-        finite = f.pixels[np.isfinite(f.pixels)] if f.pixels.dtype.kind == "f" else f.pixels
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        return _Loaded(f, lo, hi)
-
-    got = _image_cache().get(key, _load)
-    return got.full, got.lo, got.hi
-
-
-class _Loaded:
-    """A decoded image and its value range, as the byte-bounded cache holds it."""
-
-    __slots__ = ("full", "lo", "hi", "pixels")
-
-    def __init__(self, full: fullres.FullImage, lo: float, hi: float) -> None:
-        self.full, self.lo, self.hi = full, lo, hi
-        self.pixels = full.pixels  # what ImageCache weighs
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)  # read-only: a hit must not unpickle MBs
-def _sources(pack_path: str, size: int, mtime_ns: int, split: str) -> dict | None:
-    return fullres.sources_by_id(pack_path, split)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _prediction(key: tuple, levels: np.ndarray, triplet: tuple[float, float, int], height: int, width: int) -> np.ndarray:
-    return fullres.prediction_at(levels, evaluate.Triplet(*triplet), height, width)
-
-
-def _png(image: np.ndarray) -> bytes:
-    from pneumo_app.review_ui import png_bytes
-
-    return png_bytes(image)
 
 
 def fullres_ui(data: review.ReviewData, case: review.Case, triplet: evaluate.Triplet) -> None:
@@ -84,7 +38,7 @@ def fullres_ui(data: review.ReviewData, case: review.Case, triplet: evaluate.Tri
                           "with the target and the post-processed prediction drawn at that size."):
         return
     stamp = data.pack_stamp
-    refs = _sources(str(data.pack_path), stamp.size, stamp.mtime_ns, data.split)
+    refs = review_cache.sources(str(data.pack_path), stamp.size, stamp.mtime_ns, data.split)
     check = fullres.check_source(None if refs is None else refs.get(case.id))
     full = None
     lo, hi = 0.0, 255.0
@@ -92,7 +46,7 @@ def fullres_ui(data: review.ReviewData, case: review.Case, triplet: evaluate.Tri
     reason = check.reason
     if check.path is not None:
         try:
-            full, lo, hi = load_full(check.path)
+            full, lo, hi = review_cache.load_full(check.path)
             native = True
         except InputError as e:
             reason = f"the source file cannot be read ({e})"
@@ -102,8 +56,8 @@ def fullres_ui(data: review.ReviewData, case: review.Case, triplet: evaluate.Tri
         full = fullres.pack_copy(case.image)
     height, width = (int(v) for v in full.pixels.shape[:2])
     t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-    pred = _prediction((str(data.predictions_path), data.predictions_stamp.mtime_ns, case.index),
-                       case.probs, t, height, width)
+    pred = review_cache.prediction_at((str(data.predictions_path), data.predictions_stamp.mtime_ns, case.index),
+                                      case.probs, t, height, width)
     target = _native_target(data, case.id, height, width) if native else None
     if target is not None:
         target, target_how = target
@@ -114,26 +68,14 @@ def fullres_ui(data: review.ReviewData, case: review.Case, triplet: evaluate.Tri
     _viewer(case.id, full, lo, hi, pred, target, native=native, pack_size=size, target_how=target_how)
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _pack_labels(pack_path: str, size: int, mtime_ns: int) -> tuple[str, bool] | None:
-    return fullres.siim_labels(pack_path)
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)  # read-only: a hit must not unpickle MBs
-def _labels(path: str, size: int, mtime_ns: int) -> dict:
-    from pneumo.ingest.siim_labels import read_labels
-
-    return read_labels(Path(path))[0]
-
-
 def _native_target(data: review.ReviewData, image_id: str, height: int, width: int) -> tuple[np.ndarray, str] | None:
     """A SIIM pack's target re-decoded from its label CSV at the native size, and how it was
     made; ``None`` when the pack did not record the CSV or the CSV is gone or unreadable."""
-    found = _pack_labels(str(data.pack_path), data.pack_stamp.size, data.pack_stamp.mtime_ns)
+    found = review_cache.pack_labels(str(data.pack_path), data.pack_stamp.size, data.pack_stamp.mtime_ns)
     if found is None or not Path(found[0]).is_file():
         return None
     try:
-        labels = _labels(*fullres.file_key(found[0]))
+        labels = review_cache.labels(*fullres.file_key(found[0]))
     except (InputError, OSError):
         return None
     mask = fullres.native_target(labels, image_id, height, width, found[1])
@@ -162,7 +104,7 @@ def _viewer(image_id: str, full: fullres.FullImage, lo: float, hi: float, pred: 
     where = "source" if native else "pack copy"
     if zoom == 0:  # fit: the whole image, every k-th pixel
         img = fullres.draw_overview(full, center, wwidth, VIEW_PX, masks)
-        st.image(_png(img), output_format="PNG", width=int(img.shape[1]),
+        st.image(review_cache.png_bytes(img), output_format="PNG", width=int(img.shape[1]),
                  caption=f"{width}x{height} ({where}), whole image at 1/{fullres.overview_step(height, width, VIEW_PX)}")
         box = None
     else:
@@ -178,10 +120,11 @@ def _viewer(image_id: str, full: fullres.FullImage, lo: float, hi: float, pred: 
         box = fullres.crop_box(height, width, VIEW_PX, zoom, cx, cy)
         with nav:
             ov = fullres.draw_overview(full, center, wwidth, NAV_PX, masks, box)
-            st.image(_png(ov), output_format="PNG", width=int(ov.shape[1]), caption="Navigator: the yellow box is shown")
+            st.image(review_cache.png_bytes(ov), output_format="PNG", width=int(ov.shape[1]),
+                     caption="Navigator: the yellow box is shown")
         top, left, h, w = box
         img = fullres.draw_crop(full, center, wwidth, box, zoom, masks)
-        st.image(_png(img), output_format="PNG", width=int(img.shape[1]),
+        st.image(review_cache.png_bytes(img), output_format="PNG", width=int(img.shape[1]),
                  caption=f"{width}x{height} ({where}), x {left}..{left + w - 1}, y {top}..{top + h - 1}, "
                          f"crop {w}x{h} at {zoom_name}")
     st.caption(f"Window {center:g} / {wwidth:g} (file default {full.center:g} / {full.width:g}, {full.window_source}"

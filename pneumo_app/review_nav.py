@@ -23,6 +23,7 @@ import numpy as np
 import streamlit as st
 
 from pneumo.review import cases as review
+from pneumo_app.review_cache import png_bytes, read_cases
 
 GRID_COLUMNS = 4  # four per row leave each caption ("12. <id> FP ✓ · 0.93") one line
 GRID_ROWS = 3
@@ -153,9 +154,7 @@ def pos_key(run_dir: Path, split: str, category: str, sort: str) -> str:
 def grid_ui(data: review.ReviewData, ev: review.Evaluation, order: np.ndarray, pos_key: str,
             view: dict[str, Any], reviewed: set[str], ident: tuple | None = None) -> None:
     """Thumbnails of a page of cases (target green, prediction red); Open shows one in full.
-    ``ident``: the page run's cache key of the files (``review_ui._ident``)."""
-    from pneumo_app.review_ui import png_bytes, read_cases  # the page's cached readers
-
+    ``ident``: the page run's cache key of the files (:func:`pneumo_app.review_cache.files_ident`)."""
     per_page = GRID_COLUMNS * GRID_ROWS
     n = int(order.size)
     if n == 0:

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo.review import agreement
-from pneumo.review import curate
-from pneumo.review import cases as review
-from pneumo.store import verdicts
 from pneumo.errors import InputError
+from pneumo.review import agreement, curate
+from pneumo.review import cases as review
+from pneumo.store import relabel, verdicts
 from pneumo_app import review_nav
 
 READER_PARAM = "reader"  # the URL query parameter that keeps the name across reloads
@@ -199,20 +198,21 @@ def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict],
 
 
 def _relabel_ui(run_dir: Path, split: str, n_readers: int) -> None:
-    """"Write relabel list": :func:`pneumo.review.curate.curate` into ``RUN/relabel_<split>.csv``."""
+    """"Write relabel list": :func:`pneumo.review.curate.curate` into the run's default list
+    (:func:`pneumo.store.relabel.relabel_path`)."""
     from pneumo_app.common import md_escape
 
     st.markdown("**Relabel list** (the cases readers flagged as label problems, for `pack --exclude`)")
-    out = curate.default_output(run_dir, split)
+    out = relabel.relabel_path(run_dir, split)
     c1, c2 = st.columns(2)
     min_readers = c1.number_input("Flagged by at least (readers)", 1, max(1, n_readers), min(2, max(1, n_readers)),
-                                  key=f"rv_relabel_min::{run_dir.name}::{split}",
+                                  key=f"rv_curate_min::{run_dir.name}::{split}",
                                   help="2 with two readers: only cases both flagged (a consensus).")
     replace = True
     if out.exists():
-        replace = c2.checkbox(f"Replace the existing {out.name}", key=f"rv_relabel_replace::{run_dir.name}::{split}")
-    result_key = f"rv_relabel_result::{run_dir.name}::{split}"
-    if st.button("Write relabel list", key=f"rv_relabel::{run_dir.name}::{split}", disabled=not replace or n_readers == 0,
+        replace = c2.checkbox(f"Replace the existing {out.name}", key=f"rv_curate_replace::{run_dir.name}::{split}")
+    result_key = f"rv_curate_result::{run_dir.name}::{split}"
+    if st.button("Write relabel list", key=f"rv_curate::{run_dir.name}::{split}", disabled=not replace or n_readers == 0,
                  type="primary"):
         try:
             result = curate.curate(run_dir, split, min_readers=int(min_readers), force=out.exists())

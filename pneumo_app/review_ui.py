@@ -2,139 +2,40 @@
 
 Every ``*_ui`` function draws one part of the page and returns what the user chose. The model
 of the session (categories, sorting, verdicts) is :mod:`pneumo.review.cases`; drawing is
-:mod:`pneumo.review.viz`; metrics are :mod:`pneumo.evaluate`. Nothing here runs a model: missing
+:mod:`pneumo.review.viz`; metrics are :mod:`pneumo.evaluate`; the cached readers shared by the
+page's modules are :mod:`pneumo_app.review_cache`. Nothing here runs a model: missing
 predictions are computed by a ``python -m pneumo evaluate`` subprocess that the page polls.
 
-Speed with thousands of images: the per-image histograms are computed once per version of
-the predictions and the pack (``st.cache_resource`` keyed by :func:`pneumo.review.cases.identity`:
-path, size and mtime of both files and a digest of the split's ids, so a re-packed pack is
-never read under the old ids); a threshold change re-scores them in O(N) (``st.cache_data``);
-only the shown cases' pixels are read, each with its id from the same read. Predictions that
-are not fresh for the chosen checkpoint and the pack (:func:`pneumo.store.predictions.freshness`) are
-never shown as current. Position and view options live in ``st.session_state`` keyed by run
-and split; verdicts and notes live in SQLite (``RUN/reviews.sqlite``, :mod:`pneumo.store.verdicts`),
-so nothing entered is lost on reload and a second tab sees them.
+Predictions that are not fresh for the chosen checkpoint and the pack
+(:func:`pneumo.store.predictions.freshness`) are never shown as current. Position and view
+options live in ``st.session_state`` keyed by run and split; verdicts and notes live in the
+run's review database (:mod:`pneumo.store.verdicts`), so nothing entered is lost on reload and
+a second tab sees them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
 from pneumo import evaluate, settings
-from pneumo.store import predictions as artifacts
-from pneumo.review import fullres
-from pneumo.train import jobs
-from pneumo.review import cases as review
-from pneumo.store import verdicts
-from pneumo.review.cases import case_panels  # noqa: F401  (bench/review.py times it from here)
+from pneumo.config import SPLITS
 from pneumo.errors import InputError
-from pneumo.ingest.split import SPLITS
-from pneumo_app import review_nav, review_readers
+from pneumo.review import cases as review
+from pneumo.store import predictions, verdicts
+from pneumo.store.run import CHECKPOINTS, RunFolder, checkpoint_file
+from pneumo.train import jobs
+from pneumo_app import review_fullres, review_nav, review_readers, review_verdicts
+from pneumo_app.review_cache import Ident, evaluation, files_ident, load_data, panel_pngs, read_cases
 
 PRED_VIEWS = {"mask": "Thresholded mask", "heatmap": "Probability heat map"}
 MODES = ("Case", "Grid")
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode ``(H, W[, 3]) uint8`` as a fast PNG (zlib level 1).
-
-    ``st.image`` given a numpy RGB array sends a JPEG: lossy, it smears one-pixel outlines and
-    the X-ray's texture. A PNG at level 1 is lossless and about 3x faster than the default;
-    pass it with ``output_format="PNG"`` or Streamlit re-encodes it as JPEG.
-    """
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _k(name: str, run_dir: Path, split: str) -> str:
     """A session-state key scoped to one run and split."""
     return f"rv_{name}::{run_dir.name}::{split}"
-
-
-# --------------------------------------------------------------------------- cached readers
-Ident = tuple[str, int, int, str, int, int, str]
-
-
-def _ident(run_dir: Path, split: str) -> Ident:
-    """The cache key of the run's files now; a page run computes it once and passes it down
-    (it opens the predictions file and reads config.json)."""
-    pred, pack, digest = review.identity(run_dir, split)
-    return (pred.path, pred.size, pred.mtime_ns, pack.path, pack.size, pack.mtime_ns, digest)
-
-
-@st.cache_resource(show_spinner="Reading the cached predictions...", max_entries=4)
-def _data(run_dir: str, split: str, ident: Ident) -> review.ReviewData:
-    data = review.ReviewData(run_dir, split, pack_path=ident[3])
-    _ = data.stats  # one pass over all predictions; everything after is O(N) or per case
-    return data
-
-
-def load_data(run_dir: Path, split: str, ident: Ident | None = None) -> review.ReviewData:
-    """The run's :class:`ReviewData` with its histograms, shared by all sessions while the
-    predictions file and the pack are unchanged (:func:`pneumo.review.cases.identity`; ``ident``:
-    :func:`_ident` of this page run, computed here when not given)."""
-    return _data(str(run_dir), split, ident or _ident(run_dir, split))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _evaluate(run_dir: str, split: str, ident: Ident, triplet: tuple[float, float, int]) -> review.Evaluation:
-    return _data(run_dir, split, ident).evaluate(evaluate.Triplet(*triplet))
-
-
-def evaluation(run_dir: Path, split: str, triplet: evaluate.Triplet, ident: Ident | None = None
-               ) -> review.Evaluation:
-    """Scores of every image under ``triplet`` (cached per triplet and file versions)."""
-    t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-    return _evaluate(str(run_dir), split, ident or _ident(run_dir, split), t)
-
-
-# Pixels of the cases shown, shared by every session: bounded in bytes, not entries (a grid
-# page of 1024 px cases weighs ~57 MB). The arrays are read-only since sessions share them.
-CASES_CACHE_BYTES = 256 * 1024**2
-
-
-def _case_bytes(cases: list[review.Case]) -> int:
-    return sum(c.image.nbytes + c.target.nbytes + c.probs.nbytes for c in cases)
-
-
-@st.cache_resource(show_spinner=False)
-def _case_cache() -> fullres.ImageCache:
-    return fullres.ImageCache(CASES_CACHE_BYTES, sizeof=_case_bytes)
-
-
-def _read_only(cases: list[review.Case]) -> list[review.Case]:
-    for c in cases:
-        for a in (c.image, c.target, c.probs):
-            a.setflags(write=False)
-    return cases
-
-
-def _cases(run_dir: str, split: str, ident: Ident, indices: tuple[int, ...]) -> list[review.Case]:
-    return _case_cache().get((run_dir, split, ident, indices),
-                             lambda: _read_only(_data(run_dir, split, ident).cases(list(indices))))
-
-
-def read_cases(run_dir: Path, split: str, indices: list[int], ident: Ident | None = None) -> list[review.Case]:
-    """Pixels and ids of only these cases (cached per set of indices and file versions)."""
-    return _cases(str(run_dir), split, ident or _ident(run_dir, split), tuple(int(i) for i in indices))
-
-
-# Readers reviewing together step through the same cases in the same order: the second
-# one's Next reuses the first one's encoded panels (a third of the server's work per Next).
-@st.cache_data(show_spinner=False, max_entries=64)
-def _panel_pngs(run_dir: str, split: str, ident: Ident, index: int, triplet: tuple[float, float, int],
-                view: dict[str, Any]) -> tuple[tuple[bytes, int], ...]:
-    case = _cases(run_dir, split, ident, (index,))[0]
-    return tuple((png_bytes(p), int(p.shape[1]))
-                 for p in review.case_panels(case, evaluate.Triplet(*triplet), view))
 
 
 # --------------------------------------------------------------------------- run, split, predictions
@@ -153,7 +54,7 @@ def run_ui() -> Path | None:
         remembered = st.session_state.get(common.RUN_KEY)
         default, why = review.default_run(runs)
         # a run chosen on another page is kept only if it can be reviewed with a model
-        if remembered in paths and artifacts.run_checkpoints(remembered):
+        if remembered in paths and RunFolder(remembered).checkpoints():
             st.session_state[key] = remembered
         else:
             st.session_state[key] = str(default)
@@ -170,7 +71,7 @@ def split_checkpoint_ui(run_dir: Path) -> tuple[str, str | None]:
     c1, c2 = st.columns(2)
     split = c1.selectbox("Split", SPLITS, index=SPLITS.index("test"), key="rv_split",
                          help="Review on test; the post-processing defaults were tuned on dev.")
-    ckpts = artifacts.run_checkpoints(run_dir)
+    ckpts = RunFolder(run_dir).checkpoints()
     checkpoint = c2.selectbox("Checkpoint", ckpts, key=f"rv_ckpt::{run_dir.name}") if ckpts else None
     if not ckpts:
         c2.caption("No checkpoint in this run; reviewing its cached predictions.")
@@ -192,13 +93,13 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
     """
     if err := st.session_state.pop("rv_launch_error", None):
         st.error(err)
-    path = artifacts.predictions_path(run_dir, split)
+    path = predictions.predictions_path(run_dir, split)
     job = jobs.evaluation_job(run_dir, split)
     if job and job["state"] == "running":
         _job_progress_ui(run_dir, split)
         return False
     if path.is_file():
-        fresh = artifacts.freshness(run_dir, split, checkpoint)
+        fresh = predictions.freshness(run_dir, split, checkpoint)
         if fresh.fresh:
             if checkpoint is None:
                 st.caption("No checkpoint in this run to check them against; the pack is unchanged.")
@@ -207,7 +108,7 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
         st.warning(f"The cached predictions for **{split}** are out of date: {fresh.reason}. "
                    "They are not shown, so no verdict lands on the wrong case.")
         if checkpoint is not None:
-            st.button(f"Recompute with {checkpoint}.keras", type="primary", key="rv_recompute",
+            st.button(f"Recompute with {checkpoint_file(checkpoint)}", type="primary", key="rv_recompute",
                       on_click=_launch, args=(run_dir, split, checkpoint))
         return False
     if job and job["state"] == "failed":
@@ -225,6 +126,10 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
     return False
 
 
+def _checkpoint_name(checkpoint: Any) -> str:
+    return checkpoint_file(checkpoint) if checkpoint in CHECKPOINTS else f"{checkpoint}"
+
+
 @st.fragment(run_every=1.0)
 def _job_progress_ui(run_dir: Path, split: str) -> None:
     job = jobs.evaluation_job(run_dir, split)
@@ -236,7 +141,7 @@ def _job_progress_ui(run_dir: Path, split: str) -> None:
     detail = {"score": ": scoring", None: " (starting: loading the model)..."}.get(
         stage, f": {frac or 0:.0%}")
     st.progress(frac if frac is not None else 0.0,
-                text=f"Computing predictions for {split} with {job.get('checkpoint')}.keras{detail}")
+                text=f"Computing predictions for {split} with {_checkpoint_name(job.get('checkpoint'))}{detail}")
     if st.button("Stop", key="rv_stop_eval"):
         jobs.stop_evaluation(run_dir, split)
 
@@ -331,11 +236,11 @@ def view_ui(size: int) -> dict[str, Any]:
 def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any],
             ident: Ident | None = None) -> review.Case:
     """The triptych of one case with its numbers; returns the case (its id read with its pixels)."""
-    ident = ident or _ident(data.run_dir, data.split)
+    ident = ident or files_ident(data.run_dir, data.split)
     case = read_cases(data.run_dir, data.split, [index], ident)[0]
     c = ev.cases
     t = ev.triplet
-    panels = _panel_pngs(str(data.run_dir), data.split, ident, int(index),
+    panels = panel_pngs(str(data.run_dir), data.split, ident, int(index),
                          (float(t.pixel_threshold), float(t.top_threshold), int(t.min_area)), view)
     names = (
         "Input",
@@ -359,117 +264,6 @@ def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: di
     return case
 
 
-def verdict_ui(store: verdicts.VerdictStore, run_dir: Path, split: str, image_id: str, category: str,
-               advance: tuple[str, int] | None = None) -> None:
-    """Verdict buttons for the case's category (saved on click; the chosen one clears it) and
-    a free note (saved on Enter or leaving the field).
-
-    The note shown follows the store: a note saved in another tab replaces the field's text
-    on the next rerun unless this tab has unsaved edits. Saving over a note changed elsewhere
-    since it was loaded is refused by the store (:class:`pneumo.store.verdicts.NoteConflict`) and
-    the page asks which one to keep.
-    """
-    run = run_dir.name
-    reader = review_readers.current_reader()
-    current = store.get(run, split, image_id, reader=reader)
-    stored_note = current.note if current else ""
-
-    def _save(verdict: str) -> None:
-        store.set_verdict(run, split, image_id, verdict, category=category, reader=reader)
-        if advance is not None and st.session_state.get("rv_auto_next", False):
-            key, n = advance
-            st.session_state[key] = review.step(int(st.session_state.get(key, 0)), n, 1)
-
-    def _clear() -> None:
-        store.clear_verdict(run, split, image_id, reader=reader)
-
-    note_key = f"rv_note::{run}::{split}::{image_id}"
-    base_key = note_key + "::loaded"  # the stored note this tab's field started from
-    conflict_key = note_key + "::conflict"
-    if note_key not in st.session_state or (
-            st.session_state.get(base_key) != stored_note
-            and st.session_state[note_key] == st.session_state.get(base_key)):
-        st.session_state[note_key] = stored_note  # no unsaved edit here: show the newer note
-        st.session_state[base_key] = stored_note
-
-    def _save_note(force: bool = False) -> None:
-        text = st.session_state[note_key]
-        try:
-            store.set_note(run, split, image_id, text, category=category, reader=reader,
-                           expected=None if force else st.session_state.get(base_key, ""))
-        except verdicts.NoteConflict as e:
-            st.session_state[conflict_key] = e.stored
-            return
-        st.session_state[base_key] = text
-        st.session_state.pop(conflict_key, None)
-
-    def _keep_theirs() -> None:
-        theirs = st.session_state.pop(conflict_key, stored_note)
-        st.session_state[note_key] = theirs
-        st.session_state[base_key] = theirs
-
-    st.markdown(f"**Verdict on this {category}**")
-    choices = verdicts.VERDICTS[category]
-    cols = st.columns(len(choices) + 1)
-    for col, v in zip(cols, choices):
-        chosen = current is not None and current.verdict == v
-        col.button(v, key=f"rv_verdict::{image_id}::{v}", type="primary" if chosen else "secondary",
-                   on_click=_save, args=(v,), width="stretch")
-    cols[-1].button("Clear verdict", key=f"rv_clear::{image_id}", on_click=_clear, width="stretch",
-                    disabled=current is None or current.verdict is None)
-    st.toggle("Go to the next case after a verdict", key="rv_auto_next")
-    st.text_input("Note (saved when you press Enter or leave the field)", key=note_key, on_change=_save_note)
-    if conflict_key in st.session_state:
-        from pneumo_app.common import md_escape
-
-        st.warning("This note was changed in another tab or by another reviewer since you opened it: "
-                   f"it now reads \u201c{md_escape(st.session_state[conflict_key])}\u201d. Yours is not saved yet.")
-        c1, c2 = st.columns(2)
-        c1.button("Overwrite with mine", key=note_key + "::force", on_click=_save_note, args=(True,))
-        c2.button("Keep theirs", key=note_key + "::theirs", on_click=_keep_theirs)
-    if current is not None and current.verdict:
-        st.caption(f"Saved: **{current.verdict}** ({current.category} at the time, {current.updated})")
-    elif current is not None:
-        st.caption("Note saved; no verdict yet.")
-    else:
-        st.caption("Not reviewed yet.")
-
-
-# --------------------------------------------------------------------------- progress, export
-def progress_ui(store: verdicts.VerdictStore, run_dir: Path, split: str, ev: review.Evaluation,
-                order: np.ndarray, category: str) -> set[str]:
-    """"12 of 41 reviewed" for the shown category and the split, by this session's reader
-    (:func:`pneumo_app.review_readers.current_reader`); CSV export of every reader's rows (with
-    the reader column). Returns the ids this reader reviewed.
-
-    A case counts as reviewed when it has a verdict or a note: exactly the rows exported."""
-    run = run_dir.name
-    reader = review_readers.current_reader()
-    reviewed = store.reviewed_ids(run, split, reader=reader)
-    ids = ev.cases["id"]
-    shown_ids = [str(ids[i]) for i in order]
-    done = sum(1 for i in shown_ids if i in reviewed)
-    total_done = sum(1 for i in ids if str(i) in reviewed)
-    what = "cases" if category == "all" else f"{category} cases"
-    st.progress(done / len(shown_ids) if shown_ids else 0.0,
-                text=f"{done} of {len(shown_ids)} {what} reviewed ({total_done} of {len(ids)} in {split}) "
-                     f"by you ({reader})")
-    rows = store.all(run, split)
-    c1, c2 = st.columns([1, 3])
-    c1.download_button(
-        # made when clicked (not on every Next), so it also holds what was saved since
-        f"Export {len(rows)} reviews (CSV)", lambda: store.csv_text(run, split), file_name=f"reviews_{run}_{split}.csv",
-        mime="text/csv", key="rv_export", disabled=not rows,
-    )
-    with c2.expander(f"Reviews so far ({len(rows)})"):
-        if rows:
-            import pandas as pd
-
-            # a static table wraps long verdicts, notes and dates instead of cutting them
-            st.table(pd.DataFrame([r.__dict__ for r in rows], columns=verdicts.EXPORT_COLUMNS).set_index("image_id"))
-    return reviewed
-
-
 # --------------------------------------------------------------------------- the page
 def review_page() -> None:
     """The whole review page."""
@@ -486,7 +280,7 @@ def review_page() -> None:
         split, checkpoint = split_checkpoint_ui(run_dir)
         if not predictions_ui(run_dir, split, checkpoint):
             return
-        ident = _ident(run_dir, split)
+        ident = files_ident(run_dir, split)
         data = load_data(run_dir, split, ident)
         if data.n == 0:
             st.info(f"The {split} split is empty.")
@@ -512,15 +306,15 @@ def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tupl
 
     run_dir = Path(run_dir_s)
     with common.user_errors():
-        if not artifacts.freshness(run_dir, split, checkpoint).fresh:
+        if not predictions.freshness(run_dir, split, checkpoint).fresh:
             st.rerun(scope="app")  # files changed since the page was drawn: the page says why
-        ident = _ident(run_dir, split)
+        ident = files_ident(run_dir, split)
         data = load_data(run_dir, split, ident)
         ev = evaluation(run_dir, split, evaluate.Triplet(*triplet), ident)
         order = review.select(ev.cases, category, sort)
         store = verdicts.VerdictStore.for_run(run_dir)
         pos_key = review_nav.pos_key(run_dir, split, category, sort)
-        reviewed = progress_ui(store, run_dir, split, ev, order, category)
+        reviewed = review_verdicts.progress_ui(store, run_dir, split, ev, order, category)
         st.session_state.setdefault("rv_mode", "Case")
         mode = st.segmented_control("View", MODES, key="rv_mode", required=True)
         if mode == "Grid":
@@ -532,10 +326,6 @@ def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tupl
             return
         index = int(order[pos])
         case = case_ui(data, ev, index, view, ident)
-        # -- full-resolution view (pneumo_app/review_fullres.py): a toggle, then the viewer
-        from pneumo_app import review_fullres
-
-        review_fullres.fullres_ui(data, case, evaluate.Triplet(*triplet))
-        # -- end full-resolution view
-        verdict_ui(store, run_dir, split, case.id, str(ev.cases["category"][index]),
-                   advance=(pos_key, int(order.size)))
+        review_fullres.fullres_ui(data, case, evaluate.Triplet(*triplet))  # a toggle, then the viewer
+        review_verdicts.verdict_ui(store, run_dir, split, case.id, str(ev.cases["category"][index]),
+                                   advance=(pos_key, int(order.size)))

@@ -15,7 +15,10 @@ folder contract (docs/architecture.md) over a few seconds. Environment:
   exists (a test opens the gate when it has seen the run running: no race with a clock).
 
 Honours ``STOP`` in the run folder and SIGTERM (state ``stopped``, ``last.keras`` touched).
-Standard library only, so it runs from any working directory.
+Holds the run folder's lock like the real trainer (:func:`pneumo.store.run.writer_lock`, taken
+over from the launcher through ``$PNEUMO_RUN_HANDOVER``); refused, it prints ``error: ...``
+and exits 2 without writing. Needs only the standard library and ``pneumo.store.run`` (found
+from this file's folder), so it runs from any working directory without TensorFlow.
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pneumo.errors import InputError  # noqa: E402
+from pneumo.store import run as runs  # noqa: E402
 
 STEPS = 5
 COLUMNS = "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds"
@@ -54,7 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)
 
     run = Path(args.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    term = {"flag": False}
+    # Before the lock: a test that sees this process hold the lock may signal it at once.
+    signal.signal(signal.SIGTERM, lambda *_: term.update(flag=True))
+    lock = runs.writer_lock(run, "fake training", handover_from=runs.handover_pid())
+    try:
+        lock.acquire()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return _train(args, run, term)
+    finally:
+        lock.release()
+
+
+def _train(args: argparse.Namespace, run: Path, term: dict) -> int:
     config = json.loads(Path(args.config).read_text()) if args.config else {}
     planned = int(config.get("epochs", 2)) + int(config.get("fine_tune_epochs", 0))
     epochs = int(os.environ.get("PNEUMO_FAKE_EPOCHS", min(planned, 3)))
@@ -62,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     fail = os.environ.get("PNEUMO_FAKE_FAIL") == "1"
     batch = int(config.get("batch_size", 32))
     lr = float(config.get("lr", 2e-5))
-
-    term = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: term.update(flag=True))
 
     started = _now()
     status = {"state": "running", "pid": os.getpid(), "started": started, "updated": started,

@@ -30,7 +30,8 @@ def make_trained_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, v
     import keras
     import numpy as np
 
-    from pneumo.config import TrainConfig, save_config
+    from pneumo.config import TrainConfig
+    from pneumo.store.config_file import save_config
     from pneumo.model.networks import build_model
 
     run_dir = Path(run_dir)
@@ -105,11 +106,14 @@ def designed_probs(masks, seed: int = 0):
 
 
 def write_cached_predictions(run_dir, split: str, probs, ids, pack_path, checkpoint: str = "best"):
-    """Write ``RUN/predictions_<split>.h5`` as ``pneumo.predict`` does, fresh for the run's
-    current checkpoint and pack (so the Review page shows it as current)."""
-    from pneumo.store import predictions as artifacts
+    """Write ``RUN/predictions_<split>.h5`` with the writer ``pneumo.predict`` uses
+    (:func:`pneumo.store.predictions.create_predictions`), fresh for the run's current
+    checkpoint and pack (so the Review page shows it as current); ``probs (N, S, S, 1) uint8``."""
+    from pneumo.store.predictions import create_predictions
 
-    return artifacts.write_predictions(run_dir, split, probs, ids, pack_path, checkpoint)
+    with create_predictions(run_dir, split, ids, probs.shape[1], pack_path, checkpoint) as writer:
+        writer.write(0, probs)
+    return writer.path
 
 
 def make_review_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, *, splits=("dev", "test"),
@@ -124,8 +128,9 @@ def make_review_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, *,
     import h5py
 
     from pneumo import evaluate
-    from pneumo._io import atomic_write_json
-    from pneumo.config import TrainConfig, save_config
+    from pneumo.config import TrainConfig
+    from pneumo.store.config_file import save_config
+    from pneumo.store.predictions import write_metrics
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,8 +150,8 @@ def make_review_run(run_dir: str | os.PathLike, pack_path: str | os.PathLike, *,
             ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][()]]
         probs = designed_probs(masks, seed)
         write_cached_predictions(run_dir, split, probs, ids, pack_path)
-        summary, _ = evaluate.evaluate_probs(probs, masks, triplet, ids)
-        atomic_write_json(run_dir / f"metrics_{split}.json", {
+        summary, _ = evaluate.evaluate_stats(evaluate.prob_stats(probs, masks), triplet, ids)
+        write_metrics(run_dir, split, {
             **summary, "triplet": triplet.to_dict(masks.shape[1]), "split": split, "checkpoint": "best",
             "triplet_source": "dev", "dev_siim_score": None, "dev_n_images": 0,
             "pack": str(pack_path), "created": now})

@@ -5,11 +5,13 @@ pack; training uses ``tests/fake_trainer.py`` through ``PNEUMO_TRAIN_COMMAND``.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +26,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from pneumo import settings  # noqa: E402
 from pneumo.train import jobs
+from pneumo.store.run import read_status, request_stop
+from pneumo.store.run_list import active_run, list_runs
+from pneumo.ingest import packer
 from pneumo.store import pack
 from pneumo.errors import InputError  # noqa: E402
 from pneumo_app import common  # noqa: E402
@@ -32,12 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
 TIMEOUT = 60
+WAIT_S = 120  # the longest any wait on another process may take before the test fails
 
 
 @pytest.fixture(scope="session")
 def demo_pack_file(tmp_path_factory) -> Path:
     """A 64 px demo pack of 40 phantoms (about 9 positive), made once and copied per test."""
-    return pack.make_demo_pack(tmp_path_factory.mktemp("demo") / "demo.h5", count=40, size=64, workers=1).path
+    return packer.make_demo_pack(tmp_path_factory.mktemp("demo") / "demo.h5", count=40, size=64, workers=1).path
 
 
 @pytest.fixture
@@ -60,10 +66,15 @@ def workspace(tmp_path, monkeypatch, demo_pack_file) -> Path:
 
 
 def _stop_all(runs: Path) -> None:
-    """Never leave a fake trainer running after a test."""
-    deadline = time.monotonic() + 20
-    while (run := jobs.active_run(runs)) is not None and time.monotonic() < deadline:
-        jobs.request_stop(run)
+    """Never leave a fake trainer running after a test: ask it to stop (it ends within a step),
+    and kill it if it has not ended after a bound far above that on any machine."""
+    deadline = time.monotonic() + WAIT_S
+    while (run := active_run(runs)) is not None:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(read_status(run).get("pid"), signal.SIGKILL)
+            raise AssertionError(f"{run}: the fake trainer ignored STOP for {WAIT_S} s; killed")
+        request_stop(run)
         time.sleep(0.2)
 
 
@@ -80,8 +91,12 @@ def _no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def _wait_for(at: AppTest, predicate, seconds: float = 30.0) -> None:
-    """Re-run the app until ``predicate(at)`` holds (what the fragment's timer does in a browser)."""
+def _wait_for(at: AppTest, predicate, seconds: float | None = None) -> None:
+    """Re-run the app until ``predicate(at)`` holds (what the fragment's timer does in a browser).
+
+    ``seconds`` (default :data:`WAIT_S`) only bounds how long a failing test takes: a loaded
+    machine may be slow to start the fake trainer's Python, never wrong."""
+    seconds = WAIT_S if seconds is None else seconds
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         at.run()
@@ -147,13 +162,13 @@ def test_home_quick_start_makes_the_quick_pack_and_starts_a_run(workspace):
     _no_exception(at)
     quick = settings.data_dir() / common.QUICK_PACK_NAME
     assert quick.is_file()
-    runs = jobs.list_runs()
+    runs = list_runs()
     assert len(runs) == 1 and runs[0].name.startswith("demo-")
     cfg = runs[0].config
     quick_demo = common.PRESETS[common.QUICK_PRESET]  # pneumo.config's, the same as the CLI's
     assert cfg["pack"] == str(quick) and cfg["encoder_weights"] is None and cfg["epochs"] == quick_demo.epochs
     assert cfg["variant"] == quick_demo.variant and cfg["width"] == quick_demo.width
-    _wait_for(at, lambda a: jobs.read_status(runs[0].path)["state"] == "finished")
+    _wait_for(at, lambda a: read_status(runs[0].path)["state"] == "finished")
 
 
 # --------------------------------------------------------------------------- data page
@@ -203,7 +218,7 @@ def test_data_page_excludes_a_relabel_list_and_records_the_window(workspace, tmp
 
 
 def test_data_page_packs_two_folders_with_exact_batches(workspace, tmp_path):
-    images, masks = pack.write_demo_folders(tmp_path / "png", 20, size=96, workers=1)
+    images, masks = packer.write_demo_folders(tmp_path / "png", 20, size=96, workers=1)
     at = _app("app_pages/data.py")
     at.radio(key="data_source").set_value("folders").run()
     at.text_input(key="data_images").set_value(str(images))
@@ -222,7 +237,7 @@ def test_data_page_packs_two_folders_with_exact_batches(workspace, tmp_path):
 
 
 def test_data_page_zip_upload_of_two_folders(workspace, tmp_path):
-    images, masks = pack.write_demo_folders(tmp_path / "png", 12, size=64, workers=1)
+    images, masks = packer.write_demo_folders(tmp_path / "png", 12, size=64, workers=1)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for folder, arc in ((images, "images"), (masks, "masks")):
@@ -303,12 +318,12 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def test_data_page_zip_with_one_top_level_folder_just_works(workspace, tmp_path, monkeypatch):
-    images, masks = pack.write_demo_folders(tmp_path / "png", 12, size=64, workers=1)
+    images, masks = packer.write_demo_folders(tmp_path / "png", 12, size=64, workers=1)
     members = {f"mydata/{arc}/{p.name}": p.read_bytes()
                for folder, arc in ((images, "images"), (masks, "masks")) for p in sorted(folder.iterdir())}
     seen = []
-    real = pack.pack_manifest
-    monkeypatch.setattr(pack, "pack_manifest", lambda m, out, config, **kw: seen.append(config) or real(m, out, config, **kw))
+    real = packer.pack_manifest
+    monkeypatch.setattr(packer, "pack_manifest", lambda m, out, config, **kw: seen.append(config) or real(m, out, config, **kw))
     at = _app("app_pages/data.py")
     _upload(at, "folders", _zip_bytes(members))  # default folder names "images" and "masks"
     assert not at.error, [e.value for e in at.error]
@@ -392,7 +407,14 @@ def test_augmentation_grid_shows_original_and_n_augmented(workspace):
     assert augmented == [original] * 3
 
 
-# The Training page's tests are in test_app_training.py.
+# The Training page's tests are in test_app_training.py; this one is about pneumo.config's labels.
+def test_training_form_shows_the_labels_defined_beside_the_vocabularies(workspace):
+    from pneumo import config as C
+
+    at = _app("app_pages/training.py")
+    assert at.selectbox(key="tr_variant").options == [f"{n}: {C.VARIANT_LABELS[n]}" for n in C.VARIANTS]
+    assert at.selectbox(key="tr_loss").options == [C.LOSS_LABELS[n] for n in C.LOSSES]
+    assert at.selectbox(key="tr_lr_schedule").options == [C.LR_SCHEDULE_LABELS[n] for n in C.LR_SCHEDULES]
 
 
 # --------------------------------------------------------------------------- start-up cost

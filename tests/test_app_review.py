@@ -7,7 +7,6 @@ tiny trained model whose predictions the page computes through the evaluate subp
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from pneumo import evaluate
-from pneumo.store import predictions as artifacts
+from pneumo.store import predictions
 from pneumo.train import jobs
 from pneumo.review import cases as review
 from pneumo.store import verdicts
@@ -119,13 +118,27 @@ def test_page_renders_summary_and_default_triplet(workspace):
     assert at.slider(key=_k("pt")).value == pytest.approx(0.4)
     assert at.slider(key=_k("tt")).value == pytest.approx(0.5)
     assert at.number_input(key=_k("area")).value == 2
-    ref, _ = evaluate.evaluate_probs(workspace["probs"], workspace["Y"], evaluate.Triplet(0.4, 0.5, 2))
+    ref, _ = evaluate.evaluate_stats(evaluate.prob_stats(workspace["probs"], workspace["Y"]), evaluate.Triplet(0.4, 0.5, 2))
     assert _metric(at, "SIIM score") == f"{ref['siim_score']:.3f}"
     assert _metric(at, "All-empty baseline") == f"{ref['empty_baseline']:.3f}"
     assert _metric(at, "Dice on positives") == f"{ref['dice_positive_mean']:.3f}"
     assert len(at.get("plotly_chart")) == 1
     assert len(at.get("image")) == 3  # the triptych
     assert at.radio(key=_k("cat")).value == "FP"  # FP first by default
+
+
+def test_damaged_metrics_are_named_not_replaced_by_default_thresholds(workspace):
+    """Issue 18: a metrics file with wrong types used to give 0.5/0.5/0 under a "Reset to the
+    dev-tuned triplet" button; the page now names the damaged file instead."""
+    (workspace["run_dir"] / "metrics_dev.json").write_text(json.dumps(
+        {"triplet": {"pixel_threshold": "high", "top_threshold": 0.5, "min_area": 2}}))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception
+    shown = [e.value.replace("\\", "") for e in at.error]  # md_escape'd: the file name shown literally
+    assert any("metrics_dev.json: damaged metrics" in e for e in shown), shown
+    assert not [b for b in at.button if b.label.startswith("Reset to the dev-tuned triplet")]
+    assert not at.slider  # no thresholds shown as if they were the run's
 
 
 def test_threshold_change_recounts_exactly_as_evaluate(workspace):
@@ -136,7 +149,7 @@ def test_threshold_change_recounts_exactly_as_evaluate(workspace):
         at.number_input(key=_k("area")).set_value(t.min_area)
         at.run()
         assert not at.exception
-        ref, _ = evaluate.evaluate_probs(workspace["probs"], workspace["Y"], t)
+        ref, _ = evaluate.evaluate_stats(evaluate.prob_stats(workspace["probs"], workspace["Y"]), t)
         assert _counts(at) == {"FP": ref["fp"], "FN": ref["fn"], "TP": ref["tp"], "TN": ref["tn"],
                                "all": ref["n_images"]}
         assert _metric(at, "SIIM score") == f"{ref['siim_score']:.3f}"
@@ -145,7 +158,7 @@ def test_threshold_change_recounts_exactly_as_evaluate(workspace):
 def test_fp_filter_shows_only_fp_cases_in_confidence_order(workspace):
     at = _app()
     t = evaluate.Triplet(0.4, 0.5, 2)
-    _, cases = evaluate.evaluate_probs(workspace["probs"], workspace["Y"], t, workspace["ids"])
+    _, cases = evaluate.evaluate_stats(evaluate.prob_stats(workspace["probs"], workspace["Y"]), t, workspace["ids"])
     fp = [i for i, c in zip(cases["id"], cases["category"]) if c == "FP"]
     assert len(fp) >= 2, "the fixture should produce several false positives"
     seen = []
@@ -256,14 +269,15 @@ def test_real_trained_run_renders(tmp_path, monkeypatch):
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.run()
     assert not at.exception, at.exception
-    probs, ids = predict.load_predictions(run_dir, "test")
+    cached = predictions.open_predictions(run_dir, "test")
+    probs, ids = cached.read(), cached.ids
     with h5py.File(pack, "r") as f:
         Y = f["Y_test"][()]
     radio = at.radio(key="rv_cat::demo::test")
     n_all = int(radio.proto.captions[-1].split()[0])
     assert n_all == len(ids) == 12
-    t = artifacts.run_triplet(run_dir, 64, "best")[0]
-    ref, _ = evaluate.evaluate_probs(probs, Y, t)
+    t = predictions.run_triplet(run_dir, 64, "best")[0]
+    ref, _ = evaluate.evaluate_stats(evaluate.prob_stats(probs, Y), t)
     assert next(m.value for m in at.metric if m.label == "SIIM score") == f"{ref['siim_score']:.3f}"
 
 
@@ -428,13 +442,12 @@ def siim_review(tmp_path, monkeypatch):
     from run_fixtures import make_review_run
     from siim_fixtures import write_siim_tree
 
-    from pneumo.store import pack
-    from pneumo.ingest import sources
+    from pneumo.ingest import packer, sources
     from pneumo.config import PackConfig, SplitConfig
 
     dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", n=6, size=64, seed=4, positive_rate=0.7)
-    info = pack.pack_manifest(sources.siim_source(dicom_dir, csv_path, workers=1), tmp_path / "data" / "siim.h5",
-                              PackConfig(size=32, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
+    info = packer.pack_manifest(sources.siim_source(dicom_dir, csv_path, workers=1), tmp_path / "data" / "siim.h5",
+                                PackConfig(size=32, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
     run_dir = make_review_run(tmp_path / "runs" / DRUN, info.path, splits=("test",))
     monkeypatch.setenv("PNEUMO_WORKSPACE", str(tmp_path))
     monkeypatch.delenv("PNEUMO_RUNS_DIR", raising=False)
@@ -469,8 +482,8 @@ def test_full_resolution_view_reads_the_source_and_falls_back_when_it_is_gone(si
     assert any("the pack's 32 px mask resized nearest to 64x64" in c.value for c in at.caption)
 
     # the source file disappears: one line says so and the pack's copy is shown
-    refs = {i: r for i, r in zip(pack.load_split(siim_review["pack"], "test")[2],
-                                 pack.read_sources(siim_review["pack"], "test"))}
+    with pack.Pack(siim_review["pack"]) as packed:
+        refs = dict(zip(packed.ids("test"), packed.sources("test")))
     Path(refs[image_id].path).unlink()
     at2 = _app()
     at2.toggle(key="rv_fullres").set_value(True).run()
@@ -495,9 +508,9 @@ def test_full_resolution_view_of_a_pack_without_sources_says_so(designed):
 def _fullres_viewer_script(path: str) -> None:
     import numpy as np
 
-    from pneumo_app import review_fullres
+    from pneumo_app import review_cache, review_fullres
 
-    full, lo, hi = review_fullres.load_full(path)
+    full, lo, hi = review_cache.load_full(path)
     blank = np.zeros(full.pixels.shape[:2], np.uint8)
     review_fullres._viewer("uniform", full, lo, hi, blank, blank, native=True, pack_size=32, target_how="none")
 
@@ -655,8 +668,8 @@ def test_the_relabel_button_writes_the_list(designed):
     fp = _two_readers(run_dir)  # both flag fp[1]; only bob flags fp[2]
     at = _reader_app("alice")
     out = run_dir / "relabel_test.csv"
-    assert at.number_input(key=f"rv_relabel_min::{DRUN}::test").value == 2  # two readers: a consensus
-    at.button(key=f"rv_relabel::{DRUN}::test").click().run()
+    assert at.number_input(key=f"rv_curate_min::{DRUN}::test").value == 2  # two readers: a consensus
+    at.button(key=f"rv_curate::{DRUN}::test").click().run()
     assert _errors(at) == []
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -665,10 +678,10 @@ def test_the_relabel_button_writes_the_list(designed):
     assert any(f"Wrote **1 case** to `{out}`" in s.value for s in at.success)
     assert any(f"--exclude {out}" in c.value for c in at.code)
     # an existing list is replaced only when asked
-    at.number_input(key=f"rv_relabel_min::{DRUN}::test").set_value(1).run()
-    assert at.button(key=f"rv_relabel::{DRUN}::test").proto.disabled
-    at.checkbox(key=f"rv_relabel_replace::{DRUN}::test").check().run()
-    at.button(key=f"rv_relabel::{DRUN}::test").click().run()
+    at.number_input(key=f"rv_curate_min::{DRUN}::test").set_value(1).run()
+    assert at.button(key=f"rv_curate::{DRUN}::test").proto.disabled
+    at.checkbox(key=f"rv_curate_replace::{DRUN}::test").check().run()
+    at.button(key=f"rv_curate::{DRUN}::test").click().run()
     with open(out, newline="", encoding="utf-8") as f:
         assert [r["id"] for r in csv.DictReader(f)] == sorted([fp[1], fp[2]])
     assert any("Wrote **2 cases**" in s.value for s in at.success)

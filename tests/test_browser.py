@@ -41,7 +41,7 @@ PAGES = [
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 except ImportError:
     pytest.skip("playwright (Python) is not installed", allow_module_level=True)
 
@@ -55,11 +55,11 @@ def _free_port() -> int:
 def _prepare_workspace(ws: Path) -> None:
     """A 128 px demo pack and a finished run on it whose predictions are written directly
     (fixed TP/FP/FN/TN cases: the page never depends on what a model happened to learn)."""
-    from pneumo.store import pack
+    from pneumo.ingest import packer
     from run_fixtures import make_review_run
 
     # 120 images leave 14 in test: enough to step through in the review tests
-    demo = pack.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1)
+    demo = packer.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1)
     make_review_run(ws / "runs" / "run-20260101-120000", demo.path)
 
 
@@ -101,16 +101,25 @@ def _serve(ws: Path, log_path: Path, **extra_env: str):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def training_gate(tmp_path_factory) -> Path:
+    """Fake trainers started from :func:`server` hold in state ``running`` until this file exists
+    (tests/fake_trainer.py): the training test says when its run may go on."""
+    return tmp_path_factory.mktemp("gate") / "fake-trainer-gate"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, training_gate):
     given = os.environ.get("PNEUMO_BROWSER_WORKSPACE")
     if given:
         ws = Path(given)
     else:
         ws = tmp_path_factory.mktemp("browser-ws")
         _prepare_workspace(ws)
-    # Training started from the browser runs the fake trainer (a few seconds, no TensorFlow).
+    # Training started from the browser runs the fake trainer (no TensorFlow), held at the gate;
+    # then 4 epochs of 20 s: the test stops it long before its end, however slow the machine.
     fake = dict(PNEUMO_TRAIN_COMMAND=f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'tests' / 'fake_trainer.py'))}",
-                PNEUMO_FAKE_EPOCHS="4", PNEUMO_FAKE_SECONDS_PER_EPOCH="2", PNEUMO_TESTING="1")
+                PNEUMO_FAKE_EPOCHS="4", PNEUMO_FAKE_SECONDS_PER_EPOCH="20", PNEUMO_TESTING="1",
+                PNEUMO_FAKE_GATE=str(training_gate))
     with _serve(ws, tmp_path_factory.mktemp("browser-log") / "streamlit.log", **fake) as url:
         yield url
 
@@ -177,22 +186,32 @@ def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, cont
 
 
 @pytest.mark.skipif(bool(os.environ.get("PNEUMO_BROWSER_WORKSPACE")), reason="would add a run to a given workspace")
-def test_training_live_view_follows_a_run_without_reloading(server, browser, tmp_path):
-    """Start on the Training page; the fragment's timer alone shows progress, then "finished"."""
+def test_training_live_view_follows_a_run_without_reloading(server, browser, training_gate, tmp_path):
+    """Start on the Training page; the fragment's timer alone shows the run running, its progress,
+    and its end after Stop. Every step waits for what the page must show next: the run holds at
+    the gate until the page has shown it running, and then lasts far longer than the test."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    start = page.get_by_role("button", name="Start training")
     try:
         page.goto(f"{server}/training", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Training", exact=True).first.wait_for(timeout=60_000)
         _wait_until_idle(page)
-        page.get_by_role("button", name="Start training").click()
+        start.click()
         page.get_by_text(re.compile(r"^running$")).first.wait_for(timeout=60_000)
+        expect(start).to_be_disabled(timeout=60_000)
+        training_gate.touch()  # the run held until now: "running" and the disabled Start were no race
         page.get_by_text(re.compile(r"epoch \d of 4, step \d of 5")).first.wait_for(timeout=60_000)
-        assert page.get_by_role("button", name="Start training").is_disabled()
-        page.get_by_text(re.compile(r"^finished$")).first.wait_for(timeout=60_000)
+        expect(start).to_be_disabled()
+        # by role: Streamlit also draws a hidden copy of a button that has a tooltip
+        page.locator(".st-key-tr_stop").get_by_role("button", name="Stop").click()
+        page.get_by_text(re.compile(r"^stopped$")).first.wait_for(timeout=60_000)
+        expect(start).to_be_enabled(timeout=60_000)
         _wait_until_idle(page)
-        assert page.get_by_role("button", name="Start training").is_enabled()
         assert page.locator('[data-testid="stException"]').count() == 0
-        page.screenshot(path=str(tmp_path / "training-finished.png"))
+        page.screenshot(path=str(tmp_path / "training-stopped.png"))
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
     finally:
         page.close()
 
@@ -218,10 +237,11 @@ def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
         finally:
             page.close()
+    from pneumo.ingest.packer import DEMO_COUNT
     from pneumo.store import pack
 
     info = pack.read_info(ws / "data" / "demo.h5")
-    assert sum(info.counts.values()) == pack.DEMO_COUNT
+    assert sum(info.counts.values()) == DEMO_COUNT
 
 
 @pytest.fixture(scope="module")
@@ -296,12 +316,41 @@ def _open_review(browser, url: str):
 _CASE_LINE = re.compile(r"^(\S+): (FP|FN|TP|TN)$")
 
 
-def _shown_case_id(page) -> str:
-    """The id above the triptych (``**<id>**: FP``), as the server drew it."""
+def _case_ids(page) -> list[str]:
+    """The ids above the triptych (``**<id>**: FP``) the page shows now: one once the server has drawn it."""
     texts = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] p:has(strong)').all_inner_texts()
-    found = [m.group(1) for t in texts if (m := _CASE_LINE.match(t.strip()))]
-    assert len(found) == 1, texts
+    return [m.group(1) for t in texts if (m := _CASE_LINE.match(t.strip()))]
+
+
+def _shown_case_id(page) -> str:
+    """The id above the triptych, as the server drew it (on a page that has finished loading)."""
+    found = _case_ids(page)
+    assert len(found) == 1, found
     return found[0]
+
+
+def _expect_case(page, want: str, timeout_s: float = 90.0) -> None:
+    """Wait until the page, idle, shows case ``want``: an action's rerun may start late on a busy
+    machine, so the page going quiet alone does not say the server has drawn its outcome yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _wait_until_idle(page, timeout_s)
+        found = _case_ids(page)
+        if found == [want]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page shows {found}, not {want!r}")
+        page.wait_for_timeout(250)
+
+
+def _eventually(page, check, what: str, timeout_s: float = 90.0):
+    """Poll ``check()`` until it returns something truthy (returned); fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not (got := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout_s:g} s")
+        page.wait_for_timeout(250)
+    return got
 
 
 def _expected_order(ws: Path, category: str) -> list[str]:
@@ -325,20 +374,17 @@ def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_pat
     page = _open_review(browser, url)
     try:
         page.locator('[data-testid="stMain"] [data-testid="stRadio"]').first.get_by_text("all", exact=True).click()
-        _wait_until_idle(page)
-        assert _shown_case_id(page) == order[0]
+        _expect_case(page, order[0])
         nxt = page.locator('[data-testid="rvNavNext"]')
         for _ in range(6):  # faster than the page reruns: nothing waits for the server
             nxt.click(no_wait_after=True)
         page.keyboard.press("ArrowLeft")
         page.keyboard.press("ArrowLeft")
-        _wait_until_idle(page)
-        assert _shown_case_id(page) == order[4]
+        _expect_case(page, order[4])
         assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"case 5 of {len(order)}"
         for _ in range(5):
             page.keyboard.press("ArrowRight")
-        _wait_until_idle(page)
-        assert _shown_case_id(page) == order[9]
+        _expect_case(page, order[9])
         # passing cases writes no review: the export and the progress still say 0
         assert _review_rows(ws) == []
         assert page.get_by_role("button", name="Export 0 reviews (CSV)").count() == 1
@@ -374,23 +420,26 @@ def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review
             _wait_until_idle(page)
         # nothing reaches 0.99: no FP, and the page says what it shows instead
         slider.press("End")
+        no_fp = page.get_by_text("No false positives at these thresholds: showing misses.")
+        expect(no_fp).to_have_count(1, timeout=90_000)  # the server's answer to "End", however late
         _wait_until_idle(page)
-        assert page.get_by_text("No false positives at these thresholds: showing misses.").count() == 1
         assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 3
         assert fp.is_checked()
         # back to the run's triplet, then a verdict and a note on the first FP
         page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()
+        expect(no_fp).to_have_count(0, timeout=90_000)  # the reset's rerun has drawn the FP again
         _wait_until_idle(page)
         image_id = _shown_case_id(page)
         page.get_by_role("button", name="label missed a pneumothorax").click()
+        expect(page.get_by_text("Saved: label missed a pneumothorax")).to_have_count(1, timeout=90_000)
         _wait_until_idle(page)
         note = page.get_by_label("Note (saved when you press Enter or leave the field)")
         note.fill("air at the apex")
         note.press("Enter")
+        want = [(image_id, "label missed a pneumothorax", "air at the apex")]
+        _eventually(page, lambda: [(r.image_id, r.verdict, r.note) for r in _review_rows(ws)] == want,
+                    f"the review database holding {want}")
         _wait_until_idle(page)
-        rows = _review_rows(ws)
-        assert [(r.image_id, r.verdict, r.note) for r in rows] == [
-            (image_id, "label missed a pneumothorax", "air at the apex")]
         page.reload(wait_until="domcontentloaded")
         page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
         _wait_until_idle(page)
@@ -415,12 +464,12 @@ def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browse
     page = _open_review(browser, url)  # the server has cached this pack's predictions
     try:
         before = _shown_case_id(page)
-        from pneumo.store import pack
+        from pneumo.ingest import packer
 
         # "Replace existing": other phantoms under the same file name
         from pneumo.config import SplitConfig
 
-        pack.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1, seed=7,
+        packer.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1, seed=7,
                             split=SplitConfig(seed=11), force=True)
         page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()  # any rerun
         page.get_by_text("out of date").first.wait_for(timeout=60_000)
@@ -450,7 +499,7 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
     from pneumo import evaluate
     from pneumo.review import fullres
     from pneumo.store import pack
-    from pneumo.ingest import sources
+    from pneumo.ingest import packer, sources
     from pneumo.config import PackConfig, SplitConfig
     from pneumo.ingest.siim_labels import read_labels
     from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
@@ -459,19 +508,19 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
 
     ws = tmp_path / "ws"
     dicom_dir, csv_path = write_review_tree(ws / "siim")
-    info = pack.pack_manifest(sources.siim_source(dicom_dir, csv_path, workers=1), ws / "data" / "siim.h5",
-                              PackConfig(size=256, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
+    info = packer.pack_manifest(sources.siim_source(dicom_dir, csv_path, workers=1), ws / "data" / "siim.h5",
+                                PackConfig(size=256, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
     make_review_run(ws / "runs" / REVIEW_RUN, info.path, splits=("test",))
-    _, masks, ids = pack.load_split(info.path, "test")
-    refs = dict(zip(ids, pack.read_sources(info.path, "test")))
+    with pack.Pack(info.path) as packed:
+        masks, ids = packed.masks("test"), packed.ids("test")
+        refs = dict(zip(ids, packed.sources("test")))
     big = next(i for i, r in refs.items() if r.height == 2048)
     with _serve(ws, tmp_path / "streamlit.log") as url:
         page = _open_review(browser, url)
         try:
             main = page.locator('[data-testid="stMain"]')
             main.locator('[data-testid="stRadio"]').first.get_by_text("TP", exact=True).click()
-            _wait_until_idle(page)
-            assert _shown_case_id(page) == big  # the designed predictions: the 2048 px image is the TP
+            _expect_case(page, big)  # the designed predictions: the 2048 px image is the TP
             main.get_by_text("Full resolution", exact=True).click()
             _wait_until_idle(page)
             shown = main.locator('[data-testid="stImage"]').filter(has_text="2048x2048 (source)")
@@ -535,12 +584,13 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
                 _wait_until_idle(page)
                 assert page.get_by_text(f"Reading as {reader}").count() == 1
                 for k, verdict in enumerate(choices):
-                    assert _shown_case_id(page) == fp[k]
+                    _expect_case(page, fp[k])
                     page.get_by_role("button", name=verdict, exact=True).click()
+                    expect(page.get_by_text(f"Saved: {verdict}")).to_have_count(1, timeout=90_000)
                     _wait_until_idle(page)
                     page.locator('[data-testid="rvNavNext"]').click()
-                    _wait_until_idle(page)
-                assert page.get_by_text(f"3 of {len(fp)} FP cases reviewed").count() == 1
+                expect(page.get_by_text(f"3 of {len(fp)} FP cases reviewed")).to_have_count(1, timeout=90_000)
+                _wait_until_idle(page)
             rows = verdicts.VerdictStore.for_run(ws / "runs" / REVIEW_RUN).verdicts(REVIEW_RUN, "test")
             assert sorted((r.reader, r.image_id, r.verdict) for r in rows) == sorted(
                 (reader, fp[k], v) for reader, vs in wanted.items() for k, v in enumerate(vs))
@@ -554,18 +604,17 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
             panel.get_by_text("Readers (2)").click()  # computed when opened: a rerun
             _wait_until_idle(page)
             table = panel.locator('[data-testid="stTable"]')
-            table.wait_for(timeout=30_000)
+            table.wait_for(timeout=90_000)
             cells = [[c.strip() for c in row.split("\t")] for row in table.locator("tr").all_inner_texts()]
             assert ["overall", "3", "0.67", "0.40", "1"] in cells, cells
             assert ["FP", "3", "0.67", "0.40", "1"] in cells, cells
             panel.get_by_role("button", name="Write relabel list").click()
+            expect(panel.get_by_text("Wrote 1 case to")).to_have_count(1, timeout=90_000)
             _wait_until_idle(page)
-            assert panel.get_by_text("Wrote 1 case to").count() == 1
             assert (ws / "runs" / REVIEW_RUN / "relabel_test.csv").read_text().splitlines()[1].startswith(fp[0])
             panel.screenshot(path=str(_screenshot_dir(tmp_path) / "review-readers.png"))
             panel.get_by_role("button", name="Open").click()  # the one disagreement
-            _wait_until_idle(page)
-            assert _shown_case_id(page) == fp[1]
+            _expect_case(page, fp[1])
             assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"FP 2 of {len(fp)}"
             assert page.locator('[data-testid="stException"]').count() == 0
         except BaseException:

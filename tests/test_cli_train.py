@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pneumo import config as C
+from pneumo.store.config_file import load_config, save_config
 from pneumo.cli import build_parser, main
 from pneumo.errors import InputError
 
@@ -48,7 +49,7 @@ def test_command_line_options_override_the_preset():
 def test_preset_errors(tmp_path):
     with pytest.raises(InputError, match="unknown preset 'nope'"):
         _config(["p.h5", "--preset", "nope"])
-    C.save_config(C.TrainConfig(pack="p.h5"), tmp_path / "c.json")
+    save_config(C.TrainConfig(pack="p.h5"), tmp_path / "c.json")
     with pytest.raises(InputError, match="--preset and --config are alternatives"):
         _config(["--preset", "blog", "--config", str(tmp_path / "c.json")])
     with pytest.raises(InputError, match="--positive-fraction 'half'"):
@@ -72,14 +73,14 @@ def test_quickstart_makes_the_pack_trains_evaluates_and_prints(tmp_path, monkeyp
     assert main(["quickstart", "--epochs", "1", "--steps-per-epoch", "2"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "data" / C.QUICK_PACK_NAME).is_file()
-    runs = list((tmp_path / "runs").iterdir())
+    runs = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]  # .start.lock: jobs' own
     assert len(runs) == 1 and (runs[0] / "best.keras").is_file()
     metrics = json.loads((runs[0] / "metrics_test.json").read_text())
     assert f"SIIM score          {metrics['siim_score']:.3f}" in out
     assert f"all-empty prediction: {metrics['empty_baseline']:.3f}" in out
     assert "Dice on positives" in out and "presence AUC" in out
     assert "streamlit run streamlit_app.py" in out and f"python -m pneumo review {runs[0]}" in out
-    cfg = C.load_config(C.TrainConfig, runs[0] / "config.json")
+    cfg = load_config(C.TrainConfig, runs[0] / "config.json")
     assert cfg.epochs == 1 and cfg.steps_per_epoch == 2 and cfg.width == 0.125
 
 
@@ -105,7 +106,7 @@ def _write_list(path, ids, note=""):
 def test_exclude_option_sets_the_config(tmp_path):
     assert _config(["p.h5", "--exclude", "relabel.csv"]).exclude == "relabel.csv"
     assert _config(["p.h5"]).exclude is None
-    C.save_config(C.TrainConfig(pack="p.h5", exclude="/lists/a.csv"), tmp_path / "c.json")
+    save_config(C.TrainConfig(pack="p.h5", exclude="/lists/a.csv"), tmp_path / "c.json")
     assert _config(["--config", str(tmp_path / "c.json")]).exclude == "/lists/a.csv"  # kept from the config
     assert _config(["--config", str(tmp_path / "c.json"), "--exclude", "none"]).exclude is None  # dropped
 
@@ -162,3 +163,35 @@ def test_train_exclude_end_to_end(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "exclusion list" in err and "changed since run run started" in err and "4 now" in err
     assert (run / "excluded.json").read_text() == before
+
+
+def test_quickstart_waits_its_turn_like_the_app(tmp_path, monkeypatch, capsys, gate):
+    """One job at a time in the workspace: quickstart refuses while the app's training runs,
+    before it makes a pack or a run folder."""
+    import shlex
+    import sys
+    import time
+    from pathlib import Path
+
+    from pneumo.store.run import read_status, request_stop
+    from pneumo.store.run_list import list_runs, new_run_dir
+    from pneumo.train import jobs
+
+    monkeypatch.setenv("PNEUMO_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PNEUMO_DATA_DIR", raising=False)
+    monkeypatch.delenv("PNEUMO_RUNS_DIR", raising=False)
+    fake = Path(__file__).with_name("fake_trainer.py")
+    monkeypatch.setenv("PNEUMO_TRAIN_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(fake))}")
+    monkeypatch.setenv("PNEUMO_TESTING", "1")
+    run = new_run_dir(prefix="app")
+    jobs.start_training(C.TrainConfig(pack="demo.h5", encoder_weights=None, epochs=1), run)  # held at the gate
+    try:
+        assert main(["quickstart", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: another job is running (training run {run.name})") and err.count("\n") == 1
+        assert [r.path for r in list_runs()] == [run] and not (tmp_path / "data").exists()
+    finally:
+        request_stop(run)  # the fake trainer ends at the STOP it finds at the gate
+        deadline = time.monotonic() + 30
+        while read_status(run)["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)

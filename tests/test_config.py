@@ -1,62 +1,27 @@
-"""pneumo.config: TrainConfig.check (TensorFlow-free validation) and the ``exclude`` field."""
+"""pneumo.config: values only (vocabularies, labels, presets, paths, dict round trips); checking a
+config against its files is pneumo.plan's (tests/test_plan.py)."""
 from __future__ import annotations
 
-import csv
-import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_test_pack
-from pneumo.config import PRESETS, TrainConfig, check_width, normalise_train_paths
+from pneumo import config as C
+from pneumo.config import TrainConfig, check_registry, check_width, normalise_train_paths
 from pneumo.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write_list(path: Path, ids: list[str]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "source", "category"])
-        w.writerows([i, "", "label doubtful"] for i in ids)
-    return path
-
-
-def test_check_imports_no_tensorflow(tiny_pack, tmp_path):
-    """The CLI, the app and jobs validate a config without paying for (or needing) TensorFlow."""
-    lst = _write_list(tmp_path / "l.csv", ["train-0001"])
-    code = ("import sys; from pneumo.config import TrainConfig; "
-            f"info = TrainConfig(pack={str(tiny_pack)!r}, encoder_weights=None, exclude={str(lst)!r}).check(); "
-            "assert info['train'] == 47, info; "
-            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, timeout=120)
-
-
-@pytest.mark.parametrize("change, message", [
-    (dict(variant="vgg19"), "variant 'vgg19' is unknown"),
-    (dict(loss="focal"), "loss 'focal' is unknown"),
-    (dict(epochs=0), "epochs = 0"),
-    (dict(batch_size=True), "batch_size = True"),
-    (dict(lr=float("inf")), "lr = inf"),
-    (dict(fine_tune_epochs=2, fine_tune_lr=0), "fine_tune_lr = 0"),
-    (dict(freeze_encoder="yes"), "freeze_encoder = 'yes'"),
-    (dict(xla=1), "xla = 1"),
-    (dict(width=0.5), "width 0.5 applies to variant 'unet-bn' only"),
-    (dict(positive_fraction=1.5), "positive_fraction = 1.5"),
-    (dict(lr_schedule="step"), "lr_schedule 'step' is unknown"),
-    (dict(init_from="/nonexistent/run"), "init_from /nonexistent/run: no best.keras"),
-    (dict(exclude="/nonexistent/list.csv"), "/nonexistent/list.csv: exclusion list not found"),
-    (dict(exclude=3), "exclude = 3"),
-    (dict(pack=""), "no pack file given"),
-])
-def test_check_names_the_bad_option(tiny_pack, change, message):
-    cfg = TrainConfig(**{"pack": str(tiny_pack), "encoder_weights": None, **change})
-    with pytest.raises(InputError, match=message.replace("(", r"\(")):
-        cfg.check()
+def test_check_options_checks_values_without_reading_a_file(tmp_path):
+    missing = str(tmp_path / "nowhere.h5")  # never opened: values only
+    assert C.check_options(TrainConfig(pack=missing, encoder_weights=None)) == TrainConfig(pack=missing, encoder_weights=None)
+    with pytest.raises(InputError, match="variant 'vgg19' is unknown"):
+        C.check_options(TrainConfig(pack=missing, variant="vgg19"))
+    with pytest.raises(InputError, match="exclude = 3: must be a path or null"):
+        C.check_options(TrainConfig(pack=missing, exclude=3))
 
 
 def test_check_width_lives_in_config_and_model_reexports_it():
@@ -69,30 +34,39 @@ def test_check_width_lives_in_config_and_model_reexports_it():
     assert model.check_width is check_width
 
 
-def test_presets_pass_check_with_a_pack(tiny_pack):
-    for name, p in PRESETS.items():
-        weights = None if p.encoder_weights == "imagenet" else p.encoder_weights  # no download in tests
-        info = dataclasses.replace(p, pack=str(tiny_pack), encoder_weights=weights).check()
-        assert info["size"] == 64, name
-
-
-def test_check_counts_after_exclusion(tiny_pack, tmp_path):
-    lst = _write_list(tmp_path / "l.csv", ["train-0000", "train-0003", "dev-0002", "test-0001", "gone"])
-    info = TrainConfig(pack=str(tiny_pack), encoder_weights=None, batch_size=8, exclude=str(lst)).check()
-    # 48 - 2 train (6 steps of 8), 16 - 1 dev (2 batches); test and unknown ids change nothing
-    assert info == {"size": 64, "train": 46, "dev": 15, "steps": 6, "validation_steps": 2, "dev_batches": 2}
-
-
-def test_check_refuses_a_list_that_empties_a_split(tmp_path):
-    pack = write_test_pack(tmp_path / "p.h5", counts=(4, 2, 2), size=32)
-    lst = _write_list(tmp_path / "l.csv", ["dev-0000", "dev-0001"])
-    with pytest.raises(InputError, match="lists every image of the dev split"):
-        TrainConfig(pack=str(pack), encoder_weights=None, exclude=str(lst)).check()
-
-
 def test_exclude_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = normalise_train_paths(TrainConfig(pack="p.h5", exclude="lists/../relabel.csv"))
     assert cfg.exclude == str(tmp_path / "relabel.csv")
     assert normalise_train_paths(TrainConfig(exclude="  ")).exclude is None
     assert normalise_train_paths(TrainConfig()).exclude is None
+
+
+# --------------------------------------------------------------------------- vocabularies, labels, registries
+@pytest.mark.parametrize("labels, vocabulary", [
+    (C.VARIANT_LABELS, C.VARIANTS), (C.LOSS_LABELS, C.LOSSES), (C.LR_SCHEDULE_LABELS, C.LR_SCHEDULES),
+])
+def test_labels_are_defined_once_for_exactly_the_vocabulary(labels, vocabulary):
+    assert tuple(labels) == vocabulary  # same names, same order (menus and --help list them so)
+    assert all(isinstance(v, str) and v.strip() for v in labels.values())
+
+
+def test_check_registry_names_the_difference():
+    check_registry("R", {"a": 1, "b": 2}, ("a", "b"))  # equal: silent
+    with pytest.raises(RuntimeError, match=r"^R does not match its vocabulary \(a, b, c\): missing 'c'$"):
+        check_registry("R", ["a", "b"], ("a", "b", "c"))
+    with pytest.raises(RuntimeError, match=r"missing 'b'; not in the vocabulary 'x', 'y'$"):
+        check_registry("R", ["a", "x", "y"], ("a", "b"))
+    with pytest.raises(RuntimeError, match=r"order b, a instead of a, b$"):
+        check_registry("R", ["b", "a"], ("a", "b"))
+
+
+def test_a_label_table_out_of_step_stops_the_import():
+    """The labels are checked when pneumo.config is imported, not when a menu first needs one."""
+    code = ("import pathlib, sys; src = pathlib.Path(sys.argv[1]).read_text(); "
+            "src = src.replace('LOSSES = (\"bce\", ', 'LOSSES = (\"focal\", \"bce\", ', 1); "
+            "exec(compile(src, 'config.py', 'exec'), {'__name__': 'patched_config'})")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "pneumo" / "config.py")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0
+    assert "pneumo.config.LOSS_LABELS does not match its vocabulary" in out.stderr and "missing 'focal'" in out.stderr

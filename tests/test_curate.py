@@ -9,9 +9,9 @@ import pytest
 
 from pneumo import evaluate
 from pneumo.cli import main
-from pneumo.review.curate import RELABEL_COLUMNS, RelabelCase, curate, is_label_problem, relabel_cases, write_relabel_list
 from pneumo.errors import InputError
-from pneumo.exclude import read_exclude_list
+from pneumo.review.curate import RelabelCase, curate, is_label_problem, relabel_cases, write_relabel_list
+from pneumo.store.relabel import RELABEL_COLUMNS, read_list_ids, relabel_path, write_list
 from pneumo.store.verdicts import Verdict, VerdictStore
 
 from conftest import write_test_pack
@@ -63,7 +63,7 @@ def test_relabel_list_is_read_back_by_the_exclusion_reader_and_never_overwritten
     rows = _read(out)
     assert list(rows[0]) == list(RELABEL_COLUMNS)
     assert rows[0]["id"] == "'=HYPERLINK(1)" and rows[0]["source"] == "'-x.png" and rows[1]["notes"] == "'+1 on this"
-    assert read_exclude_list(out) == ["=HYPERLINK(1)", "plain"]  # the ' prefix undone
+    assert read_list_ids(out) == ["=HYPERLINK(1)", "plain"]  # the ' prefix undone
     before = out.read_bytes()
     with pytest.raises(InputError, match="already exists; pass --force"):
         write_relabel_list(cases[:1], out)
@@ -73,6 +73,18 @@ def test_relabel_list_is_read_back_by_the_exclusion_reader_and_never_overwritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.csv"]  # no temporary file left
     with pytest.raises(InputError, match="folder not found"):
         write_relabel_list(cases, tmp_path / "missing" / "list.csv")
+
+
+def test_the_store_owns_the_relabel_list_name_and_columns(tmp_path):
+    assert relabel_path(tmp_path, "dev") == tmp_path / "relabel_dev.csv"
+    with pytest.raises(InputError, match="unknown split 'validation'"):
+        relabel_path(tmp_path, "validation")
+    with pytest.raises(InputError, match=r"needs 5 values \(id, source, category, verdicts, notes\), got 2"):
+        write_list(tmp_path / "short.csv", [("a", "b")])
+    assert not (tmp_path / "short.csv").exists()
+    out = write_list(tmp_path / "l.csv", [("@a", "", "FP", "", "")])
+    assert out.read_text(encoding="utf-8") == "id,source,category,verdicts,notes\n'@a,,FP,,\n"
+    assert read_list_ids(out) == ["@a"]
 
 
 def test_old_pack_without_sources_gives_an_empty_source_column(tmp_path, monkeypatch):
@@ -110,7 +122,8 @@ def test_two_readers_curate_and_repack_without_the_flagged_cases(tmp_path, capsy
         masks = f["Y_test"][()]
         ids = [s.decode() for s in f["ids_test"][()]]
         all_ids = {s.decode() for split in ("train", "dev", "test") for s in f[f"ids_{split}"][()]}
-    _, cases = evaluate.evaluate_probs(designed_probs(masks), masks, evaluate.Triplet.from_dict(REVIEW_TRIPLET), ids)
+    _, cases = evaluate.evaluate_stats(evaluate.prob_stats(designed_probs(masks), masks),
+                                       evaluate.Triplet.from_dict(REVIEW_TRIPLET), ids)
     by_cat: dict[str, list[str]] = {}
     for i, c in zip(cases["id"], cases["category"]):
         by_cat.setdefault(str(c), []).append(str(i))

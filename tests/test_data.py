@@ -11,7 +11,8 @@ from conftest import write_test_pack  # noqa: E402
 
 from pneumo.train import data as data_mod  # noqa: E402
 from pneumo.config import AugmentConfig  # noqa: E402
-from pneumo.train.data import fits_in_memory, make_dataset, split_size  # noqa: E402
+from pneumo.train.data import fits_in_memory, make_dataset  # noqa: E402
+from pneumo.store.pack import Pack  # noqa: E402
 from pneumo.errors import InputError, PackFormatError  # noqa: E402
 
 
@@ -173,10 +174,11 @@ def test_memory_available_reads_something():
 
 
 # --------------------------------------------------------------------------- errors
-def test_split_size(tiny_pack, tmp_path):
-    assert [split_size(tiny_pack, s) for s in ("train", "dev", "test")] == [48, 16, 16]
-    empty = write_test_pack(tmp_path / "e.h5", counts=(4, 0, 2), size=32)
-    assert split_size(empty, "dev") == 0
+def test_split_sizes(tiny_pack, tmp_path):
+    with Pack(tiny_pack) as pack:
+        assert [pack.counts[s] for s in ("train", "dev", "test")] == [48, 16, 16]
+    with Pack(write_test_pack(tmp_path / "e.h5", counts=(4, 0, 2), size=32)) as pack:
+        assert pack.counts["dev"] == 0 and len(pack.masks("dev")) == len(pack.positives("dev")) == 0
 
 
 def test_missing_file(tmp_path):
@@ -184,7 +186,7 @@ def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="nope.h5"):
         make_dataset(missing, "train")
     with pytest.raises(InputError, match="nope.h5"):
-        split_size(missing, "train")
+        Pack(missing)
 
 
 def test_not_hdf5(tmp_path):

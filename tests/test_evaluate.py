@@ -176,14 +176,15 @@ def test_categorize_hand_case():
     np.testing.assert_allclose(cases["score"], [0.9, 0.45, 0.9, 0.0])
 
 
-def test_evaluate_probs_hand_case():
+def test_evaluate_stats_hand_case():
     # image 0: true A, probs high on A -> TP dice 1; image 1: true A, nothing -> FN;
     # image 2: empty truth, 2 px at 0.8 -> FP at min_area 2, TN at min_area 3; image 3: TN
     p0 = A / 255 * 0.9
     p2 = np.zeros((4, 4)); p2[3, :2] = 0.8
     probs = ev.quantize(np.stack([p0, np.zeros((4, 4)), p2, np.zeros((4, 4))]))
     masks = np.stack([A, A, EMPTY, EMPTY])
-    s, cases = ev.evaluate_probs(probs, masks, ev.Triplet(0.5, 0.7, 2), ids=list("abcd"))
+    stats = ev.prob_stats(probs, masks)
+    s, cases = ev.evaluate_stats(stats, ev.Triplet(0.5, 0.7, 2), ids=list("abcd"))
     assert list(cases["id"]) == list("abcd")
     assert list(cases["category"]) == ["TP", "FN", "FP", "TN"]
     assert s["siim_score"] == pytest.approx((1 + 0 + 0 + 1) / 4)
@@ -197,14 +198,14 @@ def test_evaluate_probs_hand_case():
     assert s["auc"] == pytest.approx(0.625)
     assert s["triplet"] == {"pixel_threshold": 0.5, "top_threshold": 0.7, "min_area": 2,
                             "size": 4, "min_area_fraction": 2 / 16}
-    s3, cases3 = ev.evaluate_probs(probs, masks, ev.Triplet(0.5, 0.7, 3))
+    s3, cases3 = ev.evaluate_stats(stats, ev.Triplet(0.5, 0.7, 3))
     assert list(cases3["category"]) == ["TP", "FN", "TN", "TN"]
     assert s3["siim_score"] == pytest.approx(0.75)
     assert s3["siim_score_raw"] == pytest.approx(0.5)
 
 
 def test_summary_keys_and_one_class_auc_is_none():
-    s, _ = ev.evaluate_probs(np.zeros((2, 4, 4), np.uint8), np.stack([EMPTY, EMPTY]), ev.DEFAULT_TRIPLET)
+    s, _ = ev.evaluate_stats(ev.prob_stats(np.zeros((2, 4, 4), np.uint8), np.stack([EMPTY, EMPTY])), ev.DEFAULT_TRIPLET)
     for key in ["siim_score", "siim_score_raw", "dice_positive_mean", "n_images", "n_positive",
                 "tp", "fp", "fn", "tn", "auc", "triplet", "empty_baseline"]:
         assert key in s

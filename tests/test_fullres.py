@@ -193,8 +193,7 @@ def test_pack_copy_is_a_full_image_with_the_byte_window():
 
 
 def test_native_target_decodes_the_siim_rle_recorded_by_the_pack(tmp_path):
-    from pneumo.store import pack
-    from pneumo.ingest import sources
+    from pneumo.ingest import packer, sources
     from pneumo.config import PackConfig, SplitConfig
     from pneumo.ingest.siim_labels import read_labels
 
@@ -202,8 +201,8 @@ def test_native_target_decodes_the_siim_rle_recorded_by_the_pack(tmp_path):
 
     dicom_dir, csv_path = write_siim_tree(tmp_path / "siim", n=4, size=40, seed=1, positive_rate=1.0, stage=1)
     manifest = sources.siim_source(dicom_dir, csv_path, workers=1)
-    info = pack.pack_manifest(manifest, tmp_path / "p.h5",
-                              PackConfig(size=32, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
+    info = packer.pack_manifest(manifest, tmp_path / "p.h5",
+                                PackConfig(size=32, workers=1, split=SplitConfig(proportions=(0.0, 0.0, 1.0))))
     found = fullres.siim_labels(info.path)
     assert found == (str(csv_path.absolute()), True)  # stage 1: relative starts
     labels = read_labels(csv_path)[0]
@@ -212,7 +211,7 @@ def test_native_target_decodes_the_siim_rle_recorded_by_the_pack(tmp_path):
         np.testing.assert_array_equal(native, sources.load_pair(sample)[1])  # what packing decoded
     assert fullres.native_target(labels, "no-such-id", 40, 40, True) is None
     assert fullres.native_target(labels, manifest.samples[0].id, 2, 2, True) is None  # runs past: not this image
-    demo = pack.make_demo_pack(tmp_path / "demo.h5", count=12, size=32, workers=1)
+    demo = packer.make_demo_pack(tmp_path / "demo.h5", count=12, size=32, workers=1)
     assert fullres.siim_labels(demo.path) is None
 
 

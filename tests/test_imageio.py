@@ -7,9 +7,11 @@ from hostile_files import deflated_dicom, peak_rss_mb, png_bomb
 from PIL import Image
 from siim_fixtures import write_dicom
 
-from pneumo.ingest import imageio
 from pneumo.errors import InputError
-from pneumo.ingest.imageio import gray_file_at, read_dicom_meta, read_full_resolution, read_image, read_mask, window_to_uint8
+from pneumo.ingest import pixels
+from pneumo.ingest.imageio import gray_file_at, read_dicom_meta, read_image, read_mask
+from pneumo.ingest.windowing import window_to_uint8
+from pneumo.review.fullres import read_full_resolution
 
 
 # ----------------------------------------------------------------------------- pixel budget
@@ -98,11 +100,11 @@ def test_16bit_lookup_table_matches_the_float_formula(tmp_path):
     assert np.array_equal(read_image(path), _stretched(values))
     signed = rng.integers(-3000, 3000, (5, 7)).astype(np.int16)
     lo, hi = float(signed.min()), float(signed.max())
-    assert np.array_equal(imageio._stretch(signed, lo, hi), _stretched(signed))
+    assert np.array_equal(pixels.stretch(signed, lo, hi), _stretched(signed))
     floats = rng.normal(size=(9, 11)).astype(np.float32)
     floats[0, 0] = np.nan
     expect = _stretched(np.nan_to_num(floats, nan=np.nanmin(floats)))
-    assert np.array_equal(imageio._stretch(floats, *imageio._finite_range(floats)), expect)
+    assert np.array_equal(pixels.stretch(floats, *pixels.finite_range(floats)), expect)
 
 
 def test_16bit_4000px_png_peak_memory(tmp_path):
@@ -229,7 +231,8 @@ def test_windowed_16bit_dicom_peak_memory(tmp_path):
     path = write_dicom(tmp_path / "big16w.dcm", (np.arange(3000 * 3000, dtype=np.uint32) % 4096)
                        .astype(np.uint16).reshape(3000, 3000), bits_stored=12, window=(2048, 1024))
     grew, result = peak_rss_mb(
-        "from pneumo.ingest.imageio import read_image, read_full_resolution, window_to_uint8",
+        "from pneumo.ingest.imageio import read_image\nfrom pneumo.ingest.windowing import window_to_uint8\n"
+        "from pneumo.review.fullres import read_full_resolution",
         f"g = read_image({str(path)!r})\nresult['max'] = int(g.max())\ndel g\n"
         f"f = read_full_resolution({str(path)!r})\n"
         "result['dtype'] = str(f.pixels.dtype)\nresult['u8'] = int(window_to_uint8(f.pixels, f.center, f.width).max())",

@@ -1,6 +1,7 @@
 """pneumo.train.jobs: launching, following and stopping trainers through run folders (fake trainer)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -13,8 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from pneumo._lock import read_holder
+from pneumo._procs import CHILDREN
 from pneumo.train import jobs
-from pneumo.config import TrainConfig, load_config
+from pneumo.store.run import RunFolder, read_history, read_progress, read_status, request_stop
+from pneumo.store.run_list import active_run, list_runs, new_run_dir
+from pneumo.config import TrainConfig
+from pneumo.store.config_file import load_config
 from pneumo.errors import InputError
 
 FAKE = Path(__file__).with_name("fake_trainer.py")
@@ -31,8 +37,8 @@ def fake(monkeypatch, tmp_path):
     runs = tmp_path / "runs"
     monkeypatch.setenv("PNEUMO_RUNS_DIR", str(runs))
     yield runs
-    for info in jobs.list_runs(runs):  # never leave a trainer behind
-        pid = jobs.read_status(info.path).get("pid")
+    for info in list_runs(runs):  # never leave a trainer behind
+        pid = read_status(info.path).get("pid")
         if info.state == "running" and pid:
             os.kill(pid, signal.SIGKILL)
 
@@ -40,11 +46,11 @@ def fake(monkeypatch, tmp_path):
 def _wait(run, states, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = jobs.read_status(run)
+        st = read_status(run)
         if st["state"] in states:
             return st
         time.sleep(0.05)
-    raise AssertionError(f"{run}: state {jobs.read_status(run)} never reached {states}; log:\n"
+    raise AssertionError(f"{run}: state {read_status(run)} never reached {states}; log:\n"
                          + (run / "train.log").read_text())
 
 
@@ -61,25 +67,25 @@ CFG = TrainConfig(pack="demo.h5", encoder_weights=None, epochs=2, batch_size=4, 
 
 
 def test_start_runs_to_finished_with_history(fake, gate):
-    run = jobs.new_run_dir(fake)
+    run = new_run_dir(fake)
     pid = jobs.start_training(CFG, run)
     assert isinstance(pid, int) and pid > 0
-    st = jobs.read_status(run)
+    st = read_status(run)
     assert st["state"] == "running" and st["pid"] == pid
     assert load_config(TrainConfig, run / "config.json") == replace(CFG, pack=str(Path("demo.h5").absolute()))
-    assert jobs.active_run(fake) == run
+    assert active_run(fake) == run
     gate.touch()
-    _wait_for(lambda: jobs.read_progress(run) is not None)
-    prog = jobs.read_progress(run)
+    _wait_for(lambda: read_progress(run) is not None)
+    prog = read_progress(run)
     assert {"stage", "epoch", "epochs", "step", "steps", "loss", "images_per_s", "eta_s"} <= set(prog)
     st = _wait(run, {"finished", "failed", "stopped"})
     assert st["state"] == "finished", st
-    hist = jobs.read_history(run)
+    hist = read_history(run)
     assert [r["epoch"] for r in hist] == [1, 2]
     assert isinstance(hist[0]["loss"], float) and hist[0]["stage"] == "train"
     assert hist[1]["loss"] < hist[0]["loss"]
-    assert jobs.active_run(fake) is None
-    (info,) = jobs.list_runs(fake)
+    assert active_run(fake) is None
+    (info,) = list_runs(fake)
     assert info.path == run and info.state == "finished" and info.epochs_done == 2
     assert info.best_epoch == 2 and info.best_val_loss == pytest.approx(hist[1]["val_loss"])
     assert info.config["lr"] == 1e-3 and info.has_best
@@ -87,41 +93,45 @@ def test_start_runs_to_finished_with_history(fake, gate):
 
 
 def test_one_run_at_a_time_and_no_reuse_of_a_run_folder(fake, gate):
-    first = jobs.new_run_dir(fake)
+    first = new_run_dir(fake)
     jobs.start_training(CFG, first)
-    second = jobs.new_run_dir(fake)
+    second = new_run_dir(fake)
     with pytest.raises(InputError, match=r"another job is running \(training run"):
         jobs.start_training(CFG, second)
     assert not (second / "config.json").exists()
-    jobs.request_stop(first)
+    request_stop(first)
     assert _wait(first, {"stopped", "finished", "failed"})["state"] == "stopped"
     with pytest.raises(InputError, match="already holds a run"):
         jobs.start_training(CFG, first)
     jobs.start_training(CFG, second)  # allowed once the first one ended
-    jobs.request_stop(second)
+    request_stop(second)
     _wait(second, {"stopped"})
 
 
-def test_stop_file_and_sigterm_stop_cleanly(fake, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
-    run = jobs.new_run_dir(fake)
-    jobs.start_training(CFG, run)
-    _wait_for(lambda: jobs.read_progress(run) is not None)
-    jobs.request_stop(run)
+def _taken_over(run: Path, pid: int) -> None:
+    """Wait until the trainer ``pid`` holds the run folder (its signal handler is set by then)."""
+    _wait_for(lambda: (read_holder(RunFolder(run).lock) or {}).get("pid") == pid)
+
+
+def test_stop_file_and_sigterm_stop_cleanly(fake, gate):
+    run = new_run_dir(fake)
+    pid = jobs.start_training(CFG, run)
+    _taken_over(run, pid)  # held at the gate, running, until it is stopped
+    request_stop(run)
     st = _wait(run, {"stopped", "finished", "failed"})
     assert st["state"] == "stopped" and st["ended"]
     assert (run / "last.keras").exists() and not (run / "STOP").exists()
 
-    run2 = jobs.new_run_dir(fake, prefix="term")
+    run2 = new_run_dir(fake, prefix="term")
     pid = jobs.start_training(CFG, run2)
-    _wait_for(lambda: jobs.read_progress(run2) is not None)
+    _taken_over(run2, pid)
     os.kill(pid, signal.SIGTERM)
     assert _wait(run2, {"stopped", "finished", "failed"})["state"] == "stopped"
 
 
 def test_failed_trainer_reports_its_error(fake, monkeypatch):
     monkeypatch.setenv("PNEUMO_FAKE_FAIL", "1")
-    run = jobs.new_run_dir(fake)
+    run = new_run_dir(fake)
     jobs.start_training(CFG, run)
     st = _wait(run, {"failed", "finished", "stopped"})
     assert st["state"] == "failed" and st["error"] == "fake failure"
@@ -135,30 +145,101 @@ def test_dead_pid_reads_as_failed(tmp_path):
     run.mkdir()
     (run / "train.log").write_text("Killed\n")
     (run / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "epoch": 1}))
-    st = jobs.read_status(run)
+    st = read_status(run)
     assert st["state"] == "failed"
     assert "ended unexpectedly" in st["error"] and "train.log" in st["error"]
     assert json.loads((run / "status.json").read_text())["state"] == "running"  # reading never writes
-    assert jobs.active_run(tmp_path) is None
+    assert active_run(tmp_path) is None
     # A live process that is not this run's trainer (pid recycled) is not taken for it.
     (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
-    assert jobs.read_status(run)["state"] == "failed"
+    assert read_status(run)["state"] == "failed"
 
 
-def test_killed_trainer_reads_as_failed(fake, monkeypatch):
-    monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "5")
-    run = jobs.new_run_dir(fake)
+def test_killed_trainer_reads_as_failed_and_frees_its_folder(fake, gate):
+    run = new_run_dir(fake)
     pid = jobs.start_training(CFG, run)
-    _wait_for(lambda: jobs.read_progress(run) is not None)
+    _taken_over(run, pid)
     os.kill(pid, signal.SIGKILL)
     st = _wait(run, {"failed"})  # the zombie child must not look alive
     assert "ended unexpectedly" in st["error"]
+    gate.touch()
+    jobs.start_training(CFG, run, resume=True)  # the kernel dropped the dead trainer's lock
+    assert _wait(run, {"finished", "failed", "stopped"})["state"] == "finished"
+
+
+def test_the_launcher_never_overwrites_its_trainers_status(fake, monkeypatch):
+    """A trainer that ends before the launcher has written its prepared status must keep its own.
+
+    The launcher is made slow on purpose: it writes only once the trainer has either ended or is
+    seen waiting for the folder (its lock file open). Before the hand-over, a fast trainer's
+    "finished" was overwritten by the launcher's "running", which then read as failed.
+    """
+    monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "0")  # finishes as soon as it may write
+    real = jobs.write_prepared_status
+
+    def late(run_dir, pid, *args, **kw):
+        child = CHILDREN[pid]
+        _wait_for(lambda: child.poll() is not None or _has_open(pid, RunFolder(run_dir).lock))
+        real(run_dir, pid, *args, **kw)
+
+    monkeypatch.setattr(jobs, "write_prepared_status", late)
+    run = new_run_dir(fake)
+    pid = jobs.start_training(CFG, run)
+    assert _wait(run, {"finished", "failed", "stopped"})["state"] == "finished"
+    assert CHILDREN[pid].wait() == 0 and read_status(run)["pid"] == pid
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def test_start_refuses_a_folder_another_process_writes(fake, tmp_path):
+    """A trainer outside the app (no status yet, or in another folder) holds the run folder."""
+    run = fake / "cli-run"
+    code = ("import sys; from pneumo.store.run import writer_lock; lock = writer_lock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=rf"run folder {run} is being written by pid {holder.pid} on host"):
+            jobs.start_training(CFG, run)
+        assert not RunFolder(run).config.exists() and not RunFolder(run).status.exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_own_training_makes_this_process_the_workspaces_job(fake, gate):
+    run = new_run_dir(fake, prefix="quickstart")
+    with jobs.own_training(CFG, run, what="quickstart"):
+        assert jobs.running_job(fake) == f"training run {run.name}"
+        assert read_status(run)["state"] == "running" and read_status(run)["pid"] == os.getpid()
+        with pytest.raises(InputError, match=r"another job is running \(training run quickstart-"):
+            jobs.start_training(CFG, new_run_dir(fake))
+        with pytest.raises(InputError, match="another job is running"):
+            with jobs.own_training(CFG, new_run_dir(fake, prefix="second")):
+                pass
+        RunFolder(run).status.write_text(json.dumps({"state": "finished"}))  # what the trainer would do
+    assert not RunFolder(run).lock.exists()
+    with jobs.own_evaluation(run, "test"):
+        assert jobs.running_job(fake) == f"evaluation of {run.name} (test)"
+        assert jobs.evaluation_job(run, "test")["state"] == "running"
+    first = new_run_dir(fake)
+    jobs.start_training(CFG, first)
+    with pytest.raises(InputError, match=r"another job is running \(training run run-"):
+        with jobs.own_training(CFG, new_run_dir(fake, prefix="quickstart")):
+            pass
+    request_stop(first)
+    _wait(first, {"stopped"})
 
 
 def test_resume_through_jobs_continues(fake, monkeypatch):
     monkeypatch.setenv("PNEUMO_FAKE_EPOCHS", "3")
     monkeypatch.setenv("PNEUMO_FAKE_FAIL", "1")
-    run = jobs.new_run_dir(fake)
+    run = new_run_dir(fake)
     jobs.start_training(CFG, run)
     _wait(run, {"failed"})
     monkeypatch.delenv("PNEUMO_FAKE_FAIL")
@@ -166,7 +247,7 @@ def test_resume_through_jobs_continues(fake, monkeypatch):
         jobs.start_training(TrainConfig(pack="other.h5"), run, resume=True)
     jobs.start_training(CFG, run, resume=True)
     assert _wait(run, {"finished", "failed", "stopped"})["state"] == "finished"
-    assert [r["epoch"] for r in jobs.read_history(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]
     with pytest.raises(InputError, match="nothing to resume"):
         jobs.start_training(CFG, fake / "never", resume=True)
 
@@ -176,28 +257,28 @@ def test_read_history_parses_numbers_and_blanks(tmp_path):
         "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds\n"
         "1,train,0.5,0.25,0.125,,nan,0.1,2e-05,3.5\n"
         "2,fine-tune,0.4,0.3,0.2,0.45,0.3,0.2,1e-05,3.0\n")
-    rows = jobs.read_history(tmp_path)
+    rows = read_history(tmp_path)
     assert rows[0]["epoch"] == 1 and rows[0]["stage"] == "train"
     assert rows[0]["loss"] == 0.5 and rows[0]["lr"] == 2e-5 and rows[0]["val_loss"] is None
     assert rows[0]["val_dice"] != rows[0]["val_dice"]  # nan stays nan
     assert rows[1]["stage"] == "fine-tune" and rows[1]["seconds"] == 3.0
-    assert jobs.read_history(tmp_path / "missing") == []
-    assert jobs.read_progress(tmp_path) is None
+    assert read_history(tmp_path / "missing") == []
+    assert read_progress(tmp_path) is None
 
 
 def test_list_runs_newest_first_and_new_folders_unique(tmp_path):
-    a = jobs.new_run_dir(tmp_path, prefix="x")
-    b = jobs.new_run_dir(tmp_path, prefix="x")
+    a = new_run_dir(tmp_path, prefix="x")
+    b = new_run_dir(tmp_path, prefix="x")
     assert a != b and a.is_dir() and b.is_dir()
-    assert jobs.list_runs(tmp_path) == []  # empty folders are not runs
+    assert list_runs(tmp_path) == []  # empty folders are not runs
     for path, started in ((a, "2026-01-01T00:00:00+00:00"), (b, "2026-02-01T00:00:00+00:00")):
         (path / "status.json").write_text(json.dumps({"state": "finished", "started": started}))
     (tmp_path / "not-a-run").mkdir()
-    assert [r.path for r in jobs.list_runs(tmp_path)] == [b, a]
-    assert jobs.list_runs(tmp_path / "missing") == []
-    assert jobs.read_status(tmp_path / "missing")["state"] == "new"
+    assert [r.path for r in list_runs(tmp_path)] == [b, a]
+    assert list_runs(tmp_path / "missing") == []
+    assert read_status(tmp_path / "missing")["state"] == "new"
     with pytest.raises(InputError, match="prefix"):
-        jobs.new_run_dir(tmp_path, prefix="../evil")
+        new_run_dir(tmp_path, prefix="../evil")
 
 
 def test_jobs_imports_without_tensorflow():
@@ -209,7 +290,7 @@ def test_jobs_imports_without_tensorflow():
 _FAKE_EVALUATE = """
 import sys, time
 from pathlib import Path
-from pneumo.store.run import EvalProgress
+from pneumo.store.eval_progress import EvalProgress
 # argv: evaluate RUN --split S --checkpoint C
 run, split = Path(sys.argv[2]), sys.argv[4]
 mode = (run / "mode").read_text() if (run / "mode").exists() else "ok"
@@ -294,17 +375,17 @@ def test_one_job_at_a_time_across_training_and_evaluation(evaluator, fake, gate)
     (run / "hold").touch()
     jobs.start_evaluation(run, "test")
     with pytest.raises(InputError, match=r"another job is running \(evaluation of run-20260101-000000 \(test\)\)"):
-        jobs.start_training(CFG, jobs.new_run_dir(fake))
+        jobs.start_training(CFG, new_run_dir(fake))
     with pytest.raises(InputError, match="another job is running"):
         jobs.start_evaluation(run, "dev")
     assert jobs.stop_evaluation(run, "test")
     assert _wait_job(run, "test")["state"] == "failed"
 
-    train_run = jobs.new_run_dir(fake, prefix="t")
+    train_run = new_run_dir(fake, prefix="t")
     jobs.start_training(CFG, train_run)
     with pytest.raises(InputError, match=r"another job is running \(training run t-"):
         jobs.start_evaluation(run, "test")
-    jobs.request_stop(train_run)
+    request_stop(train_run)
     _wait(train_run, {"stopped"})
 
 
@@ -325,7 +406,7 @@ def test_stop_never_signals_a_foreign_process_with_the_recorded_pid(tmp_path, wi
         assert jobs.stop_evaluation(run, "test") is False
         # a training status naming that pid is not taken for a live trainer either
         (run / "status.json").write_text(json.dumps({"state": "running", **{k: job[k] for k in job if "pid" in k}}))
-        assert jobs.read_status(run)["state"] == "failed"
+        assert read_status(run)["state"] == "failed"
     finally:
         foreign.kill()
         foreign.wait()
@@ -337,11 +418,11 @@ def test_stop_never_signals_a_foreign_process_with_the_recorded_pid(tmp_path, wi
 def test_test_hooks_need_the_testing_switch(evaluator, monkeypatch):
     run = evaluator
     monkeypatch.delenv("PNEUMO_TESTING")
-    assert jobs.evaluate_command(run, "test", "best")[:3] == [sys.executable, "-m", "pneumo"]
+    assert jobs.evaluation_command(run, "test", "best")[:3] == [sys.executable, "-m", "pneumo"]
     assert jobs._train_command() == [sys.executable, "-m", "pneumo", "train"]
     monkeypatch.setenv("PNEUMO_TESTING", "1")
-    assert jobs.evaluate_command(run, "test", "best")[0] == sys.executable
-    assert jobs.evaluate_command(run, "test", "best")[1].endswith("fake_evaluate.py")
+    assert jobs.evaluation_command(run, "test", "best")[0] == sys.executable
+    assert jobs.evaluation_command(run, "test", "best")[1].endswith("fake_evaluate.py")
     # the hook never skips the checkpoint check
     (run / "best.keras").unlink()
     with pytest.raises(InputError, match="no best.keras checkpoint"):

@@ -81,6 +81,19 @@ def test_bce_plus_dice_is_the_sum():
 def test_unknown_loss_lists_the_choices():
     with pytest.raises(InputError, match="bce, dice, bce\\+dice"):
         pl.get_loss("focal")
+    with pytest.raises(InputError, match=r"loss \['bce'\] is unknown"):
+        pl.get_loss(["bce"])  # from a hand-edited config.json: an input error, not a TypeError
+
+
+def test_loss_registry_is_the_vocabulary_and_builds_fresh_losses():
+    from pneumo.config import LOSSES
+
+    assert tuple(pl.LOSS_BUILDERS) == LOSSES
+    kinds = {"bce": keras.losses.BinaryCrossentropy, "dice": pl.DiceLoss, "bce+dice": pl.BCEDiceLoss,
+             "bce+batch-dice": pl.BCEBatchDiceLoss}
+    for name in LOSSES:
+        loss = pl.get_loss(name)
+        assert type(loss) is kinds[name] and pl.get_loss(name) is not loss, name
 
 
 def test_float16_predictions_are_computed_in_float32():

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import keras
@@ -13,6 +16,8 @@ from keras.src.utils.naming import to_snake_case
 from pneumo.model import networks as pm
 from pneumo.errors import InputError
 from pneumo.model.losses import get_loss, get_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _n_trainable(m: keras.Model) -> int:
@@ -250,7 +255,8 @@ def test_local_weights_file_is_loaded_and_frozen(vgg_weights, fname):
 def test_one_training_step_starts_from_the_weights_file(vgg_weights, tmp_path):
     """The real path of ``--encoder-weights FILE``: pneumo.train.loop builds, trains and saves."""
     from conftest import write_test_pack
-    from pneumo.config import TrainConfig, load_config
+    from pneumo.config import TrainConfig
+    from pneumo.store.config_file import load_config
     from pneumo.train.loop import train
 
     d, kernels = vgg_weights
@@ -367,6 +373,48 @@ def test_wrong_cache_file_is_an_input_error_without_network(tmp_path, monkeypatc
     assert f"{cache} is not Keras' VGG16 ImageNet no-top weights file" in msg and "md5" in msg
     assert "Delete it" in msg and f"put it at {cache}" in msg
     assert offline == []  # named, not silently downloaded again
+
+
+# --------------------------------------------------------------------------- the variant registry
+def test_variant_registry_is_the_vocabulary():
+    from pneumo.config import VARIANTS
+
+    assert tuple(pm.VARIANT_BUILDERS) == VARIANTS and all(map(callable, pm.VARIANT_BUILDERS.values()))
+
+
+def test_build_model_builds_through_the_registry(monkeypatch):
+    """build_model checks, looks the builder up by name, then freezes the encoder as asked."""
+    calls = []
+
+    def tiny(image, input_size, encoder_weights, width):
+        calls.append((tuple(image.shape), input_size, encoder_weights, width))
+        x = keras.layers.Conv2D(2, 3, padding="same", name="block1_conv1")(image)
+        return keras.Model(image, keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x))
+
+    monkeypatch.setitem(pm.VARIANT_BUILDERS, "blog", tiny)
+    m = pm.build_model("blog", 32, encoder_weights=None, freeze_encoder=True)
+    assert calls == [((None, 32, 32, 1), 32, None, 1.0)]
+    assert not m.get_layer("block1_conv1").trainable and m.get_layer("mask").trainable
+
+
+def test_a_registry_out_of_step_with_the_vocabulary_stops_the_import():
+    """Checked at import: a name in pneumo.config without its builder (or the reverse) is named."""
+    code = ("import pneumo.config as C\n"
+            "C.VARIANTS += ('resnet',); C.LOSSES += ('focal',)\n"
+            "for module in ('pneumo.model.networks', 'pneumo.model.losses'):\n"
+            "    try:\n"
+            "        __import__(module)\n"
+            "    except RuntimeError as e:\n"
+            "        print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines == [
+        "pneumo.model.networks.VARIANT_BUILDERS does not match its vocabulary (unet, blog, blog-code, unet-bn, "
+        "resnet): missing 'resnet'",
+        "pneumo.model.losses.LOSS_BUILDERS does not match its vocabulary (bce, dice, bce+dice, bce+batch-dice, "
+        "focal): missing 'focal'",
+    ], out.stdout + out.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- bad options

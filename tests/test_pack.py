@@ -15,9 +15,17 @@ from PIL import Image
 from pneumo.ingest import sources
 from pneumo.config import PackConfig, SplitConfig
 from pneumo.errors import InputError, PackFormatError
-from pneumo.store.pack import SPLITS, list_packs, load_split, make_demo_pack, open_pack, pack_manifest, read_info
+from pneumo.ingest.packer import make_demo_pack, pack_manifest
+from pneumo.store.pack import SPLITS, Pack, read_info
+from pneumo.store.pack_folder import scan_packs
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One split in memory through the public reader: images, masks ``(N, S, S, 1) uint8`` and the ids."""
+    with Pack(path) as pack:
+        return pack.images(split), pack.masks(split), pack.ids(split)
 
 
 def _write_folders(root: Path, n: int, size: int = 96, missing_mask: str | None = None) -> tuple[Path, Path]:
@@ -75,13 +83,14 @@ def test_demo_pack_matches_phantoms_and_ids(demo_pack):
         assert np.array_equal(Y[k, ..., 0], mask)
 
 
-def test_read_info_and_list_packs(demo_pack, tmp_path):
+def test_read_info_and_scan_packs(demo_pack, tmp_path):
     info = read_info(demo_pack)
     assert info.size == 64 and sum(info.counts.values()) == 40
     assert "Train:" in info.format_report()
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     os.link(demo_pack, tmp_path / "a.h5")
-    assert [p.path.name for p in list_packs(tmp_path)] == ["a.h5"]
+    good, damaged = scan_packs(tmp_path)
+    assert [p.path.name for p in good] == ["a.h5"] and [d.path.name for d in damaged] == ["junk.h5"]
 
 
 def test_folder_pack_pairs_by_stem_and_resizes_by_area(tmp_path):
@@ -179,24 +188,26 @@ def test_bad_size_is_refused(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
-def test_open_pack_errors(tmp_path, demo_pack):
+def test_opening_errors(tmp_path, demo_pack):
     with pytest.raises(PackFormatError, match="no such pack file"):
-        open_pack(tmp_path / "missing.h5")
+        Pack(tmp_path / "missing.h5")
+    with pytest.raises(PackFormatError, match="is a folder"):
+        Pack(tmp_path)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"hello")
     with pytest.raises(PackFormatError, match="not a readable HDF5 file"):
-        open_pack(bad)
+        Pack(bad)
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f["X_train"] = np.zeros((1, 4, 4, 1), np.uint8)
     with pytest.raises(PackFormatError, match="not a pneumo pack"):
-        open_pack(foreign)
+        Pack(foreign)
     damaged = tmp_path / "damaged.h5"
     damaged.write_bytes(demo_pack.read_bytes())
     with h5py.File(damaged, "a") as f:
         del f["Y_dev"]
     with pytest.raises(PackFormatError, match="Y_dev is missing"):
-        open_pack(damaged)
+        Pack(damaged)
 
 
 def test_siim_pack(tmp_path):
@@ -347,7 +358,7 @@ def test_pixel_bomb_refused_or_skipped_by_name_with_bounded_memory(tmp_path):
     assert any(name == "bomb" and "12000x12000" in reason for name, reason in info.report["skipped"])
     # The same pack in a fresh process with two workers: peak RSS stays far from 144 MB per image.
     grew, result = peak_rss_mb(
-        "from pneumo.ingest import sources\nfrom pneumo.config import PackConfig\nfrom pneumo.store.pack import pack_manifest",
+        "from pneumo.ingest import sources\nfrom pneumo.config import PackConfig\nfrom pneumo.ingest.packer import pack_manifest",
         f"i = pack_manifest(sources.folder_source({str(images)!r}, {str(masks)!r}), {str(tmp_path / 'p.h5')!r}, "
         "PackConfig(size=32, workers=2, skip_bad=True, isolate=True))\n"
         "result['n'] = sum(i.counts.values())",
@@ -376,7 +387,7 @@ def test_deflated_dicom_bomb_in_a_siim_pack(tmp_path):
 def test_isolated_workers_run_apart_with_a_memory_cap():
     import resource
 
-    from pneumo.store.pack import _ordered_map
+    from pneumo.ingest.packer import _ordered_map
 
     with _ordered_map(resource.getrlimit, [resource.RLIMIT_AS], (), 1, isolate=True,
                       memory_limit=3 << 30) as results:
@@ -398,8 +409,6 @@ def test_cli_max_pixels(tmp_path):
 
 # --------------------------------------------------------------------------- damaged state
 def test_foreign_and_damaged_h5_are_listed_as_damaged_never_raise(tmp_path, demo_pack):
-    from pneumo.store.pack import scan_packs
-
     os.link(demo_pack, tmp_path / "good.h5")
     one = tmp_path / "one.h5"
     one.write_bytes(demo_pack.read_bytes())
@@ -417,7 +426,6 @@ def test_foreign_and_damaged_h5_are_listed_as_damaged_never_raise(tmp_path, demo
     assert set(reasons) == {"one.h5", "frac.h5", "junk.h5", "folder.h5"}
     assert "format_version is 'one'" in reasons["one.h5"]
     assert "not a readable HDF5 file" in reasons["junk.h5"]
-    assert [p.path.name for p in list_packs(tmp_path)] == ["good.h5"]
     with pytest.raises(PackFormatError, match="format_version"):
         read_info(one)
 
@@ -569,18 +577,96 @@ def test_exclude_list_removes_ids_before_splitting_and_reports_unknown(tmp_path)
 
 
 def test_exclude_list_errors(tmp_path):
-    from pneumo.exclude import read_exclude_list
+    from pneumo.store.relabel import read_list_ids
 
     (tmp_path / "noid.csv").write_text("image,category\na,FP\n")
     with pytest.raises(InputError, match=r"noid\.csv: exclusion list has no 'id' column \(found \['image', 'category'\]\)"):
-        read_exclude_list(tmp_path / "noid.csv")
+        read_list_ids(tmp_path / "noid.csv")
     r = _cli("pack", "demo", "--count", "8", "--size", "32", "--exclude", "noid.csv", "--out", "x.h5", cwd=tmp_path)
     assert r.returncode == 2 and "noid.csv: exclusion list has no 'id' column" in r.stderr
     assert not (tmp_path / "x.h5").exists()
     with pytest.raises(InputError, match=r"missing\.csv: exclusion list not found"):
-        read_exclude_list(tmp_path / "missing.csv")
+        read_list_ids(tmp_path / "missing.csv")
     (tmp_path / "all.csv").write_text("id\n" + "".join(f"phantom-{i:05d}\n" for i in range(4)))
     with pytest.raises(InputError, match=r"all\.csv excludes all 4 images"):
         pack_manifest(sources.demo_source(4, size=32), tmp_path / "y.h5", PackConfig(size=32, exclude=str(tmp_path / "all.csv")))
     (tmp_path / "ws.csv").write_text(" id ,notes\n'+a,\n'plain,\n\n b ,\n")
-    assert read_exclude_list(tmp_path / "ws.csv") == ["+a", "'plain", "b"]
+    assert read_list_ids(tmp_path / "ws.csv") == ["+a", "'plain", "b"]
+
+
+# --------------------------------------------------------------------------- the store's API (issue 20)
+def test_rows_in_any_order_with_repeats_read_like_numpy(demo_pack):
+    X, Y, ids = load_split(demo_pack, "train")
+    rows = [7, 2, 3, 3, 29, 0, 1, 2]
+    with Pack(demo_pack) as pack:
+        assert pack.size == 64 and pack.counts == {"train": 30, "dev": 5, "test": 5}
+        assert np.array_equal(pack.images("train", rows), X[rows])
+        assert np.array_equal(pack.masks("train", np.array(rows)), Y[rows])
+        assert pack.ids("train", rows) == [ids[i] for i in rows]
+        assert np.array_equal(pack.images("train", slice(4, 9)), X[4:9])
+        assert pack.images("train", []).shape == (0, 64, 64, 1) and pack.ids("train", []) == []
+        lazy = pack.lazy_masks("train")
+        assert len(lazy) == 30 and lazy.shape == Y.shape and np.array_equal(lazy[3:5], Y[3:5])
+        with pytest.raises(InputError, match="out of range"):
+            pack.images("train", [30])
+        with pytest.raises(InputError, match="unknown split 'val'"):
+            pack.ids("val")
+
+
+def test_positive_is_any_non_zero_pixel_found_chunk_by_chunk(tmp_path):
+    from pneumo.store import pack as pack_mod
+
+    masks = np.zeros((600, 8, 8, 1), np.uint8)
+    masks[5, 3, 3] = 1  # faint: positive all the same (one rule: any non-zero pixel)
+    masks[599, 0, 0] = 255
+    reads = []
+
+    class Spy:
+        def __len__(self):
+            return len(masks)
+
+        def __getitem__(self, key):
+            reads.append(key.stop - key.start)
+            return masks[key]
+
+    flags = pack_mod.positive_flags(Spy())
+    assert flags.dtype == bool and np.flatnonzero(flags).tolist() == [5, 599]
+    assert max(reads) <= pack_mod._FLAG_CHUNK  # never a full-size temporary copy
+    assert pack_mod.positive_flags(masks, stop=10).tolist() == [i == 5 for i in range(10)]
+    with pack_mod.PackWriter(tmp_path / "p.h5", 8, sources=False) as writer:
+        writer.append("train", [f"i{k}" for k in range(600)], np.zeros_like(masks), masks)
+    with Pack(tmp_path / "p.h5") as pack:
+        assert np.array_equal(pack.positives("train"), flags) and pack.positives("dev").shape == (0,)
+        assert pack.positive_fraction("train") == pytest.approx(2 / 600)
+
+
+def test_pack_writer_grows_shrinks_and_is_atomic(tmp_path):
+    from pneumo.store.pack import PackWriter, SourceRef
+
+    out = tmp_path / "w.h5"
+    images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
+    masks = np.zeros((5, 4, 4), np.uint8)
+    masks[1] = 255
+    refs = [SourceRef(f"/data/{k}.png", 10 + k, 20) for k in range(5)]
+    with PackWriter(out, 4, {"train": 3, "dev": 9}, compression="gzip") as writer:
+        writer.append("train", ["a", "b"], images[:2], masks[:2], refs[:2])
+        writer.append("train", ["c", "d", "e"], images[2:], masks[2:], refs[2:])  # past the capacity of 3
+        with pytest.raises(InputError, match="one source reference each"):
+            writer.append("dev", ["x"], images[:1], masks[:1])
+        assert not out.exists()  # nothing there until the block ends
+        writer.finish(source="test", report={"note": 1}, skipped=[("bad.png", "unreadable")])
+    with Pack(out) as pack:
+        assert pack.counts == {"train": 5, "dev": 0, "test": 0}  # dev shrank to what was appended
+        assert np.array_equal(pack.images("train")[..., 0], images) and pack.ids("train") == list("abcde")
+        assert pack.sources("train") == refs and pack.sources("dev") == []
+        info = pack.info
+    assert info.positive_fractions == {"train": 0.2, "dev": 0.0, "test": 0.0}
+    assert info.attrs["source"] == "test" and info.attrs["compression"] == "gzip"
+    assert info.report["note"] == 1 and info.report["packed"] == 5 and info.report["skipped"] == [["bad.png", "unreadable"]]
+
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError, match="stop"):
+        with PackWriter(out, 4, sources=False) as writer:
+            writer.append("test", ["z"], images[:1], masks[:1])
+            raise RuntimeError("stop")
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.h5"]  # no temporary left

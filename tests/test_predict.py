@@ -16,6 +16,7 @@ from PIL import Image
 
 from pneumo import evaluate as ev
 from pneumo import predict as pr
+from pneumo.store import predictions as store
 from pneumo.cli import main
 from pneumo.errors import InputError
 from pneumo.ingest.rle import siim_decode
@@ -44,6 +45,12 @@ def _pack_split(pack, split):
         return f[f"X_{split}"][()], f[f"Y_{split}"][()], [s.decode() for s in f[f"ids_{split}"][()]]
 
 
+def _cached(run_dir, split):
+    """The cached ``(probs, ids)`` of a split, read through the one validator."""
+    preds = store.open_predictions(run_dir, split)
+    return preds.read(), preds.ids
+
+
 def _no_model(*_a, **_k):
     raise AssertionError("the model was loaded")
 
@@ -59,9 +66,9 @@ def test_make_trained_run_layout(trained_run, tiny_pack):
 
 # --------------------------------------------------------------------------- cache
 def test_predict_split_cache_contents(trained_run, tiny_pack):
-    path = pr.predictions_path(trained_run, "test")
+    path = store.predictions_path(trained_run, "test")
     x, _, ids = _pack_split(tiny_pack, "test")
-    probs, cached_ids = pr.load_predictions(trained_run, "test")
+    probs, cached_ids = _cached(trained_run, "test")
     assert probs.shape == (16, 64, 64, 1) and probs.dtype == np.uint8
     assert cached_ids == ids
     with h5py.File(path, "r") as f:
@@ -79,7 +86,7 @@ def test_predict_split_cache_contents(trained_run, tiny_pack):
 
 
 def test_cache_reused_without_model(run_copy, monkeypatch):
-    path = pr.predictions_path(run_copy, "test")
+    path = store.predictions_path(run_copy, "test")
     before = path.stat().st_mtime_ns
     assert pr.cache_is_fresh(run_copy, "test", "best")
     monkeypatch.setattr(pr, "_load_model", _no_model)
@@ -103,34 +110,34 @@ def test_cache_invalidated_by_newer_checkpoint_and_other_name(run_copy, monkeypa
     pr.predict_split(run_copy, "test", progress=lambda d, n: calls.append((d, n)), batch_size=5)
     assert calls == [(5, 16), (10, 16), (15, 16), (16, 16)]
     assert pr.cache_is_fresh(run_copy, "test", "best")
-    with h5py.File(pr.predictions_path(run_copy, "test"), "r") as f:
+    with h5py.File(store.predictions_path(run_copy, "test"), "r") as f:
         assert f.attrs["checkpoint_mtime"] == pytest.approx(t)
 
 
 def test_force_recomputes(run_copy):
-    path = pr.predictions_path(run_copy, "dev")
+    path = store.predictions_path(run_copy, "dev")
     before = path.stat().st_mtime_ns
-    old, _ = pr.load_predictions(run_copy, "dev")
+    old, _ = _cached(run_copy, "dev")
     pr.predict_split(run_copy, "dev", force=True)
     assert path.stat().st_mtime_ns != before
-    new, _ = pr.load_predictions(run_copy, "dev")
+    new, _ = _cached(run_copy, "dev")
     np.testing.assert_array_equal(old, new)  # inference is deterministic
 
 
 # --------------------------------------------------------------------------- evaluate_run
 def test_evaluate_run_files_match_independent_computation(trained_run, tiny_pack):
-    metrics = json.loads(pr.metrics_path(trained_run, "test").read_text())
+    metrics = json.loads(store.metrics_path(trained_run, "test").read_text())
     for key in ["siim_score", "siim_score_raw", "dice_positive_mean", "n_images", "n_positive", "tp",
                 "fp", "fn", "tn", "auc", "triplet", "empty_baseline", "split", "checkpoint", "triplet_source"]:
         assert key in metrics, key
     # triplet tuned on dev predictions, not test
-    dev_probs, _ = pr.load_predictions(trained_run, "dev")
+    dev_probs, _ = _cached(trained_run, "dev")
     _, dev_masks, _ = _pack_split(tiny_pack, "dev")
     trip, dev_score = ev.tune_triplet(dev_probs, dev_masks)
     assert ev.Triplet.from_dict(metrics["triplet"]) == trip
     assert metrics["triplet_source"] == "dev" and metrics["dev_siim_score"] == pytest.approx(dev_score)
     # scores recomputed straight from masks
-    probs, ids = pr.load_predictions(trained_run, "test")
+    probs, ids = _cached(trained_run, "test")
     _, masks, pack_ids = _pack_split(tiny_pack, "test")
     post = ev.postprocess(probs, trip)
     assert metrics["siim_score"] == pytest.approx(ev.siim_score(masks, post))
@@ -139,9 +146,9 @@ def test_evaluate_run_files_match_independent_computation(trained_run, tiny_pack
     assert metrics["empty_baseline"] == pytest.approx(1 - metrics["n_positive"] / 16)
     assert metrics["tp"] + metrics["fp"] + metrics["fn"] + metrics["tn"] == 16
     # the case table agrees
-    with open(pr.cases_path(trained_run, "test"), newline="") as f:
+    with open(store.cases_path(trained_run, "test"), newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(pr.CASES_COLUMNS)
+    assert list(rows[0]) == list(store.CASES_COLUMNS)
     assert [r["id"] for r in rows] == pack_ids
     direct = ev.categorize(masks, post, probs, min_area=trip.min_area)
     assert [r["category"] for r in rows] == list(direct["category"])
@@ -149,7 +156,7 @@ def test_evaluate_run_files_match_independent_computation(trained_run, tiny_pack
     np.testing.assert_array_equal([int(r["pred_area"]) for r in rows], direct["pred_area"])
     for cat in ("tp", "fp", "fn", "tn"):
         assert sum(r["category"] == cat.upper() for r in rows) == metrics[cat]
-    assert pr.read_cases_csv(pr.cases_path(trained_run, "test"))[0]["true_area"] == int(rows[0]["true_area"])
+    assert store.read_cases(trained_run, "test")[0]["true_area"] == int(rows[0]["true_area"])
 
 
 def test_evaluate_cli_table_without_tensorflow(trained_run):
@@ -313,42 +320,40 @@ def test_predict_cli(run_copy, inputs, tmp_path, capsys):
 
 
 def test_run_triplet_prefers_metrics_of_the_same_checkpoint(tmp_path):
-    assert pr.run_triplet(tmp_path) == (ev.DEFAULT_TRIPLET, "default")
+    assert store.run_triplet(tmp_path) == (ev.DEFAULT_TRIPLET, "default")
     (tmp_path / "metrics_test.json").write_text(json.dumps(
         {"checkpoint": "best", "triplet": ev.Triplet(0.4, 0.8, 10).to_dict(size=64)}))
     (tmp_path / "metrics_dev.json").write_text(json.dumps(
         {"checkpoint": "last", "triplet": ev.Triplet(0.6, 0.9, 20).to_dict(size=64)}))
-    assert pr.run_triplet(tmp_path, 64, "best") == (ev.Triplet(0.4, 0.8, 10), "metrics_test.json")
-    assert pr.run_triplet(tmp_path, 64, "last") == (ev.Triplet(0.6, 0.9, 20), "metrics_dev.json")
-    assert pr.run_triplet(tmp_path, 128, "best")[0].min_area == 40  # rescaled by area
+    assert store.run_triplet(tmp_path, 64, "best") == (ev.Triplet(0.4, 0.8, 10), "metrics_test.json")
+    assert store.run_triplet(tmp_path, 64, "last") == (ev.Triplet(0.6, 0.9, 20), "metrics_dev.json")
+    assert store.run_triplet(tmp_path, 128, "best")[0].min_area == 40  # rescaled by area
 
 
 def test_cases_csv_neutralises_spreadsheet_formulas(tmp_path):
     import csv as _csv
 
-    from pneumo.predict import write_cases_csv
-
     ids = np.array(['=HYPERLINK("http://evil","x")', "+1", "@SUM(A1)", "-2", "case-1"])
     n = len(ids)
-    write_cases_csv(tmp_path / "c.csv", {"id": ids, "category": np.array(["fp"] * n), "dice": np.zeros(n),
-                                         "true_area": np.zeros(n, int), "pred_area": np.zeros(n, int),
-                                         "score": np.full(n, -0.5)})
-    rows = list(_csv.DictReader(open(tmp_path / "c.csv", newline="")))
+    path = store.write_cases(tmp_path, "test", {"id": ids, "category": np.array(["fp"] * n), "dice": np.zeros(n),
+                                                "true_area": np.zeros(n, int), "pred_area": np.zeros(n, int),
+                                                "score": np.full(n, -0.5)})
+    assert path == tmp_path / "cases_test.csv"
+    rows = list(_csv.DictReader(open(path, newline="")))
     assert [r["id"] for r in rows] == ["'=HYPERLINK(\"http://evil\",\"x\")", "'+1", "'@SUM(A1)", "'-2", "case-1"]
     assert rows[0]["score"] == "-0.500000"  # numbers stay numbers
 
 
 def test_cases_csv_round_trips_formula_like_ids(tmp_path):
-    # write_cases_csv neutralises spreadsheet formulas with a leading "'"; read_cases_csv undoes it.
+    # write_cases neutralises spreadsheet formulas with a leading "'"; read_cases undoes it.
     ids = ["=1+1", "+a", "-b", "@c", "'quoted", "plain"]
     cases = {"id": np.array(ids, dtype=object), "category": np.array(["TP", "FP", "FN", "TN", "TP", "FP"]),
              "dice": np.linspace(0, 1, 6), "true_area": np.arange(6), "pred_area": np.arange(6) * 2,
              "score": np.linspace(1, 0, 6)}
-    path = tmp_path / "cases_test.csv"
-    pr.write_cases_csv(path, cases)
+    path = store.write_cases(tmp_path, "test", cases)
     raw = path.read_text(encoding="utf-8")
     assert "\n'=1+1," in raw and "\n'quoted," in raw  # on disk: neutralised, and 'quoted left as is
-    rows = pr.read_cases_csv(path)
+    rows = store.read_cases(tmp_path, "test")
     assert [r["id"] for r in rows] == ids
     assert [r["category"] for r in rows] == list(cases["category"])
     assert rows[3]["pred_area"] == 6 and rows[0]["dice"] == 0.0

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from pneumo import evaluate
-from pneumo.store import predictions as artifacts
-from pneumo.review import cases as review
-from pneumo.store import verdicts
 from pneumo.errors import InputError
+from pneumo.review import cases as review
+from pneumo.store import predictions
+from pneumo.store import stamps, verdicts
 
 from conftest import write_test_pack
 
@@ -27,7 +27,9 @@ def write_predictions(run_dir: Path, split: str, probs: np.ndarray, ids: list[st
     """A predictions file exactly as the contract describes (docs/architecture.md), fresh for
     the pack as it is now; for a missing pack, the attributes an older pneumo wrote."""
     if Path(pack).is_file():
-        return artifacts.write_predictions(run_dir, split, probs, ids, pack, checkpoint)
+        with predictions.create_predictions(run_dir, split, ids, probs.shape[1], pack, checkpoint) as writer:
+            writer.write(0, probs)
+        return writer.path
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"predictions_{split}.h5"
     with h5py.File(path, "w") as f:
@@ -65,7 +67,7 @@ def test_categories_and_summary_equal_pneumo_evaluate(run):
     assert data.pack_path == pack and data.n == 30 and data.size == 32
     for triplet in (evaluate.Triplet(0.5, 0.5, 0), evaluate.Triplet(0.3, 0.7, 5), evaluate.Triplet(0.2, 0.9, 40)):
         ev = data.evaluate(triplet)
-        ref_summary, ref_cases = evaluate.evaluate_probs(probs, Y, triplet, ids)
+        ref_summary, ref_cases = evaluate.evaluate_stats(evaluate.prob_stats(probs, Y), triplet, ids)
         assert ev.summary == ref_summary
         for k in ref_cases:
             assert (np.asarray(ev.cases[k]) == np.asarray(ref_cases[k])).all(), k
@@ -101,7 +103,7 @@ def test_predictions_in_another_order_are_matched_by_id(tmp_path, run):
     c = data.case(3)
     assert c.id == ids[perm[3]] and (c.target == Y[perm[3], ..., 0]).all()
     t = evaluate.Triplet(0.4, 0.6, 3)
-    ref, _ = evaluate.evaluate_probs(probs, Y, t)
+    ref, _ = evaluate.evaluate_stats(evaluate.prob_stats(probs, Y), t)
     assert data.evaluate(t).summary == ref  # order-independent metrics agree
 
 
@@ -184,12 +186,12 @@ def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_pa
     write_predictions(run_dir, "test", noisy_probs(Y, 2), ids, pack)
     data = review.ReviewData(run_dir, "test")
     before = review.identity(run_dir, "test")
-    assert artifacts.freshness(run_dir, "test", None).fresh
+    assert predictions.freshness(run_dir, "test", None).fresh
     hashed = []  # the split's ids are hashed once per version of the pack, not on every call
-    real_digest = artifacts.ids_digest
-    monkeypatch.setattr(artifacts, "ids_digest", lambda v: hashed.append(len(v)) or real_digest(v))
-    assert review.identity(run_dir, "test") == before and artifacts.freshness(run_dir, "test", None).fresh
-    assert artifacts.pack_identity(pack, "test")["ids_digest"] == before[2] and hashed == []
+    real_digest = stamps.ids_digest
+    monkeypatch.setattr(stamps, "ids_digest", lambda v: hashed.append(len(v)) or real_digest(v))
+    assert review.identity(run_dir, "test") == before and predictions.freshness(run_dir, "test", None).fresh
+    assert stamps.pack_identity(pack, "test")["ids_digest"] == before[2] and hashed == []
     # re-pack "with Replace existing": same ids, other order, new file
     perm = [3, 0, 7, 1, 6, 2, 5, 4]
     with h5py.File(pack, "a") as f:
@@ -197,7 +199,7 @@ def test_cases_carry_the_id_read_with_their_pixels_and_a_repack_is_caught(tmp_pa
             f[name][...] = f[name][()][perm]
     assert review.identity(run_dir, "test") != before  # a cache keyed by it reads afresh
     assert review.identity(run_dir, "test")[2] == real_digest([ids[i] for i in perm]) and hashed == [len(ids)]
-    fresh = artifacts.freshness(run_dir, "test", None)
+    fresh = predictions.freshness(run_dir, "test", None)
     assert not fresh.fresh and "re-packed" in fresh.reason
     with pytest.raises(InputError, match="pack changed"):
         data.case(0)  # the old handle never shows ids[3]'s pixels under ids[0]
@@ -220,7 +222,7 @@ def test_one_triplet_rule_for_predict_review_and_cli(tmp_path, capsys):
         Y, ids = f["Y_test"][()], [s.decode() for s in f["ids_test"][()]]
     write_predictions(run_dir, "test", noisy_probs(Y, 3), ids, pack)
     (run_dir / "config.json").write_text(json.dumps({"pack": str(pack)}))
-    assert artifacts.run_triplet(run_dir) == (evaluate.DEFAULT_TRIPLET, "default")
+    assert predictions.run_triplet(run_dir) == (evaluate.DEFAULT_TRIPLET, "default")
     t_old = {"pixel_threshold": 0.3, "top_threshold": 0.7, "min_area": 10, "size": 64}
     t_new = {"pixel_threshold": 0.4, "top_threshold": 0.6, "min_area": 4, "size": 32}
     # test metrics from an older "last" evaluation; dev metrics newer, made with "best"
@@ -229,14 +231,86 @@ def test_one_triplet_rule_for_predict_review_and_cli(tmp_path, capsys):
     (run_dir / "metrics_dev.json").write_text(json.dumps(
         {"triplet": t_new, "checkpoint": "best", "created": "2026-02-01T00:00:00+00:00"}))
     want = (evaluate.Triplet(0.4, 0.6, 4), "metrics_dev.json")
-    assert artifacts.run_triplet(run_dir, 32, "best") == want
-    assert predict.run_triplet is artifacts.run_triplet
+    assert predictions.run_triplet(run_dir, 32, "best") == want
+    assert predict.run_triplet is predictions.run_triplet
     assert review.ReviewData(run_dir, "test").default_triplet() == want[0]  # the file says "best"
-    assert artifacts.run_triplet(run_dir, 32, "last")[1] == "metrics_test.json"  # made with last
-    assert artifacts.run_triplet(run_dir, 128, "last")[0] == evaluate.Triplet(0.3, 0.7, 40)  # rescaled
+    assert predictions.run_triplet(run_dir, 32, "last")[1] == "metrics_test.json"  # made with last
+    assert predictions.run_triplet(run_dir, 128, "last")[0] == evaluate.Triplet(0.3, 0.7, 40)  # rescaled
     assert main(["review", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "pixel > 0.40, top > 0.60, min area 4 px (metrics_dev.json)" in out
+
+
+def test_one_writer_and_one_validator_of_the_predictions_file(tmp_path, run):
+    _, pack, probs, Y, ids = run
+    run_dir = tmp_path / "r"
+    path = write_predictions(run_dir, "test", probs, ids, pack)
+    got = predictions.open_predictions(run_dir, "test")
+    assert (got.path, got.ids, got.size, got.n, got.checkpoint) == (path, ids, 32, 30, "best")
+    assert got.in_pack_order and got.pack_path == pack.resolve()
+    np.testing.assert_array_equal(got.read([4, 1, 4]), probs[[4, 1, 4]])
+    assert got.attrs["ids_digest"] == stamps.pack_split_digest(pack, "test") and got.attrs["split"] == "test"
+    before = path.read_bytes()
+    # a writer that stops early leaves the previous file as it was
+    with pytest.raises(InputError, match="3 of 30 predictions written; file not saved"):
+        with predictions.create_predictions(run_dir, "test", ids, 32, pack) as writer:
+            writer.write(0, probs[:3])
+    with pytest.raises(InputError, match="cannot write"):
+        with predictions.create_predictions(run_dir, "test", ids, 32, pack) as writer:
+            writer.write(0, probs.astype(np.float32))
+    assert path.read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == [path.name]
+
+    def damage(**datasets):
+        with h5py.File(path, "w") as f:
+            for name, value in {"probs": probs, "ids": np.array(ids, dtype=object), **datasets}.items():
+                f.create_dataset(name, data=value, dtype=h5py.string_dtype() if name == "ids" else None)
+            f.attrs.update(pack=str(pack), split="test")
+
+    for datasets, message in [({"probs": probs.astype(np.float32)}, r"probs must be \(N, S, S, 1\) uint8"),
+                              ({"probs": probs[..., 0]}, r"probs must be \(N, S, S, 1\) uint8"),
+                              ({"ids": np.array(ids[:-1], dtype=object)}, "29 ids for 30 predictions")]:
+        damage(**datasets)
+        with pytest.raises(InputError, match=message):
+            predictions.open_predictions(run_dir, "test")
+        fresh = predictions.freshness(run_dir, "test", None)
+        assert not fresh.fresh and fresh.reason == "predictions_test.h5 is not a predictions file"
+    damage()
+    with h5py.File(path, "a") as f:
+        f.attrs["split"] = "dev"
+    with pytest.raises(InputError, match="holds predictions of the dev split"):
+        predictions.open_predictions(run_dir, "test")
+    damage()
+    small = write_test_pack(tmp_path / "small.h5", counts=(4, 6, 30), size=16)
+    with pytest.raises(InputError, match="predictions are 32 px but the pack .*small.h5 is 16 px"):
+        predictions.open_predictions(run_dir, "test", small)
+    path.write_bytes(b"not HDF5")
+    with pytest.raises(InputError, match="unreadable predictions file"):
+        predictions.open_predictions(run_dir, "test")
+
+
+def test_damaged_metrics_and_cases_are_named_never_read_as_defaults(tmp_path, run):
+    import json
+
+    _, pack, probs, Y, ids = run
+    run_dir = tmp_path / "r"
+    write_predictions(run_dir, "test", probs, ids, pack)
+    (run_dir / "config.json").write_text(json.dumps({"pack": str(pack)}))
+    good = {"triplet": {"pixel_threshold": 0.4, "top_threshold": 0.6, "min_area": 4, "size": 32}, "checkpoint": "best"}
+    predictions.write_metrics(run_dir, "dev", good)
+    assert predictions.read_metrics(run_dir, "dev") == good and predictions.read_metrics(run_dir, "test") is None
+    assert predictions.run_triplet(run_dir, 32, "best") == (evaluate.Triplet(0.4, 0.6, 4), "metrics_dev.json")
+    for text, why in [('{"triplet": {"pixel_threshold": "high", "top_threshold": 0.6, "min_area": 4}}', "pixel_threshold"),
+                      ('{"triplet": [0.5, 0.5, 0]}', "no triplet"), ("[1, 2]", "holds a JSON list"),
+                      ('{"triplet": {"pixel_threshold": 0.4', "not valid JSON")]:
+        predictions.metrics_path(run_dir, "test").write_text(text)
+        with pytest.raises(InputError, match=f"metrics_test.json: damaged metrics .*{why}"):
+            predictions.run_triplet(run_dir, 32, "best")
+        with pytest.raises(InputError, match="metrics_test.json: damaged metrics"):
+            review.ReviewData(run_dir, "test").default_triplet()
+    assert predictions.read_cases(run_dir, "test") == []
+    predictions.cases_path(run_dir, "test").write_text("id,category,dice\na,FP,0.5\n")
+    with pytest.raises(InputError, match="cases_test.csv: damaged case table"):
+        predictions.read_cases(run_dir, "test")
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_test_pack
-from pneumo import fingerprint
+from pneumo.plan import check_pack
+from pneumo.store.pack import pack_fingerprint
 from pneumo.store import run as runs
+from pneumo.store import run_list
+from pneumo.store.eval_progress import EvalProgress
 from pneumo.errors import InputError
 
 GOOD_HISTORY = ",".join(runs.HISTORY_COLUMNS) + "\n1,train,0.5,0.2,0.1,0.6,0.3,0.2,0.001,1.5\n"
@@ -38,7 +41,7 @@ def test_damaged_runs_are_listed_as_damaged_with_the_reason(tmp_path):
     epochs = _run(tmp_path, "epochs-ten", {"state": "failed", "error": "x"}, config={"epochs": "ten"})
     not_object = _run(tmp_path, "config-list", {"state": "stopped"}, config=[1, 2])
 
-    infos = {i.name: i for i in runs.list_runs(tmp_path)}  # never raises
+    infos = {i.name: i for i in run_list.list_runs(tmp_path)}  # never raises
     assert set(infos) == {"fine", "bad-utf8", "folder-status", "bad-history", "epochs-ten", "config-list"}
     assert infos["fine"].damaged is None and infos["fine"].best_epoch == 1 and infos["fine"].epochs == 2
     assert infos["bad-utf8"].state == "damaged" and "status.json: not valid UTF-8" in infos["bad-utf8"].damaged
@@ -47,7 +50,7 @@ def test_damaged_runs_are_listed_as_damaged_with_the_reason(tmp_path):
     assert infos["bad-history"].epochs_done == 0
     assert infos["epochs-ten"].epochs is None and "'ten'" in infos["epochs-ten"].damaged
     assert infos["config-list"].config == {} and "not a JSON object" in infos["config-list"].damaged
-    assert runs.active_run(tmp_path) is None
+    assert run_list.active_run(tmp_path) is None
     assert runs.read_status(bad_utf8)["state"] == "damaged"
     assert runs.read_history(history) == []
     # a damaged run folder counts as taken
@@ -112,16 +115,16 @@ def test_pack_fingerprint_refuses_a_changed_pack(tmp_path):
     pack = write_test_pack(tmp_path / "p.h5", counts=(4, 2, 2), size=32)
     run = tmp_path / "run"
     run.mkdir()
-    assert fingerprint.check_pack(run, pack)["size"] == pack.stat().st_size  # no record yet: passes
-    fingerprint.record_pack(run, fingerprint.pack_fingerprint(pack))
-    fingerprint.check_pack(run, pack)  # unchanged
+    assert check_pack(run, pack)["size"] == pack.stat().st_size  # no record yet: passes
+    runs.write_pack_record(run, pack_fingerprint(pack))
+    check_pack(run, pack)  # unchanged
     os.utime(pack, (1_000_000_000, 1_000_000_000))
     with pytest.raises(InputError, match=r"changed since run run trained on it \(modification time\).*--allow-changed-pack"):
-        fingerprint.check_pack(run, pack)
+        check_pack(run, pack)
     write_test_pack(pack, counts=(4, 2, 3), size=32, seed=1)
     with pytest.raises(InputError, match="image ids"):
-        fingerprint.check_pack(run, pack)
-    assert fingerprint.check_pack(run, pack, allow_changed=True)["ids_sha256"] != json.loads(
+        check_pack(run, pack)
+    assert check_pack(run, pack, allow_changed=True)["ids_sha256"] != json.loads(
         (run / "pack.json").read_text())["ids_sha256"]
 
 
@@ -134,19 +137,19 @@ def test_evaluation_refuses_a_changed_pack(tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"pack": str(pack)}))
     (run / "best.keras").write_bytes(b"never loaded")
-    fingerprint.record_pack(run, {**fingerprint.pack_fingerprint(pack), "size": 1})
+    runs.write_pack_record(run, {**pack_fingerprint(pack), "size": 1})
     with pytest.raises(InputError, match="size 1 -> "):
         predict.evaluate_run(run, "test")
 
 
 def test_eval_progress_file(tmp_path):
     calls = []
-    report = runs.EvalProgress(tmp_path, "test", lambda d, n: calls.append((d, n)), interval=0.0)
+    report = EvalProgress(tmp_path, "test", lambda d, n: calls.append((d, n)), interval=0.0)
     report(3, 12)
-    info = json.loads(runs.eval_progress_path(tmp_path, "test").read_text())
+    info = json.loads(runs.RunFolder(tmp_path).evaluation_progress("test").read_text())
     assert info["stage"] == "predict" and info["fraction"] == 0.25 and info["split"] == "test"
     report.stage("done")
-    info = json.loads(runs.eval_progress_path(tmp_path, "test").read_text())
+    info = json.loads(runs.RunFolder(tmp_path).evaluation_progress("test").read_text())
     assert info["stage"] == "done" and info["fraction"] == 1.0 and calls == [(3, 12)]
 
 
@@ -175,3 +178,138 @@ def test_pages_list_damaged_runs_instead_of_breaking(tmp_path, monkeypatch):
         table = at.dataframe[-1].value
         errors = " ".join(str(v) for v in table["error"])
         assert "status.json: not valid UTF-8" in errors and "'ten'" in errors, (page, errors)
+
+
+# --------------------------------------------------------------------------- the single-writer lock
+_HOLDER = """
+import sys
+from pneumo.store.run import writer_lock
+lock = writer_lock(sys.argv[1], "holding for a test").acquire()
+print("held", flush=True)
+sys.stdin.readline()  # until the test says so (or dies with the pipe closed)
+lock.release()
+print("released", flush=True)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a process holding a run folder's lock; returns ``start(run) -> Popen`` (once it holds)."""
+    procs = []
+
+    def start(run: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"  # the handshake: it holds the lock now
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_holder(tmp_path, holder):
+    from pneumo._lock import this_host
+
+    run = tmp_path / "run"
+    proc = holder(run)
+    with pytest.raises(InputError, match=rf"run folder {run} is being written by pid {proc.pid} on host "
+                                         rf"{this_host()} since 20\d\d-.* \(holding for a test\)"):
+        runs.writer_lock(run).acquire()
+    with pytest.raises(InputError, match=f"pid {proc.pid}"):
+        runs.writer_lock(run).check()  # the early check (before TensorFlow) says the same
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "released"
+    assert proc.wait() == 0
+    assert not (run / ".lock").exists()  # removed on release
+    with runs.writer_lock(run):  # free again
+        runs.writer_lock(run).check()  # this thread's own lock is no refusal
+
+
+def test_the_lock_dies_with_its_holder(tmp_path, holder):
+    """SIGKILL leaves the lock file and its record behind, but the kernel dropped the lock."""
+    run = tmp_path / "run"
+    proc = holder(run)
+    proc.kill()
+    proc.wait()
+    assert (run / ".lock").exists()  # a stale record: no one holds it
+    runs.writer_lock(run).check()
+    with runs.writer_lock(run, "after the kill"):
+        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_lock_is_reentrant_in_a_thread_exclusive_across_threads_and_tidy(tmp_path):
+    import threading
+
+    run = tmp_path / "runs" / "new"
+    outer = runs.writer_lock(run).acquire()
+    assert run.is_dir()
+    with runs.writer_lock(run):  # the trainer inside quickstart takes it again
+        pass
+    assert (run / ".lock").exists()  # still held by the outer take
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_refusal(run)))
+    thread.start()
+    thread.join()
+    assert errors and f"pid {os.getpid()}" in errors[0]
+    outer.release()
+    assert not run.exists() and not run.parent.exists()  # it made both and nothing else came
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        runs.writer_lock(tmp_path / "file")
+
+
+def _refusal(run: Path) -> str:
+    try:
+        runs.writer_lock(run).acquire()
+    except InputError as e:
+        return str(e)
+    return ""
+
+
+def test_handover_waits_for_the_launcher_only(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    lock = runs.writer_lock(run, "launching").acquire()
+    code = ("import sys; from pneumo.store import run; "
+            "run.writer_lock(sys.argv[1], handover_from=run.handover_pid()).acquire(); print('taken')")
+    cwd = Path(__file__).parents[1]
+    env = {**os.environ, runs.HANDOVER_ENV: str(os.getpid() + 1)}  # a launcher that is not the holder
+    other = subprocess.run([sys.executable, "-c", code, str(run)], env=env, cwd=cwd, capture_output=True, text=True)
+    assert other.returncode == 1 and f"is being written by pid {os.getpid()}" in other.stderr
+    env[runs.HANDOVER_ENV] = str(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", code, str(run)], env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    lock.release()  # whether the child is already waiting or not: it takes the folder over
+    assert child.stdout.read().strip() == "taken" and child.wait() == 0
+
+
+def test_a_run_of_another_host_reads_as_running_there(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = datetime.now(timezone.utc)
+    run = _run(tmp_path, "remote", {"state": "running", "pid": dead.pid, "host": "gpu-node-7",
+                                    "updated": now.isoformat(timespec="seconds"), "epoch": 3, "epochs": 90})
+    status = runs.read_status(run)
+    assert status["state"] == "running" and runs.remote_host(status) == "gpu-node-7"  # its pid means nothing here
+    assert run_list.active_run(tmp_path) == run
+    stale = (now - timedelta(seconds=runs.REMOTE_SILENCE_S + 60)).isoformat(timespec="seconds")
+    (run / "status.json").write_text(json.dumps({**json.loads((run / "status.json").read_text()), "updated": stale}))
+    status = runs.read_status(run)
+    assert status["state"] == "failed" and "no news from host gpu-node-7" in status["error"]
+    (run / "progress.json").write_text(json.dumps({"epoch": 4, "updated": now.isoformat(timespec="seconds")}))
+    assert runs.read_status(run)["state"] == "running"  # its progress is fresh: still alive there
+    # the same status written on this host is judged by its pid, as before
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "host": runs.this_host()}))
+    assert runs.read_status(run)["state"] == "failed" and runs.remote_host(runs.read_status(run)) is None
+
+
+def test_statuses_record_the_host(tmp_path):
+    w = runs.RunWriter(tmp_path, "2026-01-01T00:00:00+00:00", epochs=1, resumed=False)
+    w.set_status(epoch=0)
+    assert json.loads((tmp_path / "status.json").read_text())["host"] == runs.this_host()
+    runs.write_prepared_status(tmp_path, os.getpid(), 3)
+    assert json.loads((tmp_path / "status.json").read_text())["host"] == runs.this_host()

@@ -513,20 +513,26 @@ def test_load_pair_in_worker_process(tmp_path):
 
 
 def test_siim_headers_read_in_worker_processes(tmp_path, monkeypatch):
-    import pneumo.ingest.sources as sources
+    import pneumo.ingest.siim as siim
 
     dicom, csv_path = write_siim_tree(tmp_path, 5, 16, seed=2)
     serial = siim_source(dicom, csv_path, salt="s", workers=1)
-    monkeypatch.setattr(sources, "_PARALLEL_HEADERS", 2)
+    monkeypatch.setattr(siim, "_PARALLEL_HEADERS", 2)
     parallel = siim_source(dicom, csv_path, salt="s", workers=2)
     assert parallel.samples == serial.samples and parallel.info == serial.info
 
 
-# ------------------------------------------------------------------ load_resized (the pack's fast path)
-def test_load_resized_fast_path_equals_general_path(tmp_path):
+# ------------------------------------------------------------------ load_for_pack (the pack's fast path)
+def _load_resized(sample, size):
+    from pneumo.ingest.sources import load_for_pack
+
+    return load_for_pack(sample, size)[:2]
+
+
+def test_load_for_pack_fast_path_equals_general_path(tmp_path):
     from PIL import Image
 
-    from pneumo.ingest.sources import Sample, load_pair, load_resized, resize_pair
+    from pneumo.ingest.sources import Sample, load_pair, resize_pair
 
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (96, 96), dtype=np.uint8)
@@ -540,7 +546,7 @@ def test_load_resized_fast_path_equals_general_path(tmp_path):
         s = Sample(id=name, patient=name, kind="folders", image=str(tmp_path / f"{name}_img.png"),
                    mask=str(tmp_path / f"{name}_mask.png"))
         for size in (32, 96):
-            fast = load_resized(s, size)
+            fast = _load_resized(s, size)
             slow = resize_pair(*load_pair(s), size)
             assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[1], slow[1]), (name, size)
             assert set(np.unique(fast[1])) <= {0, 255} and fast[1].any()
@@ -548,23 +554,23 @@ def test_load_resized_fast_path_equals_general_path(tmp_path):
     Image.fromarray(np.stack([cases["gray_mask_255"]] * 3, -1)).save(tmp_path / "rgb_mask.png")
     s = Sample(id="rgb", patient="rgb", kind="folders", image=str(tmp_path / "gray_mask_255_img.png"),
                mask=str(tmp_path / "rgb_mask.png"))
-    assert np.array_equal(load_resized(s, 32)[1], resize_pair(*load_pair(s), 32)[1])
+    assert np.array_equal(_load_resized(s, 32)[1], resize_pair(*load_pair(s), 32)[1])
 
 
-def test_load_resized_size_mismatch_and_corrupt_file(tmp_path):
+def test_load_for_pack_size_mismatch_and_corrupt_file(tmp_path):
     from PIL import Image
 
-    from pneumo.ingest.sources import Sample, load_resized
+    from pneumo.ingest.sources import Sample
 
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((32, 64), np.uint8)).save(tmp_path / "m.png")
     s = Sample(id="a", patient="a", kind="folders", image=str(tmp_path / "a.png"), mask=str(tmp_path / "m.png"))
     with pytest.raises(InputError, match="differ in size"):
-        load_resized(s, 32)
+        _load_resized(s, 32)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     s = Sample(id="b", patient="b", kind="folders", image=str(tmp_path / "bad.png"), mask=str(tmp_path / "m.png"))
     with pytest.raises(InputError, match="bad.png"):
-        load_resized(s, 32)
+        _load_resized(s, 32)
 
 
 # ----------------------------------------------------------------------------- one entry point
@@ -625,7 +631,7 @@ def test_sources_reexports_the_decoders():
 
 # ------------------------------------------------------------------ source references and DICOM windows (issue 14)
 def test_load_for_pack_gives_the_native_size_and_source_path(tmp_path):
-    from pneumo.ingest.sources import load_for_pack, load_resized, source_path
+    from pneumo.ingest.sources import load_for_pack, source_path
 
     images, masks = tmp_path / "i", tmp_path / "m"
     images.mkdir(), masks.mkdir()
@@ -637,7 +643,7 @@ def test_load_for_pack_gives_the_native_size_and_source_path(tmp_path):
     image, mask, native = load_for_pack(a, 32)
     assert image.shape == mask.shape == (32, 32) and native == (40, 72)
     assert load_for_pack(b, 32)[2] == (24, 48)
-    assert all(np.array_equal(x, y) for x, y in zip(load_resized(a, 32), (image, mask)))
+    assert all(np.array_equal(x, y) for x, y in zip(_load_resized(a, 32), (image, mask)))
     assert source_path(a) == str((images / "a.png").absolute())
     d = demo_source(2, size=32, seed=5).samples[1]
     assert source_path(d) == f"demo:{phantom.sample_seed(5, 1)}" and load_for_pack(d, 32)[2] == (32, 32)
@@ -668,3 +674,16 @@ def test_siim_labels_module_reads_the_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("Id,Pixels\na,-1\n")
     with pytest.raises(InputError, match=r"bad\.csv: expected the columns ImageId and EncodedPixels"):
         read_labels(tmp_path / "bad.csv")
+
+
+def test_source_kinds_are_a_registry_equal_to_the_vocabulary():
+    from pneumo.config import SOURCE_KINDS, check_registry
+    from pneumo.ingest import sources
+
+    assert tuple(sources.SOURCES) == SOURCE_KINDS
+    with pytest.raises(RuntimeError, match="missing 'demo'"):
+        check_registry("SOURCES", {k: v for k, v in sources.SOURCES.items() if k != "demo"}, SOURCE_KINDS)
+    odd = Sample(id="x", patient="x", kind="scanner", image="x.png")
+    for fn in (load_pair, sample_positive):
+        with pytest.raises(InputError, match="sample x: unknown source kind 'scanner'"):
+            fn(odd)

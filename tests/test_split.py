@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pneumo.config import SplitConfig
 from pneumo.errors import InputError
-from pneumo.ingest.split import format_report, split_counts, split_samples
+from pneumo.ingest.split import split_counts, split_samples
+from pneumo.store.pack import PackInfo
 
 
 def test_counts_from_proportions_add_up():
@@ -115,7 +117,7 @@ def test_stratify_requires_positive_flags_and_empty_source_errors():
 
 
 def test_report_has_the_blogs_line():
-    text = format_report({"train": 8000, "dev": 1280, "test": 1280},
-                         {"train": 0.22075, "dev": 0.22734375, "test": 0.2296875})
+    text = PackInfo(Path("p.h5"), 256, {"train": 8000, "dev": 1280, "test": 1280},
+                    {"train": 0.22075, "dev": 0.22734375, "test": 0.2296875}).format_report()
     assert "Train:0.22075, dev:0.22734375, test:0.2296875" in text
     assert "8000" in text and "22.73%" in text

@@ -20,12 +20,17 @@ import pytest
 
 from conftest import write_test_pack
 from pneumo.train import jobs
-from pneumo.config import TrainConfig, load_config, to_dict
+from pneumo.store.run import read_history, read_status, request_stop
+from pneumo.store.run_list import active_run, list_runs, new_run_dir
+from pneumo.config import TrainConfig, to_dict
+from pneumo.plan import RunPlan, plan_run
+from pneumo.store.config_file import load_config
 from pneumo.errors import InputError
 
 keras = pytest.importorskip("keras")
 from pneumo.model.networks import encoder_layers, load_model  # noqa: E402
-from pneumo.train.loop import HISTORY_COLUMNS, train  # noqa: E402
+from pneumo.store.run import HISTORY_COLUMNS  # noqa: E402
+from pneumo.train.loop import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = "epoch,stage,loss,dice,iou,val_loss,val_dice,val_iou,lr,seconds"
@@ -113,7 +118,7 @@ def test_run_folder_rules(tiny_pack, tmp_path, no_model):
     with pytest.raises(InputError, match="nothing to resume"):
         train(_cfg(tiny_pack), tmp_path / "empty", resume=True)
     cfg = _cfg(tiny_pack)
-    from pneumo.config import save_config
+    from pneumo.store.config_file import save_config
 
     save_config(cfg, held / "config.json")
     with pytest.raises(InputError, match="lr differ"):
@@ -143,11 +148,11 @@ def test_bad_input_marks_a_jobs_prepared_status_failed(tiny_pack, tmp_path, no_m
 
 
 def test_check_config_fills_in_the_blog_defaults(tiny_pack):
-    info = TrainConfig(pack=str(tiny_pack), batch_size=32).check()
+    info = plan_run(TrainConfig(pack=str(tiny_pack), batch_size=32))
     # one pass over train (48 -> 2 batches) and dev (16 -> 1 batch, partial batch kept)
-    assert info == {"size": 64, "train": 48, "dev": 16, "steps": 2, "validation_steps": 1, "dev_batches": 1}
-    info = TrainConfig(pack=str(tiny_pack), batch_size=5, steps_per_epoch=50, validation_steps=99).check()
-    assert info["steps"] == 50 and info["validation_steps"] == 4 == info["dev_batches"]  # ceil(16/5), clamped
+    assert info == RunPlan(size=64, train=48, dev=16, steps=2, validation_steps=1, dev_batches=1)
+    info = plan_run(TrainConfig(pack=str(tiny_pack), batch_size=5, steps_per_epoch=50, validation_steps=99))
+    assert info.steps == 50 and info.validation_steps == 4 == info.dev_batches  # ceil(16/5), clamped
 
 
 # --------------------------------------------------------------------------- a run
@@ -191,7 +196,7 @@ def test_run_folder_contents(tiny_pack, tmp_path, caplog):
     assert load_model(run / "best.keras", compile=False).count_params() == model.count_params()
     assert not list(run.glob(".*tmp*"))  # no temporary files left behind
     # the jobs view of the same folder
-    (info,) = jobs.list_runs(tmp_path)
+    (info,) = list_runs(tmp_path)
     assert info.state == "finished" and info.epochs_done == 2 and info.best_epoch == summary["best_epoch"]
 
 
@@ -206,7 +211,7 @@ def test_cli_config_round_trip(tiny_pack, tmp_path):
     from pneumo.cli.train import config_from_args
 
     cfg = _cfg(tiny_pack, loss="bce+dice", fine_tune_epochs=3, fine_tune_lr=3e-6, freeze_encoder=True)
-    from pneumo.config import save_config
+    from pneumo.store.config_file import save_config
 
     save_config(cfg, tmp_path / "config.json")
     parse = build_parser().parse_args
@@ -245,7 +250,7 @@ def test_stop_file_then_resume_continues(tiny_pack, tmp_path):
     assert (run / "last.keras").is_file() and not (run / "STOP").exists()
     assert [r["epoch"] for r in _history(run)] == ["1"]
     assert json.loads((run / "backup" / "state.json").read_text())["epoch"] == 1
-    assert jobs.read_status(run)["state"] == "stopped"
+    assert read_status(run)["state"] == "stopped"
 
     summary = train(None, run, resume=True, verbose=0)
     assert summary["state"] == "finished" and summary["epochs_done"] == 3
@@ -264,7 +269,7 @@ def test_sigterm_stops_cleanly(tiny_pack, tmp_path):
 
     summary = train(_cfg(tiny_pack, epochs=2, steps_per_epoch=4), run, verbose=0, progress=terminate)
     assert summary["state"] == "stopped" and summary["epochs_done"] == 0
-    assert (run / "last.keras").is_file() and jobs.read_status(run)["state"] == "stopped"
+    assert (run / "last.keras").is_file() and read_status(run)["state"] == "stopped"
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -330,7 +335,7 @@ def test_resume_after_kill_loses_at_most_one_epoch(tiny_pack, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
-    assert jobs.read_status(run)["state"] == "failed"  # killed: its pid is gone
+    assert read_status(run)["state"] == "failed"  # killed: its pid is gone
     kept = len(_history(run))
 
     out = subprocess.run([sys.executable, "-m", "pneumo", "train", "--resume", "--run-dir", str(run)],
@@ -340,7 +345,67 @@ def test_resume_after_kill_loses_at_most_one_epoch(tiny_pack, tmp_path):
     assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]  # continued, no duplicates
     assert kept >= 1
     assert "resuming after epoch 1" in out.stdout or "resuming after epoch 2" in out.stdout
-    assert jobs.read_status(run)["state"] == "finished"
+    assert read_status(run)["state"] == "finished"
+
+
+def test_a_folder_another_writer_holds_is_refused_before_anything(tiny_pack, tmp_path, no_model):
+    """The trainer's own lock: refused at once, naming the holder, nothing written, no model built."""
+    run = tmp_path / "run"
+    code = ("import sys; from pneumo.store.run import writer_lock; lock = writer_lock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=rf"run folder {run} is being written by pid {holder.pid} on host "):
+            train(_cfg(tiny_pack), run)
+        assert [p.name for p in run.iterdir()] == [".lock"]  # the holder's, nothing of ours
+    finally:
+        holder.kill()
+        holder.wait()
+    from pneumo.store.run import writer_lock
+
+    with writer_lock(run):  # free once its holder is gone
+        pass
+
+
+@pytest.mark.slow
+def test_two_cli_trainers_of_one_folder_the_second_is_refused(tiny_pack, tmp_path):
+    """Issue 18 item 1: ``train --run-dir R --seed 1 & train --run-dir R --seed 2 &`` interleaved
+    two runs in one folder. The second now stops at once naming the first, which is unaffected."""
+    from pneumo._lock import read_holder
+    from pneumo.store.run import RunFolder
+
+    run = tmp_path / "twin"
+    base = [sys.executable, "-m", "pneumo", "train", str(tiny_pack), "--run-dir", str(run), "--variant", "blog",
+            "--encoder-weights", "none", "--epochs", "1000", "--steps-per-epoch", "1", "--batch-size", "8"]
+    first = subprocess.Popen(base + ["--seed", "1"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (read_holder(RunFolder(run).lock) or {}).get("pid") != first.pid:  # the handshake
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.05)
+        second = subprocess.run(base + ["--seed", "2"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.strip().startswith(f"error: run folder {run} is being written by pid {first.pid} "
+                                                f"on host {socket.gethostname()} since ")
+        assert "Traceback" not in second.stderr and second.stderr.strip().count("\n") == 0
+        while len(read_history(run)) < 2:  # the first trains on, alone
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.05)
+        request_stop(run)
+        assert first.wait(300) == 0, first.stdout.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stdout.close()
+    status = read_status(run)
+    assert status["state"] == "stopped" and status["pid"] == first.pid
+    assert load_config(TrainConfig, run / "config.json").seed == 1
+    epochs = [r["epoch"] for r in read_history(run)]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 2  # one run's rows, in order
 
 
 @pytest.mark.slow
@@ -428,7 +493,7 @@ def test_jobs_launch_stop_and_resume_the_real_trainer(tiny_pack, tmp_path, monke
     monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.chdir(tmp_path)  # the child must find pneumo through PYTHONPATH, not the cwd
-    run = jobs.new_run_dir()
+    run = new_run_dir()
     cfg = _cfg(tiny_pack, epochs=3, steps_per_epoch=2)
 
     def wait(predicate, what, timeout=300):
@@ -441,24 +506,24 @@ def test_jobs_launch_stop_and_resume_the_real_trainer(tiny_pack, tmp_path, monke
 
     pid = jobs.start_training(cfg, run)
     try:
-        assert jobs.read_status(run)["state"] == "running" and jobs.active_run() == run
-        wait(lambda: len(jobs.read_history(run)) >= 1, "epoch 1")
-        jobs.request_stop(run)
-        wait(lambda: jobs.read_status(run)["state"] != "running", "stop")
-        status = jobs.read_status(run)
+        assert read_status(run)["state"] == "running" and active_run() == run
+        wait(lambda: len(read_history(run)) >= 1, "epoch 1")
+        request_stop(run)
+        wait(lambda: read_status(run)["state"] != "running", "stop")
+        status = read_status(run)
         assert status["state"] == "stopped" and status["pid"] == pid, status
         assert (run / "last.keras").is_file() and not (run / "STOP").exists()
-        done = len(jobs.read_history(run))
+        done = len(read_history(run))
         assert done < 3
 
         jobs.start_training(cfg, run, resume=True)
-        wait(lambda: jobs.read_status(run)["state"] != "running", "the resumed run's end")
-        assert jobs.read_status(run)["state"] == "finished", (run / "train.log").read_text()
+        wait(lambda: read_status(run)["state"] != "running", "the resumed run's end")
+        assert read_status(run)["state"] == "finished", (run / "train.log").read_text()
     finally:
-        st = jobs.read_status(run)
+        st = read_status(run)
         if st["state"] == "running":
             os.kill(st["pid"], signal.SIGKILL)
-    assert [r["epoch"] for r in jobs.read_history(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]
     assert load_config(TrainConfig, run / "config.json") == cfg
     # the summary line follows the final status.json by a moment
     wait(lambda: "finished: 3/3 epochs" in (run / "train.log").read_text(), "the summary line", 60)
@@ -589,15 +654,16 @@ def _relabel(path, ids):
 
 
 def test_resume_refuses_a_changed_exclusion_list_before_building(tiny_pack, tmp_path, no_model):
-    from pneumo.config import save_config
-    from pneumo.exclude import pack_exclusion, record_exclusion
+    from pneumo.store.config_file import save_config
+    from pneumo.exclude import pack_exclusion
+    from pneumo.store.run import write_exclusion_record
 
     lst = _relabel(tmp_path / "relabel.csv", ["train-0002", "dev-0001"])
     cfg = _cfg(tiny_pack, exclude=str(lst))
     run = tmp_path / "run"
     run.mkdir()
     save_config(cfg, run / "config.json")
-    record_exclusion(run, pack_exclusion(tiny_pack, lst))
+    write_exclusion_record(run, pack_exclusion(tiny_pack, lst).record())
     record = (run / "excluded.json").read_text()
     _relabel(lst, ["train-0002"])
     with pytest.raises(InputError, match=r"exclusion list .*relabel\.csv changed since run run started with it "

@@ -8,17 +8,30 @@ Each sub-command lives in its own module under ``pneumo.cli`` with two functions
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+from types import ModuleType
 from typing import Sequence
 
-# Order here is the order of ``python -m pneumo --help``.
-_COMMAND_MODULES = ("quickstart", "pack", "demo_data", "info", "train", "evaluate", "predict", "review", "curate")
+from pneumo.cli import curate, demo_data, evaluate, info, pack, predict, quickstart, review, train
+
+# The command table: sub-command name -> its module. Order here is the order of
+# ``python -m pneumo --help``; each module's ``register`` adds the sub-parser of that name.
+COMMANDS: dict[str, ModuleType] = {
+    "quickstart": quickstart,
+    "pack": pack,
+    "demo-data": demo_data,
+    "info": info,
+    "train": train,
+    "evaluate": evaluate,
+    "predict": predict,
+    "review": review,
+    "curate": curate,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (sub-command modules that do not exist yet are skipped)."""
+    """The full argument parser: one sub-parser per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="python -m pneumo",
         description="Pneumothorax segmentation on chest X-rays: pack, train, evaluate, review.",
@@ -28,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pneumo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pneumo.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pneumo.cli.{name}":
-                continue
-            raise
+    for module in COMMANDS.values():
         module.register(sub)
     return parser
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumo.ingest.split import SPLITS
+from pneumo.config import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``curate``."""
+    from pneumo.store.relabel import DEFAULT_NAME
+    from pneumo.store.verdicts import DB_NAME
+
     p = sub.add_parser("curate", help="write the relabel list of the cases reviewers flagged as label problems")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", choices=SPLITS, help="split (default test)")
     p.add_argument("--out", type=Path, default=None, metavar="LIST.csv",
-                   help="where to write the list (default RUN/relabel_<split>.csv)")
+                   help=f"where to write the list (default RUN/{DEFAULT_NAME})")
     p.add_argument("--verdicts", type=Path, nargs="+", default=None, metavar="REVIEWS.sqlite",
-                   help="review files to read, merged (e.g. one per reader's machine; default RUN/reviews.sqlite)")
+                   help=f"review files to read, merged (e.g. one per reader's machine; default RUN/{DB_NAME})")
     p.add_argument("--pack", type=Path, default=None,
                    help="pack whose source paths fill the source column (default: the run's pack)")
     p.add_argument("--min-readers", type=int, default=1, metavar="N",

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     """Render and write the PNG pairs."""
     from tqdm import tqdm
 
-    from pneumo.store.pack import write_demo_folders
+    from pneumo.ingest.packer import write_demo_folders
 
     bar = tqdm(total=args.count, unit="img", desc="rendering phantoms")
 

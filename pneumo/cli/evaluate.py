@@ -11,11 +11,14 @@ from pneumo.config import SPLITS
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
+    from pneumo.store.run import CHECKPOINTS, CONFIG, checkpoint_file
+
     p = sub.add_parser("evaluate", help="score a run on a split (SIIM metric, confusion, AUC); caches predictions")
-    p.add_argument("run_dir", type=Path, help="run folder (with config.json and best.keras/last.keras)")
+    files = "/".join(map(checkpoint_file, CHECKPOINTS))
+    p.add_argument("run_dir", type=Path, help=f"run folder (with {CONFIG} and {files})")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="split to score (default test; the triplet is always tuned on dev)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="model file (default best)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="model file (default best)")
     p.add_argument("--batch-size", type=int, default=32, help="images per prediction batch (default 32)")
     p.add_argument("--force", action="store_true", help="predict again even if the cached predictions are fresh")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -53,7 +56,8 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Predict (or reuse the cache), tune on dev, score, write metrics and cases, print."""
-    from pneumo.predict import cases_path, evaluate_run, metrics_path
+    from pneumo.predict import evaluate_run
+    from pneumo.store.predictions import cases_path, metrics_path
 
     bar = None
 

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.ingest import sources
     from pneumo.config import check_size
     from pneumo.errors import InputError
-    from pneumo.store.pack import pack_manifest
+    from pneumo.ingest.packer import pack_manifest
     from pneumo.ingest.uploads import sweep_temp_files
 
     config = config_from_args(args)

@@ -7,12 +7,15 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``predict``."""
+    from pneumo.store.run import CHECKPOINTS, CONFIG, checkpoint_file
+
     p = sub.add_parser("predict", help="predict PNG/JPEG/DICOM files or folders: mask and overlay PNGs, SIIM CSV")
-    p.add_argument("run_dir", type=Path, help="run folder (with config.json and best.keras/last.keras)")
+    files = "/".join(map(checkpoint_file, CHECKPOINTS))
+    p.add_argument("run_dir", type=Path, help=f"run folder (with {CONFIG} and {files})")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", type=Path, default=Path("predictions"),
                    help="folder for <stem>_mask.png and <stem>_overlay.png (default ./predictions)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="model file (default best)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="model file (default best)")
     p.add_argument("--siim-csv", type=Path, default=None, metavar="OUT.csv",
                    help="also write a Kaggle submission (ImageId,EncodedPixels at the original resolution)")
     p.add_argument("--batch-size", type=int, default=8, help="images per prediction batch (default 8)")

@@ -5,7 +5,9 @@ demo's pack if it is missing (``data/`` + ``config.QUICK_PACK_NAME``), trains th
 ``quick-demo`` preset into a new run folder under ``runs/`` with a progress bar, scores
 the test split (triplet tuned on dev) and prints the SIIM score beside the all-empty
 baseline, the Dice on positive images, the presence AUC and the commands that open the
-review. Exit status 0 only when all of that worked.
+review. Exit status 0 only when all of that worked. Like the app it runs one job at a time in
+the workspace: it refuses to start while a training or evaluation runs there, and while it
+trains and evaluates, the app's Training and Review pages see its run as the running job.
 """
 from __future__ import annotations
 
@@ -36,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
     from pneumo import config as C
     from pneumo import settings
+    from pneumo.train import jobs
 
     base = C.preset(args.preset)
     changes = {k: getattr(args, k) for k in ("seed", "epochs", "steps_per_epoch") if getattr(args, k) is not None}
+    jobs.refuse_if_busy()  # at once, before any work; checked again when the run is claimed
 
     if args.pack:
         pack_path = Path(args.pack).expanduser()
@@ -54,20 +58,35 @@ def run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(base, pack=str(pack_path), **changes)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumo.store.run_list import new_run_dir
+
+    from pneumo.plan import plan_run
+
+    info = plan_run(config)  # bad input fails before a run folder exists
+    run_dir = new_run_dir(prefix="quickstart")
+    try:
+        # The workspace's one job from here on: the app sees this run (then its evaluation) running.
+        with jobs.own_training(config, run_dir, what="quickstart"):
+            print(f"run folder: {run_dir}", flush=True)
+            return _train_and_evaluate(args.preset, config, info, run_dir)
+    except Exception:
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # refused: leave no empty run folder behind
+        raise
+
+
+def _train_and_evaluate(preset: str, config, info: dict, run_dir) -> int:
     import keras
     from tqdm import tqdm
 
-    from pneumo.train import jobs
     from pneumo.predict import evaluate_run
+    from pneumo.train import jobs
     from pneumo.train.loop import train
 
-    info = config.check()  # bad input fails before a run folder exists
-    run_dir = jobs.new_run_dir(prefix="quickstart")
-    print(f"run folder: {run_dir}", flush=True)
     # The process entry point seeds Keras' global generator (weight initialisation).
     keras.utils.set_random_seed(config.seed)
-    total = config.epochs * info["steps"]
-    bar = tqdm(total=total, unit="step", desc=f"training {args.preset}", file=sys.stdout)
+    total = config.epochs * info.steps
+    bar = tqdm(total=total, unit="step", desc=f"training {preset}", file=sys.stdout)
 
     def progress(p: dict) -> None:
         bar.n = min(total, (p["epoch"] - 1) * p["steps"] + p["step"])
@@ -92,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         ebar.update(done - ebar.n)
 
     try:
-        m = evaluate_run(run_dir, "test", "best", eprogress)
+        with jobs.own_evaluation(run_dir, "test", "best"):
+            m = evaluate_run(run_dir, "test", "best", eprogress)
     finally:
         if ebar is not None:
             ebar.close()
@@ -104,7 +124,7 @@ def _make_pack(path) -> None:
     from tqdm import tqdm
 
     from pneumo import config as C
-    from pneumo.store.pack import make_demo_pack
+    from pneumo.ingest.packer import make_demo_pack
 
     bar = tqdm(total=None, unit="img", desc="making the demo pack", file=sys.stdout)
 

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from pneumo.ingest.split import SPLITS
+from pneumo.config import SPLITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,22 +32,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _categories(run_dir: Path, split: str) -> tuple[dict[str, str], str] | None:
     """Category per id under the run's triplet (the rule the Review page and ``predict`` use:
     :func:`pneumo.store.predictions.run_triplet`) from the cached predictions when they are fresh for
-    the pack, else from ``cases_<split>.csv``; and a line saying which."""
-    from pneumo.store import predictions as artifacts
-    from pneumo.predict import read_cases_csv
+    the pack, else from the case table ``evaluate`` wrote; and a line saying which."""
     from pneumo.review.cases import ReviewData
+    from pneumo.store import predictions
 
-    if artifacts.freshness(run_dir, split, None).fresh:
+    if predictions.freshness(run_dir, split, None).fresh:
         data = ReviewData(run_dir, split)
-        triplet, source = artifacts.run_triplet(run_dir, data.size, data.checkpoint)
+        triplet, source = predictions.run_triplet(run_dir, data.size, data.checkpoint)
         cases = data.evaluate(triplet).cases
         line = (f"triplet: pixel > {triplet.pixel_threshold:.2f}, top > {triplet.top_threshold:.2f}, "
                 f"min area {triplet.min_area} px ({source})")
         return {str(i): str(c) for i, c in zip(cases["id"], cases["category"])}, line
-    rows = read_cases_csv(artifacts.cases_path(run_dir, split))
+    rows = predictions.read_cases(run_dir, split)
     if not rows:
         return None
-    return {str(r["id"]): str(r["category"]) for r in rows}, f"categories from {artifacts.cases_path(run_dir, split).name}"
+    return {str(r["id"]): str(r["category"]) for r in rows}, f"categories from {predictions.cases_path(run_dir, split).name}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ override the defaults (the blog's: VGG16 encoder, Adam 2e-5, 90 epochs of batch 
 pass over train and dev per epoch). Presets: quick-demo (a small U-Net from scratch, about
 2 minutes on 2 CPU cores at 128 px) and blog. ``--resume`` alone continues the run in
 ``--run-dir`` from its own ``config.json``. ``--init-from RUN`` starts from another run's
-best.keras weights (same variant, width and image size).
+best.keras weights (same variant, width and image size). One writer per run folder: while a
+trainer (or the app) writes ``--run-dir``, a second one stops at once, naming the first.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import os
 import sys
 import traceback
 
-from pneumo.config import LOSSES, LR_SCHEDULES, PRESETS, VARIANTS
+from pneumo.config import LOSS_LABELS, LR_SCHEDULE_LABELS, PRESETS, VARIANT_LABELS
+from pneumo.store.run import CONFIG, EXCLUSION_RECORD
 
 # (dest in TrainConfig, flag) for the options that map one to one.
 _TRAIN_OPTIONS = ("variant", "epochs", "steps_per_epoch", "validation_steps", "batch_size", "lr", "loss",
@@ -22,6 +24,12 @@ _TRAIN_OPTIONS = ("variant", "epochs", "steps_per_epoch", "validation_steps", "b
                   "width", "lr_schedule", "init_from")
 _AUGMENT_OPTIONS = ("rotation", "width_shift", "height_shift", "zoom", "horizontal_flip", "fill_mode",
                     "per_batch")
+
+
+def _choices(labels: dict[str, str]) -> str:
+    """``name = label; ...`` for --help, from the library's labels (pneumo.config); a label that
+    only repeats its name is left out."""
+    return "; ".join(name if label == name else f"{name} = {label}" for name, label in labels.items())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("pack", nargs="?", help="HDF5 pack (optional when --config or --resume gives it)")
     p.add_argument("--run-dir", help="run folder (default: a new timestamped folder in the runs directory)")
-    p.add_argument("--config", metavar="JSON", help="a config.json to start from (e.g. another run's)")
+    p.add_argument("--config", metavar="JSON", help=f"a {CONFIG} to start from (e.g. another run's)")
     p.add_argument("--preset", metavar="NAME",
                    help=f"named settings to start from: {', '.join(PRESETS)} (not with --config)")
     p.add_argument("--resume", action="store_true",
@@ -43,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", metavar="LIST.csv",
                    help="leave the images whose ids this CSV lists (an 'id' column, e.g. the relabel list "
                         "of pneumo curate) out of the train and dev splits; never out of test, so test "
-                        "scores stay comparable with runs on the whole pack. Recorded in config.json and "
-                        "RUN/excluded.json; a resumed run refuses a list whose ids changed (none: no list)")
+                        f"scores stay comparable with runs on the whole pack. Recorded in {CONFIG} and "
+                        f"RUN/{EXCLUSION_RECORD}; a resumed run refuses a list whose ids changed (none: no list)")
     g = p.add_argument_group("model and optimisation (default: the blog's settings)")
-    g.add_argument("--variant", metavar="NAME", help=f"model: {', '.join(VARIANTS)} (default unet)")
+    g.add_argument("--variant", metavar="NAME", help=f"the model (default unet): {_choices(VARIANT_LABELS)}")
     g.add_argument("--encoder-weights", metavar="W",
                    help="imagenet (default; downloaded once into ~/.keras/models), none, or a .h5 path")
     g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
@@ -57,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="dev batches per epoch (default and maximum: one pass over dev)")
     g.add_argument("--batch-size", type=int, help="images per batch (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-5)")
-    g.add_argument("--loss", metavar="NAME", help=f"{', '.join(LOSSES)} (default bce)")
+    g.add_argument("--loss", metavar="NAME", help=f"the loss (default bce): {_choices(LOSS_LABELS)}")
     g.add_argument("--fine-tune-epochs", type=int,
                    help="second stage: epochs with the encoder unfrozen (default 0 = none)")
     g.add_argument("--fine-tune-lr", type=float, help="Adam learning rate of the second stage (default 1e-5)")
@@ -70,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="filter multiplier of variant unet-bn (0.25: 16 filters in block 1; default 1)")
     g.add_argument("--positive-fraction", metavar="F",
                    help="share of images with a lesion in every train batch, 0..1, or none (default: uniform)")
-    g.add_argument("--lr-schedule", metavar="NAME", help=f"{', '.join(LR_SCHEDULES)} (default constant)")
+    g.add_argument("--lr-schedule", metavar="NAME",
+                   help=f"the learning-rate schedule (default constant): {_choices(LR_SCHEDULE_LABELS)}")
     g.add_argument("--init-from", metavar="RUN",
                    help="start from this run folder's best.keras weights (same variant, width and size)")
     a = p.add_argument_group("augmentation (default: the blog's ranges)")
@@ -89,8 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the arguments describe, or None for a bare ``--resume`` (the run's own)."""
-    from pneumo.config import AugmentConfig, TrainConfig, from_dict, load_config, preset, to_dict
+    from pneumo.config import AugmentConfig, TrainConfig, from_dict, preset, to_dict
+    from pneumo.store.config_file import load_config
     from pneumo.errors import InputError
+    from pneumo.store.run import RunFolder
 
     overrides = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.pack is not None:
@@ -120,10 +131,10 @@ def config_from_args(args: argparse.Namespace):
         base = to_dict(preset(args.preset))
     elif args.config:
         base = to_dict(load_config(TrainConfig, args.config))
-    elif args.resume and args.run_dir and os.path.isfile(os.path.join(args.run_dir, "config.json")):
+    elif args.resume and args.run_dir and RunFolder(args.run_dir).config.is_file():
         if not overrides and not augment:
             return None
-        base = to_dict(load_config(TrainConfig, os.path.join(args.run_dir, "config.json")))
+        base = to_dict(load_config(TrainConfig, RunFolder(args.run_dir).config))
     else:
         base = to_dict(TrainConfig())
     base.update(overrides)
@@ -137,25 +148,32 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pneumo.errors import InputError, PneumoError
 
+    from pneumo.store import run as runs
+    from pneumo.store.run_list import new_run_dir
+
     config = config_from_args(args)
     if args.resume and not args.run_dir:
         raise InputError("--resume needs --run-dir (the run folder to continue)")
+    if args.run_dir and not os.environ.get("TF_CONFIG"):
+        # A folder another trainer writes: refused now, not after TensorFlow loaded. (A worker of a
+        # TF_CONFIG cluster is left to train(), where only the chief takes the folder.)
+        runs.writer_lock(args.run_dir, handover_from=runs.handover_pid()).check()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     import keras
 
-    from pneumo.train import jobs
-    from pneumo.config import TrainConfig, load_config
+    from pneumo.config import TrainConfig
+    from pneumo.store.config_file import load_config
     from pneumo.train.loop import train
 
     run_dir, created = args.run_dir, None
     if run_dir is None:
-        created = jobs.new_run_dir()
+        created = new_run_dir()
         run_dir = str(created)
         print(f"run folder: {run_dir}", flush=True)
-    seed_config = config if config is not None else load_config(TrainConfig, os.path.join(run_dir, "config.json"))
+    seed_config = config if config is not None else load_config(TrainConfig, runs.RunFolder(run_dir).config)
     # The process entry point is the one place allowed to seed Keras' global generator
     # (weight initialisation); pneumo.train.loop itself only uses explicit seeds.
     keras.utils.set_random_seed(seed_config.seed)

@@ -1,5 +1,5 @@
 """The SIIM-ACR label CSV: ``ImageId, EncodedPixels`` rows (stage 1 ``train-rle.csv`` or
-stage 2 ``stage_2_train.csv``), validated and grouped by image (used by :func:`pneumo.ingest.sources.siim_source`)."""
+stage 2 ``stage_2_train.csv``), validated and grouped by image (used by :func:`pneumo.ingest.siim.siim_source`)."""
 from __future__ import annotations
 
 import csv

@@ -141,17 +141,3 @@ def split_samples(
                 "use proportions instead of --split-batches, or more data"
             )
     return {name: assigned[s] for s, name in enumerate(SPLITS)}
-
-
-def format_report(counts: dict[str, int], positive_fractions: dict[str, float]) -> str:
-    """The split report: the blog's one line, then count and positive fraction per split."""
-    blog_line = (
-        f"Train:{positive_fractions.get('train', 0.0)}, "
-        f"dev:{positive_fractions.get('dev', 0.0)}, test:{positive_fractions.get('test', 0.0)}"
-    )
-    lines = ["Images with mask:", blog_line, "", f"{'split':<6} {'count':>8} {'positive':>9}"]
-    for name in SPLITS:
-        c = counts.get(name, 0)
-        lines.append(f"{name:<6} {c:>8} {positive_fractions.get(name, 0.0):>9.2%}")
-    lines.append(f"{'total':<6} {sum(counts.values()):>8}")
-    return "\n".join(lines)

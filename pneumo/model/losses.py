@@ -20,12 +20,12 @@ carries the per-pixel signal there).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 from keras import ops
 
-from pneumo.config import LOSSES
+from pneumo.config import LOSSES, check_registry
 from pneumo.errors import InputError
 
 DICE_SMOOTH = 1.0  # soft Dice: keeps empty/empty at loss 0 and the gradient finite
@@ -137,18 +137,24 @@ class BCEBatchDiceLoss(BCEDiceLoss):
         return bce_per_image(y_true, y_pred) + soft_dice_loss_batch(y_true, y_pred, self.smooth)
 
 
+# One builder per name of config.LOSSES: each call returns a fresh loss object.
+LOSS_BUILDERS: dict[str, Callable[[], keras.losses.Loss]] = {
+    "bce": lambda: keras.losses.BinaryCrossentropy(name="bce"),  # the blog's
+    "dice": DiceLoss,
+    "bce+dice": BCEDiceLoss,
+    "bce+batch-dice": BCEBatchDiceLoss,
+}
+check_registry("pneumo.model.losses.LOSS_BUILDERS", LOSS_BUILDERS, LOSSES)
+
+
 def get_loss(name: str) -> keras.losses.Loss:
-    """The loss called ``name``: ``"bce"`` (the blog's binary cross-entropy), ``"dice"``,
-    ``"bce+dice"`` (both per image) or ``"bce+batch-dice"`` (Dice over the batch)."""
-    if name == "bce":
-        return keras.losses.BinaryCrossentropy(name="bce")
-    if name == "dice":
-        return DiceLoss()
-    if name == "bce+dice":
-        return BCEDiceLoss()
-    if name == "bce+batch-dice":
-        return BCEBatchDiceLoss()
-    raise InputError(f"loss {name!r} is unknown (choose one of: {', '.join(LOSSES)})")
+    """A fresh loss called ``name``, a key of :data:`LOSS_BUILDERS`: ``"bce"`` (the blog's binary
+    cross-entropy), ``"dice"``, ``"bce+dice"`` (both per image) or ``"bce+batch-dice"`` (Dice over
+    the batch). Unknown names raise :class:`InputError` listing the known."""
+    builder = LOSS_BUILDERS.get(name) if isinstance(name, str) else None
+    if builder is None:
+        raise InputError(f"loss {name!r} is unknown (choose one of: {', '.join(LOSSES)})")
+    return builder()
 
 
 # =========================================================================== metrics

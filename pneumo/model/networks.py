@@ -2,7 +2,9 @@
 
 Three tiers, as in qubvel/segmentation_models' ``unet.py``: block factories
 (``_conv_bn_relu``, ``_unet_decoder_block``, ``_blog_decoder_block``), graph builders
-(``_build_blog``, ``_build_unet``) and one public builder, :func:`build_model`.
+(``_build_blog``, ``_build_unet``, ``_build_unet_bn``) and one public builder,
+:func:`build_model`, which picks the variant's builder from :data:`VARIANT_BUILDERS` (checked
+at import to hold exactly the names of ``pneumo.config.VARIANTS``).
 
 Every model takes ``(S, S, 1)`` gray images, uint8 or float in 0..255, and returns
 ``(S, S, 1)`` float32 sigmoid probabilities. Scaling and gray-to-RGB happen inside the model
@@ -19,13 +21,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from pneumo.config import IMAGENET_NOTOP_FILE, VARIANTS, check_width  # check_width: TensorFlow-free, re-exported
+from pneumo.config import IMAGENET_NOTOP_FILE, VARIANTS, check_registry, check_width  # check_width: re-exported
 from pneumo.errors import InputError
 from pneumo.model.imagenet import imagenet_cache_path, imagenet_cache_problem, imagenet_fix
 
@@ -295,6 +297,46 @@ def _vgg16(input_size: int, encoder_weights: str | os.PathLike | None) -> keras.
     return vgg
 
 
+# =========================================================================== variants
+# One builder per name of config.VARIANTS: ``(image, input_size, encoder_weights, width) -> model``,
+# where ``image`` is the ``(S, S, 1)`` input tensor. Arguments are checked by build_model first;
+# freezing the encoder is build_model's too.
+def _unet_model(image, input_size: int, encoder_weights: str | os.PathLike | None, width: float) -> keras.Model:
+    return _build_unet(image, _vgg16(input_size, encoder_weights))
+
+
+def _blog_model(image, input_size: int, encoder_weights: str | os.PathLike | None, width: float) -> keras.Model:
+    return _build_blog(image, _vgg16(input_size, encoder_weights), BLOG_ENCODER_END, BLOG_DECODER_FILTERS,
+                       "pneumo_blog")
+
+
+def _blog_code_model(image, input_size: int, encoder_weights: str | os.PathLike | None,
+                     width: float) -> keras.Model:
+    return _build_blog(image, _vgg16(input_size, encoder_weights), BLOG_CODE_ENCODER_END,
+                       BLOG_CODE_DECODER_FILTERS, "pneumo_blog_code")
+
+
+def _unet_bn_model(image, input_size: int, encoder_weights: str | os.PathLike | None,
+                   width: float) -> keras.Model:
+    model = _build_unet_bn(image, width)
+    if encoder_weights is not None:
+        # Same layer names as VGG16 (width 1 is enforced with weights): copy its convolutions in.
+        vgg = _vgg16(input_size, encoder_weights)
+        for layer in vgg.layers:
+            if isinstance(layer, layers.Conv2D):
+                model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
+
+
+VARIANT_BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "unet": _unet_model,
+    "blog": _blog_model,
+    "blog-code": _blog_code_model,
+    "unet-bn": _unet_bn_model,
+}
+check_registry("pneumo.model.networks.VARIANT_BUILDERS", VARIANT_BUILDERS, VARIANTS)
+
+
 # =========================================================================== public API
 def build_model(
     variant: str = "unet",
@@ -306,13 +348,13 @@ def build_model(
     """Build a segmentation model.
 
     Args:
-        variant: ``"unet"`` (VGG16 U-Net, VGG preprocessing), ``"blog"`` (the blog's printed
-            table: VGG16 to block4_pool, Conv2D 32,16,16,8 + UpSampling2D, Conv2D(1); 7,790,929
-            parameters, 155,665 trainable) or ``"blog-code"`` (the blog's code: full VGG16 conv
-            base, Conv2D 64,32,32,16,8 + UpSampling2D, Conv2D(1); 15,043,233 / 328,545),
-            or ``"unet-bn"`` (the U-Net with BatchNorm in the encoder too and every filter
-            count scaled by ``width``: made to learn from random weights on a CPU; 1,2 M
-            parameters at width 0.25).
+        variant: a name of :data:`VARIANT_BUILDERS` (``pneumo.config.VARIANTS``): ``"unet"``
+            (VGG16 U-Net, VGG preprocessing), ``"blog"`` (the blog's printed table: VGG16 to
+            block4_pool, Conv2D 32,16,16,8 + UpSampling2D, Conv2D(1); 7,790,929 parameters,
+            155,665 trainable), ``"blog-code"`` (the blog's code: full VGG16 conv base, Conv2D
+            64,32,32,16,8 + UpSampling2D, Conv2D(1); 15,043,233 / 328,545) or ``"unet-bn"``
+            (the U-Net with BatchNorm in the encoder too and every filter count scaled by
+            ``width``: made to learn from random weights on a CPU; 1,2 M parameters at width 0.25).
         input_size: side S, a positive multiple of 32.
         encoder_weights: ``"imagenet"``, a path to VGG16 no-top weights (``.h5``), or None.
         freeze_encoder: None = frozen exactly when weights are pretrained.
@@ -323,7 +365,7 @@ def build_model(
         A ``keras.Model``: input ``(N, S, S, 1)`` uint8 or float32 in 0..255, output
         ``(N, S, S, 1)`` float32 probabilities.
     """
-    if variant not in VARIANTS:
+    if not isinstance(variant, str) or variant not in VARIANT_BUILDERS:
         raise InputError(f"variant {variant!r} is unknown (choose one of: {', '.join(VARIANTS)})")
     if (not isinstance(input_size, int) or isinstance(input_size, bool)
             or input_size <= 0 or input_size % 32):
@@ -331,25 +373,7 @@ def build_model(
                          f"(the encoder halves it five times; e.g. 64, 128, 256)")
     width = check_width(variant, width, encoder_weights)
     image = keras.Input((input_size, input_size, 1), name="image")
-    if variant == "unet-bn":
-        model = _build_unet_bn(image, width)
-        if encoder_weights is not None:
-            vgg = _vgg16(input_size, encoder_weights)
-            for layer in vgg.layers:
-                if isinstance(layer, layers.Conv2D):
-                    model.get_layer(layer.name).set_weights(layer.get_weights())
-        if freeze_encoder is None:
-            freeze_encoder = encoder_weights is not None
-        set_encoder_trainable(model, not freeze_encoder)
-        return model
-    vgg = _vgg16(input_size, encoder_weights)
-    if variant == "unet":
-        model = _build_unet(image, vgg)
-    elif variant == "blog":
-        model = _build_blog(image, vgg, BLOG_ENCODER_END, BLOG_DECODER_FILTERS, "pneumo_blog")
-    else:
-        model = _build_blog(image, vgg, BLOG_CODE_ENCODER_END, BLOG_CODE_DECODER_FILTERS,
-                            "pneumo_blog_code")
+    model = VARIANT_BUILDERS[variant](image, input_size, encoder_weights, width)
     if freeze_encoder is None:
         freeze_encoder = encoder_weights is not None
     set_encoder_trainable(model, not freeze_encoder)

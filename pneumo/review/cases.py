@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import h5py
 import numpy as np
 
 from pneumo import evaluate
-from pneumo.store import predictions as artifacts
-from pneumo.store.predictions import FileStamp, decode_ids, predictions_path, run_checkpoints
 from pneumo.errors import InputError
+from pneumo.store import predictions
+from pneumo.store.run import RunFolder, checkpoint_file
+from pneumo.store.stamps import FileStamp, pack_split_digest
 
 CATEGORIES = ("FP", "FN", "TP", "TN")  # review order: false positives first
 FILTERS = CATEGORIES + ("all",)
@@ -40,7 +40,7 @@ CATEGORY_NAMES = {"FP": "false positives", "FN": "misses", "TP": "true positives
 
 # --------------------------------------------------------------------------- runs
 def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Run folders holding a model (``best.keras``/``last.keras``) or cached predictions, newest first."""
+    """Run folders holding a model (a checkpoint) or cached predictions, newest first."""
     if runs_dir is None:
         from pneumo import settings
 
@@ -50,12 +50,13 @@ def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
         return []
     out = []
     for d in root.iterdir():
-        if d.is_dir() and (run_checkpoints(d) or any(d.glob("predictions_*.h5"))):
+        if d.is_dir() and (RunFolder(d).checkpoints() or predictions.has_predictions(d)):
             out.append(d)
 
     def _key(d: Path) -> float:
         with contextlib.suppress(OSError):
-            return max(p.stat().st_mtime for p in [d, *d.glob("*.keras")])
+            folder = RunFolder(d)
+            return max(p.stat().st_mtime for p in [d, *map(folder.checkpoint, folder.checkpoints())])
         return 0.0
 
     return sorted(out, key=_key, reverse=True)
@@ -64,9 +65,9 @@ def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
 def run_label(path: Path) -> str:
     """``"run-... (finished)"``: the run's name and the state in its ``status.json``."""
     try:
-        from pneumo.train import jobs
+        from pneumo.store.run import read_status
 
-        state = jobs.read_status(path).get("state", "")
+        state = read_status(path).get("state", "")
     except Exception:  # a damaged status file must not hide the run
         state = ""
     return f"{path.name}  ({state})" if state else path.name
@@ -76,8 +77,9 @@ def default_run(runs: Sequence[Path]) -> tuple[Path | None, str]:
     """The run a new review session opens, and why, from ``runs`` (newest first): the newest
     with ``best.keras`` (a model that passed validation at least once), else the newest with
     any checkpoint, else the newest with cached predictions."""
-    rules = ((lambda d: "best" in run_checkpoints(d), "the newest run with a best.keras checkpoint"),
-             (lambda d: bool(run_checkpoints(d)), "the newest run with a checkpoint"),
+    best = f"the newest run with a {checkpoint_file('best')} checkpoint"
+    rules = ((lambda d: "best" in RunFolder(d).checkpoints(), best),
+             (lambda d: bool(RunFolder(d).checkpoints()), "the newest run with a checkpoint"),
              (lambda d: True, "the newest run with cached predictions"))
     for has, why in rules:
         for d in runs:
@@ -121,72 +123,42 @@ def identity(run_dir: str | os.PathLike, split: str) -> tuple[FileStamp, FileSta
     """What the content of a :class:`ReviewData` depends on: stamps (path, size, mtime) of the
     predictions file and of its pack, and a digest of the pack split's ids. A cache keyed by
     this never serves pixels of a re-packed pack under the old ids."""
-    pack = artifacts.find_pack(run_dir, artifacts.predictions_pack(run_dir, split))
-    return (FileStamp.of(predictions_path(run_dir, split)), FileStamp.of(pack),
-            artifacts.pack_split_digest(pack, split))
+    pack = predictions.find_pack(run_dir, predictions.predictions_pack(run_dir, split))
+    return (FileStamp.of(predictions.predictions_path(run_dir, split)), FileStamp.of(pack),
+            pack_split_digest(pack, split))
 
 
 class ReviewData:
     """A run's cached predictions for one split, with the pack's images and masks.
 
-    Opening reads only ids and attributes. :attr:`stats` (per-image histograms, one pass over
-    the probabilities and masks) is computed on first use and kept; :meth:`evaluate` then
-    costs O(N). :meth:`case` and :meth:`cases` read only the requested images.
+    Opening reads only ids and attributes (:func:`pneumo.store.predictions.open_predictions`
+    checks the file). :attr:`stats` (per-image histograms, one pass over the probabilities and
+    masks) is computed on first use and kept; :meth:`evaluate` then costs O(N). :meth:`case`
+    and :meth:`cases` read only the requested images.
     """
 
     def __init__(self, run_dir: str | os.PathLike, split: str, pack_path: str | os.PathLike | None = None):
-        artifacts.check_split(split)
+        self.predictions = predictions.open_predictions(run_dir, split, pack_path)
         self.run_dir = Path(run_dir)
         self.split = split
-        self.predictions_path = predictions_path(run_dir, split)
-        if not self.predictions_path.is_file():
-            raise InputError(
-                f"{self.predictions_path}: no cached predictions; run `python -m pneumo evaluate "
-                f"{self.run_dir} --split {split}` first"
-            )
-        self.predictions_stamp = FileStamp.of(self.predictions_path)
-        try:
-            with h5py.File(self.predictions_path, "r") as f:
-                if "probs" not in f or "ids" not in f:
-                    raise InputError(f"{self.predictions_path}: not a predictions file (needs datasets probs and ids)")
-                probs = f["probs"]
-                if probs.dtype != np.uint8 or probs.ndim != 4 or probs.shape[-1] != 1:
-                    raise InputError(f"{self.predictions_path}: probs must be (N, S, S, 1) uint8, got {probs.shape} {probs.dtype}")
-                self.ids: list[str] = decode_ids(f["ids"][()])
-                self.shape: tuple[int, int] = (int(probs.shape[1]), int(probs.shape[2]))
-                self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        except OSError as e:
-            raise InputError(f"{self.predictions_path}: unreadable predictions file ({e})") from None
-        if len(self.ids) != int(probs.shape[0]):
-            raise InputError(f"{self.predictions_path}: {len(self.ids)} ids for {probs.shape[0]} predictions")
-        stored = self.attrs.get("pack")
-        self.pack_path = Path(pack_path) if pack_path is not None else artifacts.find_pack(
-            self.run_dir, stored.decode() if isinstance(stored, bytes) else stored)
-        self.pack_stamp = FileStamp.of(self.pack_path)
-        self._rows = self._match_pack_rows()
+        self.ids: list[str] = self.predictions.ids
         self._stats: evaluate.ProbStats | None = None
 
-    # ---- setup
-    def _match_pack_rows(self) -> np.ndarray:
-        from pneumo.store import pack
+    @property
+    def predictions_path(self) -> Path:
+        return self.predictions.path
 
-        with pack.open_pack(self.pack_path) as f:
-            pack_ids = decode_ids(f[f"ids_{self.split}"][()])
-            size = int(f.attrs["size"])
-        if (size, size) != self.shape:
-            raise InputError(
-                f"{self.predictions_path}: predictions are {self.shape[0]} px but the pack {self.pack_path} is {size} px"
-            )
-        if pack_ids == self.ids:
-            return np.arange(len(self.ids))
-        where = {s: i for i, s in enumerate(pack_ids)}
-        missing = [s for s in self.ids if s not in where]
-        if missing:
-            raise InputError(
-                f"{self.predictions_path}: {len(missing)} ids are not in {self.pack_path} split {self.split} "
-                f"(first: {missing[0]!r}); the predictions belong to another pack"
-            )
-        return np.array([where[s] for s in self.ids], np.int64)
+    @property
+    def predictions_stamp(self) -> FileStamp:
+        return self.predictions.stamp
+
+    @property
+    def pack_path(self) -> Path:
+        return self.predictions.pack_path
+
+    @property
+    def pack_stamp(self) -> FileStamp:
+        return self.predictions.pack_stamp
 
     @property
     def n(self) -> int:
@@ -194,26 +166,19 @@ class ReviewData:
 
     @property
     def size(self) -> int:
-        return self.shape[0]
+        return self.predictions.size
 
     @property
     def checkpoint(self) -> str | None:
         """The checkpoint the predictions were made from (``best``/``last``), None if unrecorded."""
-        v = self.attrs.get("checkpoint")
-        return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+        return self.predictions.checkpoint
 
     # ---- scoring
     @property
     def stats(self) -> evaluate.ProbStats:
         """Per-image histograms of all predictions (computed once, chunked reads)."""
         if self._stats is None:
-            from pneumo.store import pack
-
-            with h5py.File(self.predictions_path, "r") as fp, pack.open_pack(self.pack_path) as fk:
-                Y = fk[f"Y_{self.split}"]
-                identity_rows = bool(np.array_equal(self._rows, np.arange(self.n)))
-                masks = Y if identity_rows else Y[()][self._rows]
-                self._stats = evaluate.prob_stats(fp["probs"], masks, chunk=64)
+            self._stats = self.predictions.prob_stats(chunk=64)
         return self._stats
 
     def evaluate(self, triplet: evaluate.Triplet) -> Evaluation:
@@ -231,7 +196,7 @@ class ReviewData:
         id the predictions hold for it; a pack rewritten since opening raises
         :class:`InputError` instead of showing one image under another's id.
         """
-        from pneumo.store import pack
+        from pneumo.store.pack import Pack
 
         idx = [int(i) for i in indices]
         for i in idx:
@@ -239,27 +204,19 @@ class ReviewData:
                 raise InputError(f"case index {i} out of range 0..{self.n - 1}")
         if not idx:
             return []
-        uniq = sorted(set(idx))
-        rows = self._rows[uniq]
-        order_rows = np.argsort(rows, kind="stable")
-        sorted_rows = [int(r) for r in rows[order_rows]]  # h5py wants increasing, unique indices
-        with h5py.File(self.predictions_path, "r") as fp, pack.open_pack(self.pack_path) as fk:
-            P = fp["probs"][uniq][..., 0]
-            Xs = fk[f"X_{self.split}"][sorted_rows][..., 0]
-            Ys = fk[f"Y_{self.split}"][sorted_rows][..., 0]
-            Is = decode_ids(fk[f"ids_{self.split}"][sorted_rows])
-        inv = np.empty_like(order_rows)
-        inv[order_rows] = np.arange(order_rows.size)
-        pos = {u: k for k, u in enumerate(uniq)}
+        rows = self.predictions.rows[idx]
+        probs = self.predictions.read(idx)[..., 0]
+        with Pack(self.pack_path) as pack:
+            images, masks = pack.images(self.split, rows)[..., 0], pack.masks(self.split, rows)[..., 0]
+            ids = pack.ids(self.split, rows)
         out = []
-        for i in idx:
-            k = int(inv[pos[i]])
-            if Is[k] != self.ids[i]:
+        for k, i in enumerate(idx):
+            if ids[k] != self.ids[i]:
                 raise InputError(
                     f"{self.pack_path}: the pack changed since these predictions were opened (row "
-                    f"{sorted_rows[k]} now holds {Is[k]!r}, not {self.ids[i]!r}); reload the page"
+                    f"{int(rows[k])} now holds {ids[k]!r}, not {self.ids[i]!r}); reload the page"
                 )
-            out.append(Case(i, Is[k], Xs[k], Ys[k], P[pos[i]]))
+            out.append(Case(i, ids[k], images[k], masks[k], probs[k]))
         return out
 
     def case(self, index: int) -> Case:
@@ -268,8 +225,9 @@ class ReviewData:
 
     def default_triplet(self) -> evaluate.Triplet:
         """The run's triplet by the one rule of :func:`pneumo.store.predictions.run_triplet` (made with
-        this file's checkpoint first), at this pack's size."""
-        return artifacts.run_triplet(self.run_dir, self.size, self.checkpoint)[0]
+        this file's checkpoint first), at this pack's size. :class:`InputError` naming a damaged
+        metrics file."""
+        return predictions.run_triplet(self.run_dir, self.size, self.checkpoint)[0]
 
 
 # --------------------------------------------------------------------------- navigation

@@ -3,26 +3,23 @@
 No streamlit, no TensorFlow. ``python -m pneumo curate RUN --split S`` and the Review page
 call :func:`curate`. A case is listed when at least ``min_readers`` readers gave it a verdict
 of :data:`pneumo.store.verdicts.LABEL_PROBLEM_VERDICTS` (e.g. "label missed a pneumothorax" on a
-false positive, "label doubtful" on a false negative). The CSV (columns
-:data:`RELABEL_COLUMNS`) names each case by its pack id, the file it was packed from (empty
-for packs made before source references), its category when judged, every reader's verdict
-and every reader's note; ``pneumo.exclude.read_exclude_list`` reads its ``id`` column, so
-``python -m pneumo pack ... --exclude LIST.csv`` repacks without those cases.
+false positive, "label doubtful" on a false negative). The CSV (:mod:`pneumo.store.relabel`,
+columns :data:`pneumo.store.relabel.RELABEL_COLUMNS`) names each case by its pack id, the file
+it was packed from (empty for packs made before source references), its category when judged,
+every reader's verdict and every reader's note; ``python -m pneumo pack ... --exclude LIST.csv``
+reads its ``id`` column and repacks without those cases.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from pneumo._io import atomic_path, csv_cell, fsync_dir, temp_path_for
 from pneumo.errors import InputError, PneumoError
+from pneumo.store import relabel
 from pneumo.store.verdicts import DB_NAME, LABEL_PROBLEM_VERDICTS, Verdict, VerdictStore
 
-RELABEL_COLUMNS = ("id", "source", "category", "verdicts", "notes")
 _ANY_LABEL_PROBLEM = frozenset(v for vs in LABEL_PROBLEM_VERDICTS.values() for v in vs)
 
 
@@ -90,47 +87,9 @@ def relabel_cases(rows: Iterable[Verdict], *, sources: Mapping[str, str] | None 
 
 
 def write_relabel_list(cases: Sequence[RelabelCase], path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``cases`` as CSV (:data:`RELABEL_COLUMNS`, cells through ``csv_cell``), atomically.
-
-    An existing ``path`` is replaced only with ``force``; otherwise :class:`InputError`, and
-    the check and the write are one step (a hard link of the finished file), so a file that
-    appears meanwhile is not overwritten either.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a CSV file name for the relabel list")
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: folder not found")
-    if path.exists() and not force:
-        raise InputError(f"{path}: already exists; pass --force to replace it")
-    if force:
-        with atomic_path(path) as tmp:
-            _write(tmp, cases)
-        return path
-    tmp = temp_path_for(path)
-    try:
-        _write(tmp, cases)
-        try:
-            os.link(tmp, path)  # fails if the name was taken meanwhile: never clobbers
-        except FileExistsError:
-            raise InputError(f"{path}: already exists; pass --force to replace it") from None
-        except OSError:  # a file system without hard links: the check above has to do
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
-def _write(tmp: Path, cases: Sequence[RelabelCase]) -> None:
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(RELABEL_COLUMNS)
-        for c in cases:
-            w.writerow([csv_cell(x) for x in (c.id, c.source, c.category, c.verdicts, c.notes)])
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``cases`` as a relabel list at ``path`` (:func:`pneumo.store.relabel.write_list`:
+    atomic; an existing file is replaced only with ``force``)."""
+    return relabel.write_list(path, [(c.id, c.source, c.category, c.verdicts, c.notes) for c in cases], force=force)
 
 
 def read_review_rows(run: str, split: str, verdict_files: Sequence[str | os.PathLike]) -> list[Verdict]:
@@ -151,12 +110,12 @@ def pack_sources(run_dir: str | os.PathLike, split: str,
     """``{pack id: source path}`` for a run's split, and None; or ``{}`` and the reason
     (pack not found, a pack made before source references, damaged). The pack is ``pack``,
     else the one the run's predictions were made from, else the run's config's."""
-    from pneumo.store import predictions as artifacts
     from pneumo.review.fullres import sources_by_id
+    from pneumo.store import predictions
 
     try:
         if pack is None:
-            pack = artifacts.find_pack(run_dir, artifacts.predictions_pack(run_dir, split))
+            pack = predictions.find_pack(run_dir, predictions.predictions_pack(run_dir, split))
         refs = sources_by_id(pack, split)
     except PneumoError as e:
         return {}, f"no source paths: {e}"
@@ -165,22 +124,15 @@ def pack_sources(run_dir: str | os.PathLike, split: str,
     return {i: r.path for i, r in refs.items()}, None
 
 
-def default_output(run_dir: str | os.PathLike, split: str) -> Path:
-    """Where the relabel list goes by default: ``RUN/relabel_<split>.csv``."""
-    return Path(run_dir) / f"relabel_{split}.csv"
-
-
 def curate(run_dir: str | os.PathLike, split: str, out: str | os.PathLike | None = None, *,
            verdict_files: Sequence[str | os.PathLike] | None = None, pack: str | os.PathLike | None = None,
            min_readers: int = 1, force: bool = False) -> RelabelList:
-    """Write the relabel list of a run's split (default ``RUN/relabel_<split>.csv``) from its
-    review file (``RUN/reviews.sqlite``, or ``verdict_files`` merged) and return what was
-    written. Reviews are those saved under the run's folder name."""
-    from pneumo.ingest.split import SPLITS
-
+    """Write the relabel list of a run's split (default :func:`pneumo.store.relabel.relabel_path`)
+    from its review file (:data:`pneumo.store.verdicts.DB_NAME` in the run folder, or
+    ``verdict_files`` merged) and return what was written. Reviews are those saved under the
+    run's folder name."""
     run_dir = Path(os.path.abspath(run_dir))  # reviews are keyed by the folder's name, also for "."
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    default = relabel.relabel_path(run_dir, split)  # checks the split
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
     if not verdict_files:
@@ -190,5 +142,5 @@ def curate(run_dir: str | os.PathLike, split: str, out: str | os.PathLike | None
     rows = read_review_rows(run_dir.name, split, verdict_files)
     sources, note = pack_sources(run_dir, split, pack)
     cases = relabel_cases(rows, sources=sources, min_readers=min_readers)
-    path = write_relabel_list(cases, out if out is not None else default_output(run_dir, split), force=force)
+    path = write_relabel_list(cases, out if out is not None else default, force=force)
     return RelabelList(path, cases, sorted({r.reader for r in rows}), note)

@@ -3,7 +3,6 @@
 Where :func:`pneumo.ingest.imageio.read_image` makes 8 bits at once (for packing), this keeps what a
 viewer needs to window and level: DICOM's 12/16-bit values after the modality transform and the
 file's own default window; :func:`pneumo.ingest.windowing.window_to_uint8` then draws any window.
-Re-exported by :mod:`pneumo.ingest.imageio`.
 """
 from __future__ import annotations
 
@@ -16,18 +15,9 @@ import numpy as np
 
 from pneumo.ingest import windowing
 from pneumo.errors import InputError
-from pneumo.ingest.imageio import (
-    _BLOCK_PIXELS,
-    MAX_PIXELS,
-    _dicom_pixels,
-    _finite_range,
-    _luma_gray,
-    _open_pillow,
-    _pillow_luma,
-    checked_file,
-    decoding,
-    is_dicom,
-)
+from pneumo.ingest.dicom import dicom_pixels, is_dicom
+from pneumo.ingest.imageio import open_pillow, pillow_luma
+from pneumo.ingest.pixels import BLOCK_PIXELS, MAX_PIXELS, checked_file, decoding, finite_range, luma_gray
 from pneumo.ingest.windowing import full_range_window, window_to_uint8
 
 __all__ = [
@@ -91,11 +81,11 @@ def _first(value) -> float:
 def _dicom_full(path: Path, max_pixels: int | None) -> FullImage:
     from pydicom.pixels import apply_modality_lut
 
-    ds, pixels = _dicom_pixels(path, max_pixels, "image")
+    ds, pixels = dicom_pixels(path, max_pixels, "image")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:
         bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or pixels.dtype.itemsize * 8)
-        return FullImage(_luma_gray(pixels, bits), *full_range_window(0, 255), False, photometric, "full-range", str(path))
+        return FullImage(luma_gray(pixels, bits), *full_range_window(0, 255), False, photometric, "full-range", str(path))
     if pixels.dtype.byteorder == ">":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     full = full_range_window(*windowing.output_range(ds, pixels.dtype))
@@ -109,8 +99,8 @@ def _dicom_full(path: Path, max_pixels: int | None) -> FullImage:
     else:  # wider than 16 bits: float32, block by block
         out = np.empty(pixels.shape, np.float32)
         flat_in, flat_out = pixels.reshape(-1), out.reshape(-1)
-        for start in range(0, flat_in.size, _BLOCK_PIXELS):
-            flat_out[start : start + _BLOCK_PIXELS] = apply_modality_lut(flat_in[start : start + _BLOCK_PIXELS], ds)
+        for start in range(0, flat_in.size, BLOCK_PIXELS):
+            flat_out[start : start + BLOCK_PIXELS] = apply_modality_lut(flat_in[start : start + BLOCK_PIXELS], ds)
         pixels = out
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     seq = ds.get("VOILUTSequence")
@@ -143,16 +133,16 @@ def read_full_resolution(path: str | os.PathLike, max_pixels: int | None = MAX_P
     with decoding(path, "image"):
         if is_dicom(path):
             return _dicom_full(path, max_pixels)
-        img = _open_pillow(path, max_pixels)
+        img = open_pillow(path, max_pixels)
         with img:
             mode = img.mode
             if mode.startswith("I") or mode == "F":
                 values = np.asarray(img)
                 if values.dtype.byteorder == ">":
                     values = values.astype(values.dtype.newbyteorder("="))
-                span = _finite_range(values) or (0.0, 0.0)
+                span = finite_range(values) or (0.0, 0.0)
                 return FullImage(values, *full_range_window(*span), False, mode, "full-range", str(path))
-            gray = np.array(img if mode == "L" else _pillow_luma(img), dtype=np.uint8)
+            gray = np.array(img if mode == "L" else pillow_luma(img), dtype=np.uint8)
         return FullImage(gray, *full_range_window(0, 255), False, mode, "full-range", str(path))
 
 
@@ -174,7 +164,7 @@ def prediction_at(levels: np.ndarray, triplet, height: int, width: int) -> np.nd
 
     ``levels``: ``(S, S)`` or ``(S, S, 1) uint8``; returns ``(height, width) uint8`` {0, 255}.
     """
-    from pneumo.predict import mask_at_resolution  # lazy: predict imports imageio, which re-exports us
+    from pneumo.predict import mask_at_resolution
 
     lv = np.asarray(levels)
     return mask_at_resolution(lv.reshape(lv.shape[0], lv.shape[1]), triplet, int(height), int(width))[0]
@@ -386,8 +376,8 @@ def draw_overview(full: FullImage, center: float, width: float, size: int,
 def sources_by_id(pack_path: str | os.PathLike, split: str) -> dict | None:
     """``{image id: SourceRef}`` of a pack's split (:func:`pneumo.store.pack.read_sources` keyed by
     ``ids_<split>``), or ``None`` for a pack written without source references."""
-    from pneumo.store.predictions import pack_split_ids
     from pneumo.store.pack import read_sources
+    from pneumo.store.stamps import pack_split_ids
 
     refs = read_sources(pack_path, split)
     if refs is None:

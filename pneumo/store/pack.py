@@ -1,45 +1,71 @@
-"""Pack a manifest into one HDF5 file: the blog's ``X_train ... Y_test`` datasets, done safely.
+"""The pack: one HDF5 file holding the train/dev/test splits. The only code that knows its layout.
 
-Layout (format version 1, see docs/architecture.md): ``X_<split>`` and ``Y_<split>`` are
-``(N, S, S, 1) uint8`` (masks 0/255), chunked one image per chunk so any single image
-reads without touching its neighbours; ``ids_<split>`` are UTF-8 strings; root attributes
-describe the pack. Packing streams: images are decoded and resized in worker processes
-and written in small blocks, so memory stays flat however many images there are. It is
-atomic: everything goes to a temporary file beside ``out`` that is renamed at the end.
+Layout (format version 1, docs/architecture.md): ``X_<split>``, ``Y_<split>`` ``(N, S, S, 1) uint8``
+(masks 0/255), one image per chunk so any image reads alone; ``ids_<split>`` UTF-8 strings;
+``source_path_<split>`` and ``source_hw_<split>`` ``(N, 2) int32`` (where each image came from;
+older packs lack both); ``skipped`` ``(id, reason)`` pairs, ``excluded_ids``. Root attributes:
+``format`` "pneumo-pack", ``format_version``, ``size``, ``count_<split>``,
+``positive_fraction_<split>``, ``report`` (JSON), ``created``, ``pneumo_version`` and the packer's.
+
+:class:`Pack` reads a pack, :class:`PackWriter` writes one atomically, :func:`positive_flags` is
+the one rule for a positive image (any non-zero mask pixel), :func:`pack_fingerprint` identifies
+a pack's version.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
+import hashlib
 import json
 import os
-import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
-from PIL import Image
 
 from pneumo import __version__
 from pneumo._io import atomic_path
-from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig, check_size, to_dict
+from pneumo.config import SPLITS
 from pneumo.errors import InputError, PackFormatError
-from pneumo.ingest.split import SPLITS, format_report, split_samples
-from pneumo.workers import worker_pool
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "Pack", "PackWriter", "PackInfo", "SourceRef", "LazyRows",
+           "positive_flags", "read_info", "read_sources", "pack_fingerprint"]
 
 FORMAT = "pneumo-pack"
 FORMAT_VERSION = 1
-DEMO_COUNT = 400  # the demo pack: ~22% positive, 303/49/48 with the blog's proportions
-_WRITE_BLOCK = 32  # images buffered per HDF5 write: fewer, larger writes
+_IMAGES, _MASKS, _IDS, _PATHS, _HW = "X", "Y", "ids", "source_path", "source_hw"
 _REPORT_SKIPPED = 50  # skipped files listed in the report attribute (all are in dataset "skipped")
-_INLINE_BELOW = 48  # fewer samples than this: decode in-process (pool start-up costs more)
-_CHUNK = 8  # items per task sent to a worker
+_REPORT_IDS = 50  # excluded ids listed in the report attribute (all are in dataset "excluded_ids")
+_FLAG_CHUNK = 256  # masks read at a time when finding positives: memory stays one chunk
 
-ProgressFn = Callable[[int, int], None]
+
+def _key(prefix: str, split: str) -> str:
+    return f"{prefix}_{split}"
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return split
+
+
+def _decode(values: Any, errors: str = "strict") -> list[str]:
+    return [v.decode("utf-8", errors) if isinstance(v, bytes) else str(v) for v in values]
+
+
+def positive_flags(masks: Any, stop: int | None = None) -> np.ndarray:
+    """``(N,) bool``: which of ``masks`` ``(N, S, S[, 1]) uint8`` (an array or an array-like read
+    on slicing, such as :meth:`Pack.lazy_masks`) have a non-zero pixel: pneumo's one rule for a
+    positive image. Only the first ``stop`` when given. Read ``_FLAG_CHUNK`` masks at a time, so
+    no temporary copy is larger than one chunk."""
+    n = len(masks) if stop is None else min(int(stop), len(masks))
+    out = np.zeros(n, bool)
+    for a in range(0, n, _FLAG_CHUNK):
+        block = np.asarray(masks[a:min(n, a + _FLAG_CHUNK)])
+        out[a:a + len(block)] = block.reshape(len(block), -1).max(axis=1, initial=0) > 0
+    return out
 
 
 @dataclass
@@ -61,36 +87,30 @@ class PackInfo:
             return {}
 
     def format_report(self) -> str:
-        """The split report (the blog's positive-fraction line and a table)."""
-        return format_report(self.counts, self.positive_fractions)
+        """The split report: the blog's one line, then count and positive fraction per split."""
+        fractions = self.positive_fractions
+        lines = ["Images with mask:",
+                 f"Train:{fractions.get('train', 0.0)}, dev:{fractions.get('dev', 0.0)}, test:{fractions.get('test', 0.0)}",
+                 "", f"{'split':<6} {'count':>8} {'positive':>9}"]
+        lines += [f"{name:<6} {self.counts.get(name, 0):>8} {fractions.get(name, 0.0):>9.2%}" for name in SPLITS]
+        return "\n".join(lines + [f"{'total':<6} {sum(self.counts.values()):>8}"])
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where one packed image came from (packs made before source references lack them)."""
+
+    path: str  # the image file as the source gave it (SIIM: the DICOM); "demo:<seed>" for a phantom
+    height: int  # native size before resizing to the pack's size
+    width: int
 
 
 # --------------------------------------------------------------------------- reading
-def open_pack(path: str | os.PathLike) -> h5py.File:
-    """Open a pack read-only after checking its layout.
-
-    Raises :class:`PackFormatError` naming the file for a missing, foreign or damaged file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PackFormatError(f"{path}: no such pack file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise PackFormatError(f"{path}: not a readable HDF5 file ({e})") from None
-    try:
-        _check_layout(f, path)
-    except BaseException:
-        f.close()
-        raise
-    return f
-
-
 def _int_attr(f: h5py.File, name: str, path: Path) -> int:
-    raw = f.attrs.get(name, 0)
     try:
-        return int(raw)
+        return int(f.attrs.get(name, 0))
     except (TypeError, ValueError):
+        raw = f.attrs.get(name)
         raise PackFormatError(f"{path}: damaged pack, attribute {name} is {raw!r}, not a number") from None
 
 
@@ -103,12 +123,12 @@ def _check_layout(f: h5py.File, path: Path) -> None:
         raise PackFormatError(f"{path}: pack format version {version} is newer than this pneumo reads ({FORMAT_VERSION}); upgrade pneumo")
     size = _int_attr(f, "size", path)
     for split in SPLITS:
-        for name in (f"X_{split}", f"Y_{split}", f"ids_{split}"):
+        for name in (_key(_IMAGES, split), _key(_MASKS, split), _key(_IDS, split)):
             if name not in f:
                 raise PackFormatError(f"{path}: damaged pack, dataset {name} is missing")
-        x, y, ids = f[f"X_{split}"], f[f"Y_{split}"], f[f"ids_{split}"]
+        x, y, ids = f[_key(_IMAGES, split)], f[_key(_MASKS, split)], f[_key(_IDS, split)]
         if x.dtype != np.uint8 or y.dtype != np.uint8:
-            raise PackFormatError(f"{path}: damaged pack, X_{split}/Y_{split} are not uint8")
+            raise PackFormatError(f"{path}: damaged pack, {_key(_IMAGES, split)}/{_key(_MASKS, split)} are not uint8")
         if x.shape[1:] != (size, size, 1) or y.shape != x.shape or ids.shape != (x.shape[0],):
             raise PackFormatError(
                 f"{path}: damaged pack, {split} shapes disagree "
@@ -116,388 +136,264 @@ def _check_layout(f: h5py.File, path: Path) -> None:
             )
 
 
+class LazyRows:
+    """One split's images or masks, read from the file on slicing (``len``, ``shape``, ``dtype``,
+    ``[a:b]`` gives ``(k, S, S, 1) uint8``); valid while its :class:`Pack` is open."""
+
+    def __init__(self, dataset: h5py.Dataset):
+        self._dataset, self.shape, self.dtype = dataset, tuple(dataset.shape), dataset.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._dataset[key]
+
+
+class Pack:
+    """A pack opened read-only, its layout checked: ``with Pack(path) as pack: pack.images("test")``.
+
+    ``path``, ``size`` (the image side S) and ``counts`` (images per split) are read at opening.
+    Raises :class:`PackFormatError` (an ``InputError``) naming the file for a missing, foreign or
+    damaged file, and ``InputError`` for an unknown split. ``rows`` everywhere: ``None`` (the
+    whole split), a slice, or positions in any order (repeats allowed), read in runs of
+    consecutive rows (an in-order batch is one read).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            why = "is a folder, expected an HDF5 pack file" if self.path.is_dir() else "no such pack file"
+            raise PackFormatError(f"{self.path}: {why}")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise PackFormatError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        try:
+            _check_layout(self._file, self.path)
+        except BaseException:
+            self._file.close()
+            raise
+        self.size = int(self._file.attrs["size"])
+        self.counts = {s: int(self._file[_key(_IMAGES, s)].shape[0]) for s in SPLITS}
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Pack":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The root attributes, numpy scalars as Python values."""
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._file.attrs.items()}
+
+    @property
+    def info(self) -> PackInfo:
+        """Counts, recorded positive fractions (0 when unrecorded) and attributes; no image data read."""
+        attrs = self.attrs
+        fractions = {s: float(attrs.get(_key("positive_fraction", s), 0.0)) for s in SPLITS}
+        return PackInfo(self.path, self.size, dict(self.counts), fractions, attrs)
+
+    def positive_fraction(self, split: str) -> float | None:
+        """The positive fraction of ``split`` recorded at packing, None when unrecorded."""
+        value = self._file.attrs.get(_key("positive_fraction", _check_split(split)))
+        return None if value is None else float(value)
+
+    def _read(self, split: str, prefix: str, rows: Any) -> np.ndarray:
+        ds = self._file[_key(prefix, _check_split(split))]
+        if rows is None or isinstance(rows, slice):
+            return ds[() if rows is None else rows]
+        idx = np.asarray(rows, np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(ds)):
+            raise InputError(f"{self.path}: rows {idx.min()}..{idx.max()} out of range for split {split!r} ({len(ds)} images)")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        # One read per run of consecutive rows: an in-order batch is one slice, a shuffled one a
+        # few small reads (h5py's fancy indexing is ~100x slower).
+        bounds = zip(np.r_[0, cuts], np.r_[cuts, len(uniq)]) if len(uniq) else ()
+        out = np.concatenate([ds[int(uniq[a]):int(uniq[b - 1]) + 1] for a, b in bounds] or [ds[0:0]])
+        return out if np.array_equal(uniq, idx) else out[inverse.reshape(-1)]
+
+    def ids(self, split: str, rows: Any = None, *, errors: str = "strict") -> list[str]:
+        """The image ids of ``split`` (``rows`` of it), as ``str``; ``errors`` as for ``bytes.decode``."""
+        return _decode(self._read(split, _IDS, rows), errors)
+
+    def images(self, split: str, rows: Any = None) -> np.ndarray:
+        """Images ``(k, S, S, 1) uint8`` of ``split`` (``rows`` of it), in memory."""
+        return self._read(split, _IMAGES, rows)
+
+    def masks(self, split: str, rows: Any = None) -> np.ndarray:
+        """Masks ``(k, S, S, 1) uint8`` (0/255) of ``split`` (``rows`` of it), in memory."""
+        return self._read(split, _MASKS, rows)
+
+    def lazy_images(self, split: str) -> LazyRows:
+        """The images of ``split`` read on slicing (for chunked passes over a large split)."""
+        return LazyRows(self._file[_key(_IMAGES, _check_split(split))])
+
+    def lazy_masks(self, split: str) -> LazyRows:
+        """The masks of ``split`` read on slicing (for chunked passes over a large split)."""
+        return LazyRows(self._file[_key(_MASKS, _check_split(split))])
+
+    def positives(self, split: str, stop: int | None = None) -> np.ndarray:
+        """``(N,) bool``: which images of ``split`` (the first ``stop``) are positive
+        (:func:`positive_flags`), read chunk by chunk."""
+        return positive_flags(self.lazy_masks(split), stop)
+
+    def sources(self, split: str) -> list[SourceRef] | None:
+        """The source reference of every image of ``split``, in id order; ``None`` for a pack
+        written without them. :class:`PackFormatError` when they are damaged."""
+        f = self._file
+        names = (_key(_PATHS, _check_split(split)), _key(_HW, split))
+        if names[0] not in f and names[1] not in f:
+            return None
+        n = self.counts[split]
+        if any(name not in f for name in names) or f[names[0]].shape != (n,) or f[names[1]].shape != (n, 2):
+            raise PackFormatError(f"{self.path}: damaged pack, {names[0]}/{names[1]} do not match "
+                                  f"{_key(_IDS, split)} ({n} images)")
+        paths, hw = f[names[0]].asstr()[()], f[names[1]][()]
+        return [SourceRef(str(p), int(h), int(w)) for p, (h, w) in zip(paths, hw)]
+
+
 def read_info(path: str | os.PathLike) -> PackInfo:
-    """Counts, positive fractions and attributes of a pack (no image data is read)."""
-    with open_pack(path) as f:
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        counts = {s: int(f[f"X_{s}"].shape[0]) for s in SPLITS}
-        fractions = {s: float(attrs.get(f"positive_fraction_{s}", 0.0)) for s in SPLITS}
-        return PackInfo(Path(path), int(attrs["size"]), counts, fractions, attrs)
-
-
-def load_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One split in memory: images and masks ``(N, S, S, 1) uint8``, and the ids."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    with open_pack(path) as f:
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f[f"ids_{split}"][()]]
-        return f[f"X_{split}"][()], f[f"Y_{split}"][()], ids
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """Where one packed image came from (optional datasets ``source_path_<split>``,
-    ``source_hw_<split>``; packs made before pneumo 0.x lack them)."""
-
-    path: str  # the image file as the source gave it (SIIM: the DICOM); "demo:<seed>" for a phantom
-    height: int  # native size before resizing to the pack's size
-    width: int
+    """:attr:`Pack.info` of the pack at ``path`` (no image data is read)."""
+    with Pack(path) as pack:
+        return pack.info
 
 
 def read_sources(path: str | os.PathLike, split: str) -> list[SourceRef] | None:
-    """The source reference of every image of ``split``, in the order of ``ids_<split>``;
-    ``None`` for a pack written without them. ``PackFormatError`` when they are damaged."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    with open_pack(path) as f:
-        names = (f"source_path_{split}", f"source_hw_{split}")
-        if names[0] not in f and names[1] not in f:
-            return None
-        n = f[f"ids_{split}"].shape[0]
-        if any(name not in f for name in names) or f[names[0]].shape != (n,) or f[names[1]].shape != (n, 2):
-            raise PackFormatError(f"{path}: damaged pack, {names[0]}/{names[1]} do not match ids_{split} ({n} images)")
-        paths, hw = f[names[0]].asstr()[()], f[names[1]][()]
-    return [SourceRef(str(p), int(h), int(w)) for p, (h, w) in zip(paths, hw)]
+    """:meth:`Pack.sources` of the pack at ``path``."""
+    with Pack(path) as pack:
+        return pack.sources(split)
 
 
-@dataclass
-class DamagedPack:
-    """An ``*.h5`` file of the data folder that is not a readable pack, and why."""
-
-    path: Path
-    reason: str
-
-
-def scan_packs(folder: str | os.PathLike | None = None) -> tuple[list[PackInfo], list[DamagedPack]]:
-    """Packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name: the valid ones
-    and the damaged or foreign ones with the reason. Never raises for a bad file."""
-    from pneumo.settings import data_dir
-
-    folder = Path(folder) if folder is not None else data_dir()
-    infos: list[PackInfo] = []
-    damaged: list[DamagedPack] = []
+def pack_fingerprint(path: str | os.PathLike) -> dict:
+    """``{"path", "size", "mtime", "ids_sha256"}`` of a pack: its byte size, modification time
+    and a digest of its ids, split by split. Raises :class:`InputError` if it cannot be read."""
+    path = Path(path)
     try:
-        paths = sorted(p for p in folder.glob("*.h5") if not p.name.startswith(".")) if folder.is_dir() else []
-    except OSError:
-        paths = []
-    for p in paths:
-        try:
-            infos.append(read_info(p))
-        except PackFormatError as e:
-            damaged.append(DamagedPack(p, str(e)))
-        except Exception as e:  # h5py and numpy raise many types for odd attributes
-            damaged.append(DamagedPack(p, f"{p}: unreadable pack ({type(e).__name__}: {e})"))
-    return infos, damaged
-
-
-def list_packs(folder: str | os.PathLike | None = None) -> list[PackInfo]:
-    """Valid packs (``*.h5``) in ``folder`` (default ``settings.data_dir()``), by name; damaged
-    or foreign files are left out (:func:`scan_packs` names them)."""
-    return scan_packs(folder)[0]
-
-
-def out_path(name: str, folder: str | os.PathLike | None = None) -> Path:
-    """The pack file ``folder/name`` (default folder ``settings.data_dir()``; ``.h5`` added when
-    missing). ``InputError`` unless ``name`` is a plain file name (no folder, not hidden)."""
-    from pneumo.settings import data_dir
-
-    name = name.strip()
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise InputError(f"pack file name {name!r}: give a plain file name such as my-pack.h5")
-    if not name.endswith(".h5"):
-        name += ".h5"
-    return (Path(folder) if folder is not None else data_dir()) / name
+        st = path.stat()
+        digest = hashlib.sha256()
+        with h5py.File(path, "r") as f:  # not Pack: a foreign file still gets a fingerprint
+            for split in SPLITS:
+                digest.update(f"\0{split}\0".encode())
+                if _key(_IDS, split) in f:
+                    for v in _decode(f[_key(_IDS, split)][()], "replace"):
+                        digest.update(v.encode())
+                        digest.update(b"\n")
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the pack to fingerprint it ({e})") from None
+    return {"path": str(path), "size": st.st_size, "mtime": st.st_mtime, "ids_sha256": digest.hexdigest()}
 
 
 # --------------------------------------------------------------------------- writing
-def _load_resized(sample: Any, size: int, max_pixels: int | None, dicom_window: str = "voi") -> tuple | str:
-    """Worker: decode one pair, resize it, and give its native (height, width); a bad file
-    returns its error message."""
-    from pneumo.ingest.sources import load_for_pack
+class PackWriter:
+    """Write a new pack atomically: to a temporary file beside ``path``, renamed over it when the
+    ``with`` block ends without an error (removed otherwise).
 
-    try:
-        return load_for_pack(sample, size, max_pixels, dicom_window)
-    except InputError as e:
-        return str(e)
-    except MemoryError:  # the worker's memory cap (PackConfig.worker_memory) was hit
-        return f"{getattr(sample, 'image', '') or sample.id}: out of memory while decoding; refused"
-
-
-def _sample_positive(sample: Any, max_pixels: int | None) -> bool | str:
-    from pneumo.ingest.sources import sample_positive
-
-    try:
-        return sample_positive(sample, max_pixels)
-    except InputError as e:
-        return str(e)
-    except MemoryError:
-        return f"{getattr(sample, 'mask', '') or sample.id}: out of memory while decoding; refused"
-
-
-def _apply_chunk(fn: Callable, chunk: list, args: tuple) -> list:
-    return [fn(item, *args) for item in chunk]
-
-
-@contextlib.contextmanager
-def _ordered_map(
-    fn: Callable, items: list, args: tuple, workers: int, *, isolate: bool = False, memory_limit: int | None = None
-) -> Iterator[Iterator[Any]]:
-    """A context giving ``map(fn, items)`` in order over worker processes, with a bounded
-    number in flight.
-
-    ``Executor.map`` would queue every item at once; a window of a few per worker keeps
-    memory flat for 100,000 images while keeping the workers busy. The pool starts on
-    entering (so forked workers never inherit files opened inside the block, such as the
-    pack being written) and is shut down on leaving, even when the consumer stops early.
-    ``isolate`` always uses worker processes (each capped at ``memory_limit`` bytes).
+    ``capacity``: images expected per split (datasets grow past it and shrink to what was
+    appended); ``compression``: None, "gzip" or "lzf"; ``sources``: whether images carry source
+    references (then every :meth:`append` gives them). Counts and positive fractions are
+    computed from what is appended. :meth:`finish` writes the root attributes (called at the end
+    of the block with no extras if the caller did not).
     """
-    if not isolate and (workers <= 1 or len(items) < _INLINE_BELOW):
-        yield (fn(item, *args) for item in items)
-        return
-    pool = worker_pool(workers, memory_limit)
-    try:
-        pool.submit(int).result()  # start the workers now, before the caller opens files
 
-        def run_chunk(chunk: list) -> list:
-            return pool.submit(_apply_chunk, fn, chunk, args)
+    def __init__(self, path: str | os.PathLike, size: int, capacity: Mapping[str, int] | None = None, *,
+                 compression: str | None = None, sources: bool = True):
+        self.path, self.size, self.compression, self.with_sources = Path(path), int(size), compression, sources
+        self._capacity = {s: int((capacity or {}).get(s, 0)) for s in SPLITS}
+        self.counts = {s: 0 for s in SPLITS}
+        self._positives = {s: 0 for s in SPLITS}
+        self._finished = False
+        self._stack = contextlib.ExitStack()
 
-        def results() -> Iterator[Any]:
-            # Items go out in chunks: one future and one message per chunk, not per image,
-            # so the parent (which also writes the pack) spends its core on writing.
-            chunks = (items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK))
-            window: collections.deque[Future] = collections.deque()
-            for chunk in chunks:
-                window.append(run_chunk(chunk))
-                if len(window) >= 2 * workers:
-                    break
-            for chunk in chunks:
-                yield from window.popleft().result()
-                window.append(run_chunk(chunk))
-            while window:
-                yield from window.popleft().result()
+    def __enter__(self) -> "PackWriter":
+        with self._stack as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._file = stack.enter_context(h5py.File(tmp, "w"))
+            self._create()
+            self._stack = stack.pop_all()
+        return self
 
-        yield results()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None and not self._finished:
+            try:
+                self.finish()
+            except BaseException as e:
+                if not self._stack.__exit__(type(e), e, e.__traceback__):
+                    raise
+                return False
+        return self._stack.__exit__(exc_type, exc, tb)
 
+    def _fields(self) -> dict[str, tuple[tuple[int, ...], Any]]:  # dataset prefix -> (row shape, dtype)
+        s, text = self.size, h5py.string_dtype()
+        fields = {_IMAGES: ((s, s, 1), np.uint8), _MASKS: ((s, s, 1), np.uint8), _IDS: ((), text)}
+        return {**fields, _PATHS: ((), text), _HW: ((2,), np.int32)} if self.with_sources else fields
 
-def _resolve_workers(workers: int | None) -> int:
-    if workers is None:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    return workers
+    def _create(self) -> None:
+        pixels = {"chunks": (1, self.size, self.size, 1), "compression": self.compression}  # one image per chunk
+        for split, n in self._capacity.items():
+            for prefix, (row, dtype) in self._fields().items():
+                self._file.create_dataset(_key(prefix, split), shape=(n, *row), maxshape=(None, *row), dtype=dtype,
+                                          **(pixels if prefix in (_IMAGES, _MASKS) else {}))
 
+    def append(self, split: str, ids: Sequence[str], images: np.ndarray, masks: np.ndarray,
+               sources: Sequence[SourceRef] | None = None) -> None:
+        """Append images and masks ``(k, S, S[, 1]) uint8`` (masks 0/255) with their ``k`` ids and,
+        when the writer records them, their source references, after the rows already in ``split``."""
+        k, s = len(ids), self.size
+        images, masks = np.asarray(images, np.uint8), np.asarray(masks, np.uint8)
+        if images.size != k * s * s or masks.shape != images.shape or (sources is not None) != self.with_sources \
+                or len(sources or ids) != k:
+            raise InputError(f"{self.path}: append needs {k} images and masks of {s}x{s} (got {images.shape} and "
+                             f"{masks.shape}) and {'one source reference each' if self.with_sources else 'no sources'}")
+        values = {_IMAGES: images.reshape(k, s, s, 1), _MASKS: masks.reshape(k, s, s, 1), _IDS: list(ids)}
+        if sources is not None:
+            values.update({_PATHS: [r.path for r in sources],
+                           _HW: np.array([(r.height, r.width) for r in sources], np.int32).reshape(k, 2)})
+        a, b = self.counts[_check_split(split)], self.counts[split] + k
+        for prefix, value in values.items():
+            ds = self._file[_key(prefix, split)]
+            if b > ds.shape[0]:
+                ds.resize(b, axis=0)
+            ds[a:b] = value
+        self.counts[split] = b
+        self._positives[split] += int(positive_flags(masks).sum())
 
-def pack_manifest(
-    manifest: Any,
-    out: str | os.PathLike,
-    config: PackConfig = PackConfig(),
-    *,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-) -> PackInfo:
-    """Split ``manifest`` and write it to the HDF5 pack ``out``; returns the pack's info.
-
-    ``progress(done, total)`` is called in this process after each image. An existing
-    ``out`` is refused unless ``force``; it is only replaced once the new pack is complete.
-    """
-    out = Path(out)
-    size = check_size(config.size)
-    if config.compression not in (None, "gzip", "lzf"):
-        raise InputError(f"compression must be none, gzip or lzf, got {config.compression!r}")
-    if config.dicom_window not in DICOM_WINDOWS:
-        raise InputError(f"dicom_window must be one of {', '.join(DICOM_WINDOWS)}, got {config.dicom_window!r}")
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; use --force to replace it")
-    if out.is_dir():
-        raise InputError(f"{out}: is a folder, not a file")
-    from pneumo.ingest.sources import source_path
-
-    exclusion = None
-    if config.exclude:
-        from pneumo.exclude import apply_exclusion
-
-        manifest, exclusion = apply_exclusion(manifest, config.exclude)
-    samples = list(manifest.samples)
-    if not samples:
-        if exclusion is not None and exclusion.excluded:
-            raise InputError(f"nothing to pack: {config.exclude} excludes all {len(exclusion.excluded)} images of the source")
-        raise InputError("nothing to pack: the source has no image/mask pairs")
-    workers = _resolve_workers(config.workers)
-    isolation = {"isolate": config.isolate, "memory_limit": config.worker_memory}
-    skipped: list[tuple[str, str]] = list(manifest.skipped)
-
-    positives = None
-    if config.split.stratify:
-        if any(s.positive is None for s in samples):
-            with _ordered_map(_sample_positive, samples, (config.max_pixels,), workers, **isolation) as flag_iter:
-                flags = list(flag_iter)
-            bad = [(s.id, f) for s, f in zip(samples, flags) if isinstance(f, str)]
-            if bad and not config.skip_bad:
-                raise InputError(bad[0][1])
-            skipped += bad
-            keep = [i for i, f in enumerate(flags) if not isinstance(f, str)]
-            samples = [samples[i] for i in keep]
-            positives = [bool(flags[i]) for i in keep]
-        else:
-            positives = [bool(s.positive) for s in samples]
-    parts = split_samples([s.patient for s in samples], config.split, positives)
-
-    order = [(split, i) for split in SPLITS for i in parts[split]]
-    total = len(order)
-    counts = {s: 0 for s in SPLITS}
-    n_pos = {s: 0 for s in SPLITS}
-    started = time.time()
-    sources_in_order = [samples[i] for _, i in order]
-    load_args = (size, config.max_pixels, config.dicom_window)
-    with _ordered_map(_load_resized, sources_in_order, load_args, workers, **isolation) as results, \
-            atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        kw: dict[str, Any] = {"compression": config.compression} if config.compression else {}
+    def finish(self, *, report: Mapping[str, Any] | None = None, skipped: Sequence[tuple[str, str]] = (),
+               exclusion: Any = None, **attrs: Any) -> None:
+        """Shrink the splits to what was appended and write the root attributes: the format's own,
+        ``attrs`` (e.g. ``seed``, ``split``, ``source``), and ``report`` (JSON) with the packed count,
+        the ``skipped`` ``(id, reason)`` pairs (all in dataset ``skipped``, the first few in the
+        report) and what ``exclusion`` (an :class:`pneumo.exclude.Exclusion`) removed."""
+        f = self._file
         for split in SPLITS:
-            n = len(parts[split])
-            for prefix in ("X", "Y"):
-                f.create_dataset(
-                    f"{prefix}_{split}", shape=(n, size, size, 1), maxshape=(None, size, size, 1),
-                    dtype=np.uint8, chunks=(1, size, size, 1), **kw,
-                )
-            f.create_dataset(f"ids_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
-            f.create_dataset(f"source_path_{split}", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
-            f.create_dataset(f"source_hw_{split}", shape=(n, 2), maxshape=(None, 2), dtype=np.int32)
-
-        buf: dict[str, list] = {s: [] for s in SPLITS}
-
-        def flush(split: str) -> None:
-            items = buf[split]
-            if not items:
-                return
-            start = counts[split]
-            stop = start + len(items)
-            f[f"X_{split}"][start:stop, ..., 0] = np.stack([it[1] for it in items])
-            f[f"Y_{split}"][start:stop, ..., 0] = np.stack([it[2] for it in items])
-            f[f"ids_{split}"][start:stop] = [it[0] for it in items]
-            f[f"source_path_{split}"][start:stop] = [it[3] for it in items]
-            f[f"source_hw_{split}"][start:stop] = np.array([it[4] for it in items], np.int32)
-            counts[split] = stop
-            items.clear()
-
-        for done, ((split, i), result) in enumerate(zip(order, results), 1):
-            sample = samples[i]
-            if isinstance(result, str):
-                if not config.skip_bad:
-                    raise InputError(result)
-                skipped.append((sample.id, result))
-            else:
-                image, mask, native = result
-                n_pos[split] += bool(mask.any())
-                buf[split].append((sample.id, image, mask, source_path(sample), native))
-                if len(buf[split]) >= _WRITE_BLOCK:
-                    flush(split)
-            if progress is not None:
-                progress(done, total)
-        for split in SPLITS:
-            flush(split)
-            if counts[split] != len(parts[split]):  # skipped files shrink the split
-                for prefix in ("X", "Y", "ids", "source_path", "source_hw"):
-                    f[f"{prefix}_{split}"].resize(counts[split], axis=0)
-
-        fractions = {s: (n_pos[s] / counts[s] if counts[s] else 0.0) for s in SPLITS}
-        # HDF5 attributes are limited to 64 KiB: the full skipped list is a dataset,
-        # the report attribute keeps the first few.
+            for prefix in self._fields():  # skipped files shrink the split
+                f[_key(prefix, split)].resize(self.counts[split], axis=0)
+        # HDF5 attributes are limited to 64 KiB: full lists are datasets, the report keeps the first few.
         if skipped:
             f.create_dataset("skipped", data=np.array([[str(a), str(b)] for a, b in skipped], dtype=object),
                              dtype=h5py.string_dtype())
-        report = {
-            "source": manifest.kind,
-            "pairs_found": len(manifest.samples),
-            "packed": sum(counts.values()),
-            "unused": len(samples) - len(order),
-            "n_skipped": len(skipped),
-            "skipped": [[str(a), str(b)[:300]] for a, b in skipped[:_REPORT_SKIPPED]],
-            "info": dict(getattr(manifest, "info", {}) or {}),
-            "seconds": round(time.time() - started, 2),
-            "workers": workers,
-        }
+        full = {**(report or {}), "packed": sum(self.counts.values()), "n_skipped": len(skipped),
+                "skipped": [[str(a), str(b)[:300]] for a, b in list(skipped)[:_REPORT_SKIPPED]]}
         if exclusion is not None:
-            report["exclusion"] = exclusion.report()
+            full["exclusion"] = {"list": exclusion.path, "excluded": len(exclusion.excluded),
+                                 "excluded_ids": exclusion.excluded[:_REPORT_IDS], "unknown": len(exclusion.unknown),
+                                 "unknown_ids": exclusion.unknown[:_REPORT_IDS]}
             if exclusion.excluded:
                 f.create_dataset("excluded_ids", data=np.array(exclusion.excluded, dtype=object),
                                  dtype=h5py.string_dtype())
         f.attrs.update(
-            format=FORMAT,
-            format_version=FORMAT_VERSION,
-            size=size,
-            seed=config.split.seed,
-            split=json.dumps(to_dict(config.split)),
-            source=manifest.kind,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            pneumo_version=__version__,
-            report=json.dumps(report),
-            compression=config.compression or "none",
-            dicom_window=config.dicom_window,
+            format=FORMAT, format_version=FORMAT_VERSION, size=self.size,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), pneumo_version=__version__,
+            compression=self.compression or "none", report=json.dumps(full),
             excluded=len(exclusion.excluded) if exclusion is not None else 0,
-            exclude_list=exclusion.path if exclusion is not None else "",
+            exclude_list=exclusion.path if exclusion is not None else "", **attrs,
         )
         for s in SPLITS:
-            f.attrs[f"count_{s}"] = counts[s]
-            f.attrs[f"positive_fraction_{s}"] = fractions[s]
-    return read_info(out)
-
-
-def make_demo_pack(
-    out: str | os.PathLike,
-    count: int = DEMO_COUNT,
-    size: int = 256,
-    seed: int = 0,
-    *,
-    split: SplitConfig = SplitConfig(),
-    workers: int | None = None,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-) -> PackInfo:
-    """Render ``count`` demo phantoms at ``size`` px and pack them (what the app does on first launch)."""
-    from pneumo.ingest.sources import demo_source
-
-    config = PackConfig(size=size, split=split, workers=workers)
-    return pack_manifest(demo_source(count, size=size, seed=seed), out, config, force=force, progress=progress)
-
-
-def _write_phantom_pngs(index: int, seed: int, size: int, images: Path, masks: Path) -> None:
-    from pneumo.ingest.phantom import make_phantom, sample_seed
-
-    image, mask = make_phantom(sample_seed(seed, index), size)
-    name = f"phantom-{index:05d}.png"
-    for folder, arr in ((images, image), (masks, mask)):
-        with atomic_path(folder / name) as tmp:
-            Image.fromarray(arr).save(tmp, format="PNG")
-
-
-def write_demo_folders(
-    out_dir: str | os.PathLike,
-    count: int,
-    size: int = 1024,
-    seed: int = 0,
-    *,
-    workers: int | None = None,
-    progress: ProgressFn | None = None,
-) -> tuple[Path, Path]:
-    """Write ``count`` phantoms as ``out_dir/train/*.png`` and ``out_dir/masks/*.png`` (the blog's layout).
-
-    Same ids and pixels as ``demo_source(count, size, seed)``. Returns the two folders.
-    """
-    if count < 1:
-        raise InputError(f"count must be at least 1, got {count}")
-    if size < 8:
-        raise InputError(f"size must be at least 8 pixels, got {size}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
-    images, masks = out_dir / "train", out_dir / "masks"
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
-    with _ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, images, masks),
-                      _resolve_workers(workers)) as written:
-        for done, _ in enumerate(written, 1):
-            if progress is not None:
-                progress(done, count)
-    return images, masks
+            f.attrs[_key("count", s)] = self.counts[s]
+            f.attrs[_key("positive_fraction", s)] = self._positives[s] / self.counts[s] if self.counts[s] else 0.0
+        self._finished = True

@@ -36,27 +36,25 @@ def all_empty_val_dice(config: Mapping[str, Any]) -> float | None:
     them when None); for the whole split the pack's ``positive_fraction_dev`` gives the answer
     without reading masks. None when the pack is gone or unreadable (the chart then has no line).
     """
-    from pneumo.store.pack import open_pack
+    from pneumo.store.pack import Pack
 
     pack = config.get("pack")
     if not pack or not os.path.isfile(str(pack)):
         return None
     try:
-        with open_pack(pack) as f:
-            count = int(f["Y_dev"].shape[0])
+        with Pack(pack) as packed:
+            count = packed.counts["dev"]
             steps, batch = config.get("validation_steps"), config.get("batch_size")
             n = count
             if isinstance(steps, int) and isinstance(batch, int) and steps > 0 and batch > 0:
                 n = min(count, steps * batch)
             if n == 0:
                 return None
-            if n == count and "positive_fraction_dev" in f.attrs:
-                return 1.0 - float(f.attrs["positive_fraction_dev"])
-            empty = 0
-            for start in range(0, n, 256):  # chunks: a 1024 px dev split does not fit at once
-                masks = f["Y_dev"][start:min(n, start + 256)]
-                empty += int((masks.reshape(len(masks), -1).max(axis=1) == 0).sum())
-            return empty / n
+            recorded = packed.positive_fraction("dev")
+            if n == count and recorded is not None:
+                return 1.0 - recorded
+            # chunk by chunk: a 1024 px dev split does not fit at once
+            return (n - int(packed.positives("dev", stop=n).sum())) / n
     except (PneumoError, OSError, KeyError, ValueError):
         return None
 

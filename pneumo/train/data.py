@@ -32,56 +32,36 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import tensorflow as tf
 
 from pneumo.train.augment import augment_batch, check_config, is_identity
-from pneumo.config import AugmentConfig
+from pneumo.config import SPLITS, AugmentConfig
 from pneumo.errors import InputError
-from pneumo.ingest.split import SPLITS
+from pneumo.store.pack import Pack, positive_flags
 
 # Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
 _SHUFFLE_TAG = 0x5348
 _AUGMENT_TAG = 0x4147
 _POSITIVE_TAG = 0x504F
 _NEGATIVE_TAG = 0x4E45
-_FLAG_BLOCK = 256  # masks read per block when finding the positive images of a streamed split
 _MEMORY_FRACTION = 0.5
 _FALLBACK_MEMORY = 2 * 1024**3
 
-__all__ = ["SPLITS", "make_dataset", "positive_flags", "split_size", "split_shape", "memory_available", "fits_in_memory"]
+__all__ = ["SPLITS", "make_dataset", "memory_available", "fits_in_memory"]
 
 
 # --------------------------------------------------------------------------- pack access
-def _open_split(pack_path: str | os.PathLike, split: str) -> tuple[h5py.File, h5py.Dataset, h5py.Dataset]:
-    """Open ``pack_path`` read-only and return ``(file, X, Y)`` of ``split``, checked.
+def _open_split(pack_path: str | os.PathLike, split: str) -> Pack:
+    """Open ``pack_path`` (:class:`pneumo.store.pack.Pack`) after checking ``split``.
 
     Raises :class:`InputError` for an unknown split and :class:`PackFormatError` (an
-    ``InputError``) for a missing file or anything that is not a well-formed pneumo pack
-    (layout checked by :func:`pneumo.store.pack.open_pack`).
+    ``InputError``) for a missing file or anything that is not a well-formed pneumo pack.
     """
-    from pneumo.store.pack import open_pack
-
     path = Path(pack_path)
     if split not in SPLITS:
         raise InputError(f"{path}: unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an HDF5 pack file")
-    f = open_pack(path)
-    return f, f[f"X_{split}"], f[f"Y_{split}"]
-
-
-def split_shape(pack_path: str | os.PathLike, split: str) -> tuple[int, int]:
-    """``(N, S)``: number of samples of ``split`` and the image side, after checking the pack."""
-    f, X, _ = _open_split(pack_path, split)
-    with f:
-        return int(X.shape[0]), int(X.shape[1])
-
-
-def split_size(pack_path: str | os.PathLike, split: str) -> int:
-    """Number of samples in ``split`` of the pack (0 for an empty split); errors as :func:`make_dataset`."""
-    return split_shape(pack_path, split)[0]
+    return Pack(path)
 
 
 # --------------------------------------------------------------------------- memory rule
@@ -110,7 +90,7 @@ def fits_in_memory(nbytes: int) -> bool:
 
 # --------------------------------------------------------------------------- streaming reads
 class _H5Reader:
-    """Reads batches of samples by index from one split; the file is opened lazily.
+    """Reads batches of samples by index from one split; the pack is opened lazily.
 
     Called from a single ``tf.numpy_function`` map with no parallelism, so one thread at a
     time touches the file; the lock makes that explicit.
@@ -118,37 +98,21 @@ class _H5Reader:
 
     def __init__(self, path: Path, split: str):
         self.path, self.split = path, split
-        self._file: h5py.File | None = None
+        self._pack: Pack | None = None
         self._lock = threading.Lock()
 
     def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            if self._file is None:
-                self._file = h5py.File(self.path, "r")
-            X = self._file[f"X_{self.split}"]
-            Y = self._file[f"Y_{self.split}"]
-            idx = np.asarray(idx, np.int64)
-            shape = (len(idx),) + X.shape[1:]
-            x_out, y_out = np.empty(shape, np.uint8), np.empty(shape, np.uint8)
-            # Reads per run of consecutive indices: an in-order batch is one slice; a
-            # shuffled one is a few small reads (h5py's fancy indexing is ~100x slower).
-            start = 0
-            while start < len(idx):
-                stop = start + 1
-                while stop < len(idx) and idx[stop] == idx[stop - 1] + 1:
-                    stop += 1
-                src = np.s_[int(idx[start]):int(idx[stop - 1]) + 1]
-                dst = np.s_[start:stop]
-                X.read_direct(x_out, src, dst)
-                Y.read_direct(y_out, src, dst)
-                start = stop
-            return x_out, y_out
+            if self._pack is None:
+                self._pack = Pack(self.path)
+            # Pack reads per run of consecutive indices: an in-order batch is one slice.
+            return self._pack.images(self.split, idx), self._pack.masks(self.split, idx)
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._pack is not None:
+                self._pack.close()
+                self._pack = None
 
     def __del__(self) -> None:
         try:
@@ -217,9 +181,8 @@ def make_dataset(
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     repeat = split == "train" if repeat is None else bool(repeat)
 
-    f, X, Y = _open_split(path, split)
-    with f:
-        n, size = int(X.shape[0]), int(X.shape[1])
+    with _open_split(path, split) as pack:
+        n, size = pack.counts[split], pack.size
         if n == 0:
             raise InputError(f"{path}: split {split!r} is empty (0 samples); nothing to feed")
         keep = _kept_positions(n, exclude_indices, path, split)
@@ -227,14 +190,15 @@ def make_dataset(
         if in_memory is None:
             in_memory = fits_in_memory(nbytes)
         if in_memory:
-            x_all, y_all = X[()], Y[()]
+            x_all, y_all = pack.images(split), pack.masks(split)
         if positive_fraction is not None:
             if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)) \
                     or not 0 <= positive_fraction <= 1:
                 raise InputError(f"positive_fraction: expected a number in 0..1 or None, got {positive_fraction!r}")
             if not repeat:
                 raise InputError("positive_fraction needs repeat=True (balanced batches have no natural end)")
-            flags = positive_flags(y_all) if in_memory else _stream_flags(Y)
+            # chunk by chunk either way: no temporary copy of the whole split's masks
+            flags = positive_flags(y_all) if in_memory else pack.positives(split)
 
     # ---- 1-2. index stream and batches
     if positive_fraction is not None:
@@ -260,17 +224,6 @@ def _kept_positions(n: int, exclude: Any, path: Path, split: str) -> np.ndarray 
     if keep.size == 0:
         raise InputError(f"{path}: every image of split {split!r} is excluded; nothing to feed")
     return keep
-
-
-def positive_flags(masks: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: which of ``masks`` ``(N, S, S[, 1])`` uint8 have a pixel >= 128 (a lesion)."""
-    masks = np.asarray(masks)
-    return (masks.reshape(len(masks), -1) >= 128).any(axis=1)
-
-
-def _stream_flags(Y: h5py.Dataset) -> np.ndarray:
-    return np.concatenate([positive_flags(Y[i:i + _FLAG_BLOCK]) for i in range(0, len(Y), _FLAG_BLOCK)]
-                          or [np.zeros(0, bool)])
 
 
 def _endless_permutations(indices: np.ndarray, seed: int, tag: int) -> tf.data.Dataset:

@@ -8,15 +8,21 @@ folder (:mod:`pneumo.store.run`, docs/architecture.md "Run folder"), so a page r
 browser tab or a restarted app finds a running job, follows it and can stop it.
 
 - One job at a time, across both kinds: a start is refused while any training or
-  evaluation runs (in the run's parent folder or the workspace's runs folder).
+  evaluation runs (in the run's parent folder or the workspace's runs folder). ``quickstart``
+  trains and evaluates in its own process under the same rule (:func:`own_training`,
+  :func:`own_evaluation`).
+- One writer per run folder (:func:`pneumo.store.run.writer_lock`): the launcher holds the
+  folder's lock while it prepares (config, first status), then hands it to the trainer it
+  started, which waits for exactly that launcher. So the trainer's own status is never
+  overwritten by the launcher's, and a CLI trainer in the folder refuses the start.
 - A recorded pid is only trusted while it is still the same process (pid and start time,
   :mod:`pneumo._procs`): a pid reused by another program is never signalled.
 - Evaluation reports progress in ``RUN/evaluate_<split>.progress.json`` (written by
   :func:`pneumo.predict.evaluate_run`), and a failure as the command's one-line error; raw
   log lines (TensorFlow's C++ chatter) stay in the log file.
 
-The readers pages use (:func:`read_status`, :func:`list_runs`, ...) are :mod:`pneumo.store.run`'
-own, re-exported here. No TensorFlow here: the app imports this module on every page.
+Pages read runs through :mod:`pneumo.store.run` and :mod:`pneumo.store.run_list` themselves.
+No TensorFlow here: the app imports this module on every page.
 
 Test hooks: with ``PNEUMO_TESTING=1`` set, ``$PNEUMO_TRAIN_COMMAND`` and
 ``$PNEUMO_EVALUATE_COMMAND`` (split with :func:`shlex.split`) replace the ``python -m pneumo``
@@ -35,21 +41,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pneumo import settings
-from pneumo.store.predictions import check_checkpoint, check_split, predictions_path
 from pneumo._io import atomic_write_json, load_json, now_iso, read_json
 from pneumo._procs import CHILDREN, is_ours, process_start
-from pneumo.config import TrainConfig, normalise_train_paths, save_config, to_dict
+from pneumo.config import SPLITS, TrainConfig, normalise_train_paths, to_dict
+from pneumo.store.config_file import save_config
 from pneumo.errors import InputError
-from pneumo.store.run import (STATES, RunInfo, active_run, eval_progress_path, holds_run, is_run_dir, list_runs, log_tail,
-                   new_run_dir, read_history, read_progress, read_status, request_stop, write_prepared_status)
-from pneumo.ingest.split import SPLITS
+from pneumo.store.predictions import check_checkpoint, check_split, predictions_path
+from pneumo.store.run import (HANDOVER_ENV, RunFolder, checkpoint_file, clear_stop, holds_run, log_tail, read_status,
+                              write_prepared_status, writer_lock)
+from pneumo.store.run_list import active_run
 
 __all__ = [
-    "start_training", "start_evaluation", "evaluation_job", "stop_evaluation", "evaluate_command",
-    "running_job", "eval_progress_path",
-    # pneumo.store.run' readers, for the pages
-    "RunInfo", "read_status", "read_progress", "read_history", "request_stop", "list_runs",
-    "active_run", "new_run_dir", "is_run_dir", "log_tail", "STATES",
+    "start_training", "start_evaluation", "evaluation_job", "stop_evaluation", "evaluation_command",
+    "running_job", "refuse_if_busy", "own_training", "own_evaluation",
 ]
 
 # --------------------------------------------------------------------------- commands
@@ -65,15 +69,15 @@ def _train_command() -> list[str]:
     return _test_hook("PNEUMO_TRAIN_COMMAND") or [sys.executable, "-m", "pneumo", "train"]
 
 
-def evaluate_command(run_dir: str | os.PathLike, split: str, checkpoint: str, *,
-                     allow_changed_pack: bool = False) -> list[str]:
+def evaluation_command(run_dir: str | os.PathLike, split: str, checkpoint: str, *,
+                       allow_changed_pack: bool = False) -> list[str]:
     """``python -m pneumo evaluate RUN --split S --checkpoint C [--allow-changed-pack]``."""
     head = _test_hook("PNEUMO_EVALUATE_COMMAND") or [sys.executable, "-m", "pneumo"]
     cmd = [*head, "evaluate", str(run_dir), "--split", split, "--checkpoint", checkpoint]
     return cmd + (["--allow-changed-pack"] if allow_changed_pack else [])
 
 
-def _launch(cmd: list[str], log_path: Path, header: bool) -> subprocess.Popen:
+def _launch(cmd: list[str], log_path: Path, header: bool, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log_path, "ab" if header else "wb") as log:
         if header:
             log.write(f"\n# {now_iso()} started: {shlex.join(cmd)}\n".encode())
@@ -84,7 +88,8 @@ def _launch(cmd: list[str], log_path: Path, header: bool) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the app's restart; Ctrl-C in the app's terminal spares it
-            close_fds=True,
+            close_fds=True,  # above all the run folder's lock: the child takes it over, never inherits it
+            env={**os.environ, **env} if env else None,
         )
     CHILDREN[proc.pid] = proc
     return proc
@@ -121,11 +126,16 @@ def running_job(runs_dir: str | os.PathLike | None = None) -> str | None:
     with contextlib.suppress(OSError):
         for path in sorted(folder.iterdir()):
             for split in SPLITS:
-                if _job_path(path, split).is_file():
+                if RunFolder(path).evaluation_job(split).is_file():
                     job = evaluation_job(path, split)
                     if job is not None and job["state"] == "running":
                         return f"evaluation of {path.name} ({split})"
     return None
+
+
+def refuse_if_busy(runs_dir: str | os.PathLike | None = None) -> None:
+    """:class:`InputError` naming the job running in ``runs_dir`` (default the workspace's), if any."""
+    _refuse_if_busy([Path(runs_dir) if runs_dir is not None else settings.runs_dir()])
 
 
 def _refuse_if_busy(folders: list[Path]) -> None:
@@ -136,57 +146,91 @@ def _refuse_if_busy(folders: list[Path]) -> None:
                              f"before starting a new one (one job at a time)")
 
 
+def _check_folder(run_dir: Path, resume: bool) -> None:
+    """The run folder fits the start: a new run needs a folder without a run, a resume one with a config."""
+    if not resume:
+        why = holds_run(run_dir)
+        if why:
+            raise InputError(f"run folder {run_dir} already holds a run ({why}); resume it or choose a new folder")
+    elif not RunFolder(run_dir).config.is_file():
+        raise InputError(f"run folder {run_dir}: no {RunFolder(run_dir).config.name}, nothing to resume")
+
+
 # --------------------------------------------------------------------------- training
 def start_training(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False,
                    allow_changed_pack: bool = False) -> int:
     """Launch a training process for ``config`` in ``run_dir``; return its pid.
 
-    Writes ``RUN/config.json`` and a first ``status.json`` (``running``, with the pid), then
-    starts ``python -m pneumo train --config RUN/config.json --run-dir RUN`` (``--resume``,
-    ``--allow-changed-pack`` as asked) in a new session, output to ``RUN/train.log``. The
-    trainer validates the config itself; a bad one ends the run ``failed`` with the message.
-    Raises :class:`InputError` when another job (training or evaluation) is running, or when
-    ``run_dir`` already holds a run and ``resume`` is False (or holds none and ``resume`` is True).
+    Holding the run folder's lock (:func:`pneumo.store.run.writer_lock`), it writes
+    ``RUN/config.json``, starts ``python -m pneumo train --config RUN/config.json --run-dir RUN``
+    (``--resume``, ``--allow-changed-pack`` as asked) in a new session, output to
+    ``RUN/train.log``, and writes a first ``status.json`` (``running``, with the child's pid);
+    then it lets go and the trainer, which waits for this process (``$PNEUMO_RUN_HANDOVER``),
+    takes the folder over: the trainer never writes before the launcher is done. The trainer
+    validates the config itself; a bad one ends the run ``failed`` with the message.
+    Raises :class:`InputError` when another job (training or evaluation) is running, when
+    another process writes ``run_dir``, or when ``run_dir`` already holds a run and ``resume``
+    is False (or holds none and ``resume`` is True).
     """
     if not isinstance(config, TrainConfig):
         raise InputError(f"start_training: config must be a TrainConfig, got {type(config).__name__}")
     run_dir = Path(run_dir).expanduser().absolute()
+    files = RunFolder(run_dir)
     config = normalise_train_paths(config)
     with _start_lock(run_dir.parent):
         _refuse_if_busy(_folders(run_dir))
-        if not resume:
-            why = holds_run(run_dir)
-            if why:
-                raise InputError(f"run folder {run_dir} already holds a run ({why}); resume it or choose a new folder")
-        if resume and not (run_dir / "config.json").is_file():
-            raise InputError(f"run folder {run_dir}: no config.json, nothing to resume")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            if read_json(run_dir / "config.json") != to_dict(config):
-                raise InputError(f"run folder {run_dir}: config.json differs from the given config; "
+        with writer_lock(run_dir, "starting a training run"):
+            _check_folder(run_dir, resume)
+            if not resume:
+                save_config(config, files.config)
+            elif read_json(files.config) != to_dict(config):
+                raise InputError(f"run folder {run_dir}: {files.config.name} differs from the given config; "
                                  f"resume with the run's own config")
-        else:
-            save_config(config, run_dir / "config.json")
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir / "STOP").unlink()  # a stale STOP would end the new process at once
-        cmd = _train_command() + ["--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]
-        cmd += ["--resume"] if resume else []
-        cmd += ["--allow-changed-pack"] if allow_changed_pack else []
-        previous = read_status(run_dir) if resume else {}
-        proc = _launch(cmd, run_dir / "train.log", header=True)
-        # Written before the trainer starts, so readers see "running" at once.
-        epoch = previous.get("epoch") if isinstance(previous.get("epoch"), int) else 0
-        write_prepared_status(run_dir, proc.pid, config.epochs + config.fine_tune_epochs, epoch)
+            clear_stop(run_dir)  # a stale STOP would end the new process at once
+            cmd = _train_command() + ["--config", str(files.config), "--run-dir", str(run_dir)]
+            cmd += ["--resume"] if resume else []
+            cmd += ["--allow-changed-pack"] if allow_changed_pack else []
+            previous = read_status(run_dir) if resume else {}
+            proc = _launch(cmd, files.log, header=True, env={HANDOVER_ENV: str(os.getpid())})
+            # Written before the trainer may write (it waits for this lock), so readers see
+            # "running" at once and the trainer's own status is never overwritten.
+            epoch = previous.get("epoch") if isinstance(previous.get("epoch"), int) else 0
+            write_prepared_status(run_dir, proc.pid, config.epochs + config.fine_tune_epochs, epoch)
         return proc.pid
 
 
+@contextlib.contextmanager
+def own_training(config: TrainConfig, run_dir: str | os.PathLike, what: str = "training") -> Iterator[None]:
+    """Make the training this process is about to run in ``run_dir`` the workspace's job.
+
+    For a trainer in this very process (``quickstart``): refused like :func:`start_training`
+    (another job running, another writer of the folder, a folder holding a run); inside, this
+    process holds the folder's lock and its status reads ``running`` with this pid, so the app
+    refuses other starts. :func:`pneumo.train.loop.train` takes the lock again (re-entrant).
+    """
+    run_dir = Path(run_dir).expanduser().absolute()
+    lock = writer_lock(run_dir, what)
+    with _start_lock(run_dir.parent):
+        _refuse_if_busy(_folders(run_dir))
+        lock.acquire()
+        try:
+            _check_folder(run_dir, resume=False)
+            write_prepared_status(run_dir, os.getpid(), config.epochs + config.fine_tune_epochs)
+        except BaseException:
+            lock.release()
+            raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 # --------------------------------------------------------------------------- evaluation
-def _job_path(run_dir: str | os.PathLike, split: str) -> Path:
-    return Path(run_dir) / f"evaluate_{split}.json"
-
-
-def _log_path(run_dir: str | os.PathLike, split: str) -> Path:
-    return Path(run_dir) / f"evaluate_{split}.log"
+def _record_job(run_dir: Path, split: str, checkpoint: str, pid: int) -> None:
+    atomic_write_json(RunFolder(run_dir).evaluation_job(split), {
+        "pid": pid, "pid_start": process_start(pid), "split": split, "checkpoint": checkpoint,
+        "started": now_iso(), "log": RunFolder(run_dir).evaluation_log(split).name,
+    })
 
 
 def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "best", *,
@@ -201,23 +245,44 @@ def start_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "
     check_split(split)
     check_checkpoint(checkpoint)
     run_dir = Path(run_dir).expanduser().absolute()
-    if not (run_dir / f"{checkpoint}.keras").is_file():
-        raise InputError(f"{run_dir}: no {checkpoint}.keras checkpoint to evaluate")
+    files = RunFolder(run_dir)
+    if not files.checkpoint(checkpoint).is_file():
+        raise InputError(f"{run_dir}: no {checkpoint_file(checkpoint)} checkpoint to evaluate")
     with _start_lock(run_dir.parent):
         job = evaluation_job(run_dir, split)
         if job and job["state"] == "running":
             return int(job["pid"])
         _refuse_if_busy(_folders(run_dir))
         with contextlib.suppress(FileNotFoundError):
-            eval_progress_path(run_dir, split).unlink()  # the last job's: not this one's progress
-        log = _log_path(run_dir, split)
-        proc = _launch(evaluate_command(run_dir, split, checkpoint, allow_changed_pack=allow_changed_pack),
-                       log, header=False)
-        atomic_write_json(_job_path(run_dir, split), {
-            "pid": proc.pid, "pid_start": process_start(proc.pid), "split": split, "checkpoint": checkpoint,
-            "started": now_iso(), "log": log.name,
-        })
+            files.evaluation_progress(split).unlink()  # the last job's: not this one's progress
+        proc = _launch(evaluation_command(run_dir, split, checkpoint, allow_changed_pack=allow_changed_pack),
+                       files.evaluation_log(split), header=False)
+        _record_job(run_dir, split, checkpoint, proc.pid)
         return proc.pid
+
+
+@contextlib.contextmanager
+def own_evaluation(run_dir: str | os.PathLike, split: str, checkpoint: str = "best") -> Iterator[None]:
+    """Make the evaluation this process is about to run the workspace's job (``quickstart``):
+    refused while another job runs; inside, :func:`evaluation_job` reports it ``running`` (this
+    pid), afterwards as its progress file says (this process lives on: its pid is dropped from
+    the record). A failure removes the job record."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    files = RunFolder(run_dir)
+    with _start_lock(run_dir.parent):
+        _refuse_if_busy(_folders(run_dir))
+        with contextlib.suppress(FileNotFoundError):
+            files.evaluation_progress(split).unlink()
+        _record_job(run_dir, split, checkpoint, os.getpid())
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            files.evaluation_job(split).unlink()  # no log to point at: the caller reports the error
+        raise
+    job = read_json(files.evaluation_job(split))
+    if isinstance(job, dict):
+        atomic_write_json(files.evaluation_job(split), {**job, "pid": None, "pid_start": None})
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?")
@@ -226,7 +291,7 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?")
 def _job_error(run_dir: Path, split: str) -> str:
     """The failed command's own message (its ``error: ...`` line, else the exception line of a
     traceback), never TensorFlow's log lines; names the log for the details."""
-    log = _log_path(run_dir, split)
+    log = RunFolder(run_dir).evaluation_log(split)
     lines = [line.strip() for line in log_tail(log, lines=200).splitlines() if line.strip()]
     message = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")), None)
     if message is None and any(line.startswith("Traceback") for line in lines):
@@ -252,10 +317,10 @@ def evaluation_job(run_dir: str | os.PathLike, split: str) -> dict[str, Any] | N
     ``done`` (or wrote the predictions after it started).
     """
     run_dir = Path(run_dir)
-    job, _ = load_json(_job_path(run_dir, split))
+    job, _ = load_json(RunFolder(run_dir).evaluation_job(split))
     if not isinstance(job, dict) or "pid" not in job:
         return None
-    progress = read_json(eval_progress_path(run_dir, split))
+    progress = read_json(RunFolder(run_dir).evaluation_progress(split))
     progress = progress if isinstance(progress, dict) else None
     fraction = progress.get("fraction") if progress else None
     fraction = float(fraction) if isinstance(fraction, (int, float)) and 0 <= fraction <= 1 else None

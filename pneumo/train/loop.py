@@ -1,6 +1,6 @@
 """The training engine: one run folder per run, resumable, observable, stoppable.
 
-:func:`train` validates everything first (:meth:`TrainConfig.check`, pack, exclusion list,
+:func:`train` validates everything first (:func:`pneumo.plan.plan_run`: pack, exclusion list,
 weights, run folder), then fits a model from :mod:`pneumo.model.networks` on
 :func:`pneumo.train.data.make_dataset` pipelines and keeps the run folder (docs/architecture.md,
 "Run folder"; written through :mod:`pneumo.store.run`, every file replaced atomically) up to date
@@ -16,6 +16,7 @@ history (one row per epoch), ``best.keras`` (lowest ``val_loss``), ``last.keras`
   and Adam at ``fine_tune_lr``; epoch numbers run on across both.
 - Devices and strategies (several GPUs, ``TF_CONFIG`` workers; only the chief writes the run
   folder, which must be shared between machines, as must a STOP): :mod:`pneumo.train.distribute`.
+- One writer: the chief holds :func:`pneumo.store.run.writer_lock` throughout; a second is refused at once.
 - Divergence: a non-finite batch loss ends the run ``failed`` ("diverged at epoch E, step S")
   and no checkpoint is written from non-finite weights.
 - The pack's fingerprint goes to ``pack.json``: resuming refuses a changed pack unless
@@ -49,19 +50,20 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo.store import run as runs
+from pneumo.store.run import RunFolder
 from pneumo._procs import sigterm_sets
-from pneumo.fingerprint import check_pack, record_pack
 from pneumo._io import now_iso
 from pneumo.train.distribute import cluster_role, make_strategy, symbolic_build_for_multi_worker, with_shard_policy
-from pneumo.config import TrainConfig, config_diff, init_config, load_config, normalise_train_paths, save_config
-from pneumo.exclude import PackExclusion, check_recorded, pack_exclusion, record_exclusion
+from pneumo.config import TrainConfig, config_diff, normalise_train_paths
+from pneumo.plan import RunPlan, check_pack, init_config, plan_run
+from pneumo.store.config_file import load_config, save_config
+from pneumo.exclude import check_recorded
 from pneumo.errors import InputError, PneumoError, user_message
 
-__all__ = ["train", "HISTORY_COLUMNS", "STAGES", "PROGRESS_INTERVAL_S"]
+__all__ = ["train", "PROGRESS_INTERVAL_S"]
 
 log = logging.getLogger("pneumo.train.loop")
 
-HISTORY_COLUMNS, STAGES = runs.HISTORY_COLUMNS, runs.STAGES  # re-exported: defined in pneumo.store.run
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -76,19 +78,17 @@ class _Diverged(PneumoError):
 
 # =========================================================================== run folder
 def _resolve_config(config: TrainConfig | None, run_dir: Path, resume: bool, chief: bool) -> TrainConfig:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"run folder {run_dir}: exists and is not a folder")
-    saved_path = run_dir / "config.json"
+    saved_path = RunFolder(run_dir).config  # (writer_lock refused a run_dir that is a file)
     if resume:
         if not saved_path.is_file():
-            raise InputError(f"run folder {run_dir}: no config.json, so there is nothing to resume")
+            raise InputError(f"run folder {run_dir}: no {saved_path.name}, so there is nothing to resume")
         saved = load_config(TrainConfig, saved_path)
         if config is not None:
             config = normalise_train_paths(config)
             diff = config_diff(config, saved)
             if diff:
                 raise InputError(f"run folder {run_dir}: resuming needs the run's own config, but "
-                                 f"{', '.join(diff)} differ from its config.json (leave them out)")
+                                 f"{', '.join(diff)} differ from its {saved_path.name} (leave them out)")
         return saved
     if config is None:
         raise InputError("no training config given")
@@ -204,11 +204,11 @@ class _RunMonitor(keras.callbacks.Callback):
         # Order matters for resuming: history first, backup last. A kill in between leaves a
         # history row beyond the backup, which resuming cuts and trains again.
         self.folder.append_history(row)
-        self.folder.save_model(self.model, "last.keras")
+        self.folder.save_checkpoint(self.model, "last")
         val_loss = row["val_loss"]
         if math.isfinite(val_loss) and val_loss < self.best:
             self.best = val_loss
-            self.folder.save_model(self.model, "best.keras")
+            self.folder.save_checkpoint(self.model, "best")
         self.epochs_done = self.epoch
         self.folder.save_backup(self.epoch, self.stage, self.best)
         self.folder.set_status(epoch=self.epoch)
@@ -234,12 +234,11 @@ class _RunMonitor(keras.callbacks.Callback):
 @dataclass
 class _Setup:
     config: TrainConfig
-    info: dict
+    info: RunPlan  # its .exclusion: what train --exclude leaves out of train and dev
     chief: bool
     workers: int
     write_dir: Path
     total_epochs: int
-    exclusion: PackExclusion | None = None  # what train --exclude leaves out of train and dev
 
 
 def _compile(model: keras.Model, lr: float, config: TrainConfig, decay_steps: int | None = None) -> None:
@@ -296,32 +295,34 @@ def train(
     run_dir = Path(run_dir).expanduser().absolute()
     stop_flag = threading.Event()
     policy_before = keras.mixed_precision.global_policy()
+    workers, chief = cluster_role()
+    # Only the chief writes the run folder; a launcher (pneumo.train.jobs) hands its lock over.
+    lock = runs.writer_lock(run_dir, handover_from=runs.handover_pid()) if chief else contextlib.nullcontext()
     try:
-        with sigterm_sets(stop_flag):
+        with sigterm_sets(stop_flag), lock:
             return _train(config, run_dir, resume, progress, verbose, stop_flag, started, t_start,
-                          allow_changed_pack)
+                          allow_changed_pack, workers, chief)
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
 
 
 def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Callable[[dict], None] | None,
            verbose: int | str, stop_flag: threading.Event, started: str, t_start: float,
-           allow_changed_pack: bool = False) -> dict:
-    workers, chief = cluster_role()
+           allow_changed_pack: bool, workers: int, chief: bool) -> dict:
     try:
         config = _resolve_config(config, run_dir, resume, chief)
-        info = config.check()
+        info = plan_run(config)
         fingerprint = check_pack(run_dir, config.pack, allow_changed=allow_changed_pack)
-        exclusion = pack_exclusion(config.pack, config.exclude) if config.exclude else None
+        exclusion = info.exclusion
         if exclusion is not None and resume:
             check_recorded(run_dir, exclusion)
         total = config.epochs + config.fine_tune_epochs
         backup_state = runs.read_backup(run_dir, total) if resume else None
-        if config.validation_steps is not None and config.validation_steps > info["dev_batches"]:
+        if config.validation_steps is not None and config.validation_steps > info.dev_batches:
             log.warning("validation_steps %d is more than the dev split holds (%d samples = %d batches "
-                        "of %d); using %d", config.validation_steps, info["dev"], info["dev_batches"],
-                        config.batch_size, info["validation_steps"])
-        setup = _Setup(config, info, chief, workers, run_dir if chief else Path(), total, exclusion)
+                        "of %d); using %d", config.validation_steps, info.dev, info.dev_batches,
+                        config.batch_size, info.validation_steps)
+        setup = _Setup(config, info, chief, workers, run_dir if chief else Path(), total)
         # Built before anything is written: a weights file that does not fit is bad input too.
         model = _build(setup, run_dir, backup_state)
     except BaseException as e:
@@ -331,10 +332,10 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
     setup.write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pneumo-worker-"))
     folder = runs.RunWriter(setup.write_dir, started, total, resumed=resume)
     if chief:
-        save_config(config, run_dir / "config.json")
-        record_pack(run_dir, fingerprint)
+        save_config(config, RunFolder(run_dir).config)
+        runs.write_pack_record(run_dir, fingerprint)
         if exclusion is not None:
-            record_exclusion(run_dir, exclusion)
+            runs.write_exclusion_record(run_dir, exclusion.record())
         if resume:
             runs.clear_stop(run_dir)  # left from the stop being resumed from
     done = backup_state["epoch"] if backup_state else 0
@@ -344,7 +345,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
     best = float("inf")
     if backup_state is not None and backup_state.get("best_val_loss") is not None:
         best = float(backup_state["best_val_loss"])
-    plan = {"steps": info["steps"], "validation_steps": info["validation_steps"],
+    plan = {"steps": info.steps, "validation_steps": info.validation_steps,
             "batch_size": config.batch_size, "epochs": total, "pack": config.pack}
     monitor = _RunMonitor(folder, run_dir, plan, stop_flag, progress, best)
     monitor.pack_stat = (fingerprint["size"], fingerprint["mtime"])
@@ -353,7 +354,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
         monitor.stage = backup_state["stage"]
     callbacks: list = [monitor]
     if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder.root / "logs"), write_graph=False,
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder.files.tensorboard), write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
     else:  # tensorflow >= 2.21 no longer pulls it in; tf.summary fails without it
         log.warning("TensorBoard logs skipped: the tensorboard package is not installed "
@@ -369,7 +370,7 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
             if not _weights_finite(model):
                 raise _Diverged(f"training diverged in epoch {monitor.epochs_done + 1} before the stop: "
                                 f"non-finite weights were not saved; last.keras keeps the last good epoch")
-            folder.save_model(model, "last.keras")
+            folder.save_checkpoint(model, "last")
             folder.save_backup(monitor.epochs_done, monitor.stage, monitor.best)
             _close_tensorboard(callbacks)
             if chief:
@@ -407,23 +408,23 @@ def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Mod
     with strategy.scope():
         if backup_state is None:
             # A warm start overwrites every weight: no encoder weights to load (or download).
-            model = build_model(config.variant, input_size=info["size"],
+            model = build_model(config.variant, input_size=info.size,
                                 encoder_weights=None if config.init_from else config.encoder_weights,
                                 freeze_encoder=_frozen(config), width=config.width)
             if config.init_from:
                 init_config(config)
-                warm_start(model, Path(config.init_from) / "best.keras", info["size"])
+                warm_start(model, RunFolder(config.init_from).checkpoint("best"), info.size)
                 log.info("warm start: weights from %s", config.init_from)
-            _compile(model, config.lr, config, config.epochs * info["steps"])
+            _compile(model, config.lr, config, config.epochs * info.steps)
         else:
             # The backup holds every weight: skip loading (or downloading) the encoder's.
-            model = build_model(config.variant, input_size=info["size"], encoder_weights=None,
+            model = build_model(config.variant, input_size=info.size, encoder_weights=None,
                                 freeze_encoder=_frozen(config), width=config.width)
             if backup_state["stage"] == "fine-tune":
                 set_encoder_trainable(model, True)
                 _compile(model, config.fine_tune_lr, config)
             else:
-                _compile(model, config.lr, config, config.epochs * info["steps"])
+                _compile(model, config.lr, config, config.epochs * info.steps)
             model.optimizer.build(model.trainable_variables)
             try:
                 model.load_weights(run_dir / backup_state["weights"])
@@ -433,12 +434,12 @@ def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Mod
             log.info("resuming after epoch %d (%s stage) from %s", backup_state["epoch"],
                      backup_state["stage"], backup_state["weights"])
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    if setup.exclusion is not None:
-        log.info("%s", setup.exclusion.describe())
+    if setup.info.exclusion is not None:
+        log.info("%s", setup.info.exclusion.describe())
     log.info("model %s: %s parameters, %s trainable; pack %s (%d px, train %d, dev %d); %d steps "
              "+ %d validation steps per epoch", config.variant, f"{model.count_params():,}",
-             f"{trainable:,}", config.pack, info["size"], info["train"], info["dev"], info["steps"],
-             info["validation_steps"])
+             f"{trainable:,}", config.pack, info.size, info.train, info.dev, info.steps,
+             info.validation_steps)
     return model
 
 
@@ -452,7 +453,7 @@ def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbac
         verbose = 1 if sys.stdout.isatty() else 2
     # After a resume, a fresh shuffling stream instead of replaying the first epochs' order.
     seed = config.seed + 1_000_003 * done
-    dropped = setup.exclusion.indices if setup.exclusion is not None else {}
+    dropped = setup.info.exclusion.indices if setup.info.exclusion is not None else {}
     train_ds = make_dataset(config.pack, "train", config.batch_size, augment=config.augment, seed=seed,
                             shuffle=True, repeat=True, positive_fraction=config.positive_fraction,
                             exclude_indices=dropped.get("train"))
@@ -462,9 +463,9 @@ def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbac
 
     def fit(first: int, last: int) -> None:
         if setup.workers > 1:
-            symbolic_build_for_multi_worker(model, info["size"], config.batch_size)
-        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=info["steps"],
-                  validation_data=dev_ds, validation_steps=info["validation_steps"],
+            symbolic_build_for_multi_worker(model, info.size, config.batch_size)
+        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=info.steps,
+                  validation_data=dev_ds, validation_steps=info.validation_steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
 
     if done < config.epochs:
