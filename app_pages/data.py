@@ -10,6 +10,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pneumo import settings
+from pneumo._io import APP_FORCE, refuse_existing
 from pneumo.store import pack_folder
 from pneumo.config import DICOM_WINDOWS, PackConfig, SplitConfig
 from pneumo.errors import InputError
@@ -170,7 +171,8 @@ def build_pack(src: dict, config: PackConfig, out: Path, force: bool):
     try:
         if src["upload"] is not None:
             bar.progress(0.0, text="Unpacking the zip...")
-            folder, top = uploads.extract_upload(src["upload"], settings.data_dir())
+            folder, top = uploads.extract_upload(src["upload"], settings.data_dir(), isolate=True,
+                                                 memory_limit=common.WORKER_MEMORY)  # listed in a capped worker
             root = uploads.data_root(top, [n for n in (src.get("images"), src.get("masks")) if n])
         elif src.get("where") == "upload":
             raise InputError("choose a zip file to upload first")
@@ -205,7 +207,8 @@ def make_pack_ui() -> None:
         config, name, force = options_ui(src["kind"])
     if st.button("Build the pack", type="primary", key="data_build"):
         with common.user_errors():
-            out = pack_folder.out_path(name)
+            out = refuse_existing(pack_folder.out_path(name), force, flag=APP_FORCE)
+            settings.check_writable(out.parent, "packs (and unpacked uploads) are written there")
             info = build_pack(src, config, out, force)
         st.session_state[common.PACK_KEY] = str(info.path)
         st.session_state["data_pack"] = str(info.path)
@@ -259,6 +262,22 @@ def report_ui(info) -> None:
         st.caption(f"{report['unused']} pair(s) not used by the exact-batch split.")
 
 
+def verify_ui(info) -> None:
+    """A button that reads every chunk of the pack and names the damaged rows (``info --verify``)."""
+    from pneumo.store.pack import Pack
+
+    if not st.button("Check every image", key="data_verify",
+                     help="Read every image, mask and id of the pack: a damaged file is named row by row."):
+        return
+    with common.user_errors(), st.spinner("Reading every chunk..."), Pack(info.path) as pack:
+        problems = pack.verify()
+    if problems:
+        st.error(common.md_escape(f"{info.path}: damaged pack, {len(problems)} unreadable row(s); pack it again "
+                                  "from its source. " + "; ".join(problems[:10])))
+    else:
+        st.success("Every image, mask and id of this pack reads.")
+
+
 def browser_ui(info, per_page: int = 8) -> None:
     """Thumbnails of one split with the mask outlined, filterable by positive/negative."""
     c1, c2, c3 = st.columns([1, 1, 2])
@@ -306,5 +325,7 @@ st.subheader("Inspect a pack")
 info = common.pack_picker("Pack", key="data_pack")
 if info is not None:
     report_ui(info)
+    verify_ui(info)
     st.markdown("**Samples**")
-    browser_ui(info)
+    with common.user_errors():  # a damaged chunk: its message, not a traceback
+        browser_ui(info)

@@ -8,7 +8,8 @@ import streamlit as st
 from pneumo import config
 from pneumo.store.run import checkpoint_file
 from pneumo.store.run_list import active_run, list_runs
-from pneumo_app import common
+from pneumo.train import jobs
+from pneumo_app import common, quick_demo
 
 
 st.title("pneumo")
@@ -19,6 +20,9 @@ st.write(
 )
 
 active = active_run()
+busy = jobs.running_job()  # any job of the workspace: training, evaluation, the quick demo itself
+quick_job = jobs.quick_demo_job()
+quick_running = quick_job is not None and quick_job["state"] == "running"
 runs = list_runs()
 packs = common.packs()
 
@@ -35,17 +39,20 @@ with st.container(border=True):
         "demo's test split it beats predicting nothing (SIIM about 0.95 against 0.79) and outlines "
         "most lesions (Dice about 0.8 on positive images), so the Review page has real hits, "
         "misses and false positives to go through. Real X-rays need ImageNet weights and a GPU "
-        "(the Training page's other presets)."
+        "(the Training page's other presets). When it ends, its test scores appear here with a "
+        "way into the Review page."
     )
     c1, c2 = st.columns([1, 3])
     if c1.button("Train a quick demo model", type="primary", icon=":material/play_arrow:",
-                 disabled=active is not None, key="home_quick"):
-        quick = common.quick_pack()
-        common.start_run(common.preset_config(common.QUICK_PRESET, quick.path), prefix="demo")
-        st.switch_page("app_pages/training.py")
-    if active is not None:
-        c2.info(f"Run **{common.md_escape(active.name)}** is training now.")
-        st.page_link("app_pages/training.py", label="Follow it on the Training page", icon=":material/monitoring:")
+                 disabled=busy is not None, key="home_quick",
+                 help="Runs `python -m pneumo quickstart` in the background: the demo pack, training, "
+                      "then the test scores."):
+        quick_demo.start()
+    if busy is not None and not quick_running:
+        c2.info(f"Another job runs now ({common.md_escape(busy)}); one at a time.")
+        if active is not None:
+            st.page_link("app_pages/training.py", label="Follow it on the Training page", icon=":material/monitoring:")
+    quick_demo.status_ui(quick_job)
 
 st.subheader("Packs")
 if packs:

@@ -16,12 +16,13 @@ from plotly.subplots import make_subplots
 
 from pneumo import config as C
 from pneumo.train import curves
+from pneumo.train.cluster import describe_setup
 from pneumo.model import imagenet
 from pneumo.config import TrainConfig
-from pneumo.store.run import (CONFIG, EXCLUSION_RECORD, RunFolder, log_tail, read_history, read_progress, read_status, remote_host, request_stop,
+from pneumo.store.run import (CONFIG, EXCLUSION_RECORD, RunFolder, load_history, log_tail, read_history, read_progress, read_status, remote_host, request_stop,
                               stop_requested)
 from pneumo.store.run_list import active_run, list_runs
-from pneumo_app import common
+from pneumo_app import common, preset_packs
 
 # Model, loss and schedule labels are the library's (pneumo.config, beside the vocabularies).
 WEIGHTS = {"imagenet": "ImageNet (pretrained VGG16)", "none": "none (random initialisation)", "file": "a local .h5 file"}
@@ -62,9 +63,10 @@ def _apply_preset(name: str) -> None:
     ss.tr_positive = float(p.positive_fraction or 0.0)
     ss.tr_ft_epochs = int(p.fine_tune_epochs)
     ss.tr_ft_lr = float(p.fine_tune_lr)
-    ss.tr_mp = bool(p.mixed_precision)
+    ss.tr_mp = p.mixed_precision
     ss.tr_xla = bool(p.xla)
     ss.tr_seed = int(p.seed)
+    ss.tr_in_memory = p.in_memory
 
 
 def _on_preset() -> None:
@@ -100,7 +102,7 @@ def preset_ui(weights_available: bool) -> str:
 def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
     """Every :class:`TrainConfig` option, initialised from a preset. Returns the config."""
     ss = st.session_state
-    name = preset_ui(weights_available)
+    name = ss.tr_preset  # chosen above the pack (preset_ui)
     c1, c2, c3 = st.columns(3)
     c1.selectbox("Model", C.VARIANTS, format_func=lambda v: f"{v}: {C.VARIANT_LABELS[v]}", key="tr_variant")
     c1.number_input("Width (unet-bn's filters x this; 1 for the other models)", 0.0625, 1.0, key="tr_width",
@@ -124,7 +126,12 @@ def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
     c1.number_input("Fine-tune epochs (encoder unfrozen)", 0, 10_000, key="tr_ft_epochs")
     c2.number_input("Fine-tune learning rate", 1e-8, 1.0, key="tr_ft_lr", format="%.1e", step=1e-6)
     c3.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
-    c4.checkbox("Mixed precision (GPU)", key="tr_mp")
+    c3.selectbox("Images in memory", C.IN_MEMORY, format_func=_label(C.IN_MEMORY_LABELS), key="tr_in_memory",
+                 help="auto: load each split when its images and masks take at most half of the free memory, "
+                      "else stream them from the pack. Same as `python -m pneumo train --in-memory`.")
+    c4.selectbox("Precision", C.PRECISIONS, format_func=_label(C.PRECISION_LABELS), key="tr_mp",
+                 help="bf16 on A100/H100/H200 (and CPUs with AMX), fp16 on older GPUs with tensor cores. "
+                      "Same as `python -m pneumo train --mixed-precision`.")
     c4.checkbox("XLA compile", key="tr_xla")
     preset = C.preset(name)
     with st.expander("Augmentation (the preset's ranges; preview on the Augmentation page)"):
@@ -157,11 +164,12 @@ def options_ui(pack_path: str, weights_available: bool) -> TrainConfig:
         positive_fraction=float(ss.tr_positive) or None,
         fine_tune_epochs=int(ss.tr_ft_epochs),
         fine_tune_lr=float(ss.tr_ft_lr),
-        mixed_precision=bool(ss.tr_mp),
+        mixed_precision=ss.tr_mp,
         xla=bool(ss.tr_xla),
         seed=int(ss.tr_seed),
         augment=augment,
         exclude=exclude or None,
+        in_memory=ss.tr_in_memory,
     )
 
 
@@ -278,7 +286,7 @@ def _progress_ui(run_dir: str, status: dict, progress: dict, history: list[dict]
 def _live_body(run_dir: str, run_config: dict) -> None:
     status = read_status(run_dir)
     progress = read_progress(run_dir)
-    history = read_history(run_dir)
+    history, damage = load_history(run_dir)
     state = status["state"]
     ss = st.session_state
 
@@ -287,6 +295,9 @@ def _live_body(run_dir: str, run_config: dict) -> None:
     host = remote_host(status)
     if host:  # written by another machine sharing the runs folder: its process is not visible here
         head.caption(f"running on {common.md_escape(host)}")
+    setup = describe_setup(status.get("setup"))  # strategy, workers, replicas, batches, precision
+    if setup:
+        head.caption(common.md_escape(setup))
     if state == "running":
         if stop_requested(Path(run_dir)):
             stop_col.button("Stopping...", disabled=True, key="tr_stopping")
@@ -295,6 +306,8 @@ def _live_body(run_dir: str, run_config: dict) -> None:
             with common.user_errors():
                 request_stop(run_dir)
             st.caption("Stop requested: the run ends after the current batch and saves `last.keras`.")
+    if damage:  # the curves and counts below leave the damaged lines out
+        st.warning(common.md_escape(damage), icon=":material/warning:")
     if state in ("failed", "damaged"):
         what = "The run failed" if state == "failed" else "The run folder is damaged"
         st.error(f"{what}: {common.md_escape(status.get('error') or 'no message')}")
@@ -404,16 +417,16 @@ def runs_ui(active: str | None) -> None:
 
 # --------------------------------------------------------------------------- page
 def new_run_ui(active: str | None) -> None:
-    """Pack, options, the weights check and Start."""
-    info = common.pack_picker("Pack", key="tr_pack")
+    """Preset, pack (the preset's own by default), options, the weights check and Start."""
+    weights_available = imagenet.imagenet_weights_available()
+    info = preset_packs.pack_ui(preset_ui(weights_available))
     if info is None:
         return
-    weights_available = imagenet.imagenet_weights_available()
     config = options_ui(str(info.path), weights_available)
     quick_size = int(C.QUICK_PACK_OPTIONS.get("size", 128))
     if st.session_state.tr_preset == C.QUICK_PRESET and info.size > quick_size:
         st.caption(f"This pack is {info.size} px: the quick demo takes about {(info.size // quick_size) ** 2}x "
-                   f"longer than on its {quick_size} px pack (Home's quick start makes one).")
+                   f"longer than on its own {quick_size} px pack.")
     blocked = None
     if config.encoder_weights == "imagenet" and not weights_available:
         st.warning(

@@ -8,12 +8,17 @@ missing, half-written or damaged file reads as ``None``; :func:`load_json` also 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterable, Iterator
+
+from pneumo.errors import InputError
 
 
 def now_iso() -> str:
@@ -81,6 +86,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path`` to fill; on success it takes the name
+    ``path`` (a folder already there is moved aside first, then deleted), on error it is
+    deleted, so ``path`` never holds a mix of old and new files. Callers refuse an existing
+    ``path`` first (:func:`refuse_existing`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    old = None
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        elif path.exists() or path.is_symlink():
+            path.unlink()  # a file or link of that name: refused earlier unless forced
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if not path.exists():  # put the old folder back where it was
+                with contextlib.suppress(OSError):
+                    os.replace(old / path.name, path)
+            with contextlib.suppress(OSError):
+                old.rmdir()  # only when empty: an old folder that could not go back stays there
+        raise
+    fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """``os.replace(src, dst)`` for a file written elsewhere (e.g. by Keras): fsync it, rename,
     fsync the folder."""
@@ -99,6 +137,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+#: How the app names its overwrite control, for :func:`refuse_existing`'s ``flag``.
+APP_FORCE = 'the "Replace existing" checkbox'
+
+
+def refuse_existing(path: str | os.PathLike, force: bool, *, flag: str = "--force") -> Path:
+    """The one overwrite rule for every file or folder a user names as an output: an existing
+    ``path`` is refused unless ``force``.
+
+    Raises :class:`~pneumo.errors.InputError` "``<path>: already exists; use <flag> to replace
+    it``"; ``flag`` names the control that replaces it (``--force`` on the command line,
+    :data:`APP_FORCE` in the app). Returns ``path`` as a :class:`Path`. A check only: writers
+    still write atomically, so a refused or failed write leaves the existing file as it was.
+    """
+    path = Path(path)
+    if not force and (path.exists() or path.is_symlink()):
+        raise InputError(f"{path}: already exists; use {flag} to replace it")
+    return path
 
 
 def load_json(path: str | os.PathLike) -> tuple[Any, str | None]:
@@ -146,6 +203,38 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+class CsvWriter:
+    """pneumo's one CSV writer: every cell quoted and text cells through :func:`csv_cell`.
+
+    Full quoting because the csv module's minimal quoting leaves a bare carriage return
+    unquoted when rows end in ``\\n``, and a reader then splits the row there (an id
+    ``cr\\rhere0`` read back as two ids); :func:`csv_cell` keeps a spreadsheet from running a
+    cell as a formula. ``f``: a text file opened with ``newline=""`` (or a ``StringIO``).
+    ``guard=False`` only where numbers are written as text (``"-0.5"`` must stay a number) and
+    any text cell (an id, a name, a note) has been through :func:`csv_cell` already.
+    """
+
+    def __init__(self, f: IO[str], *, guard: bool = True):
+        self._writer = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        self._cell = csv_cell if guard else (lambda value: value)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        """Write one row; numbers stay numbers (``-0.5`` is not a formula), strings are guarded."""
+        self._writer.writerow([self._cell(v) for v in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        """Write several rows (see :meth:`writerow`)."""
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_text(rows: Iterable[Iterable[Any]], *, guard: bool = True) -> str:
+    """The CSV text of ``rows`` (header first) as :class:`CsvWriter` writes it."""
+    buf = io.StringIO()
+    CsvWriter(buf, guard=guard).writerows(rows)
+    return buf.getvalue()
 
 
 def csv_value(cell: str) -> str:

@@ -46,6 +46,18 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # pneumo.train.augment
 SPLITS = ("train", "dev", "test")  # the pack's splits, in order
 DICOM_WINDOWS = ("voi", "full")  # pneumo.ingest.imageio: how DICOM values become 8 bits
 SOURCE_KINDS = ("folders", "siim", "demo")  # pneumo.ingest.sources.SOURCES: what can be packed
+IN_MEMORY = ("auto", "yes", "no")  # pneumo.train.data: hold a split's images in memory or stream them
+IN_MEMORY_LABELS: dict[str, str] = {
+    "auto": "load when the images and masks take at most half of the free memory, else stream",
+    "yes": "load the split into memory",
+    "no": "stream from the pack (bounded memory)",
+}
+PRECISIONS = ("none", "bf16", "fp16")  # pneumo.train.build.PRECISION_POLICIES: compute precision
+PRECISION_LABELS: dict[str, str] = {
+    "none": "float32 (no mixed precision)",
+    "bf16": "mixed bfloat16, no loss scaling (A100/H100/H200; CPUs with AMX)",
+    "fp16": "mixed float16 with loss scaling (older GPUs with tensor cores)",
+}
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' cache name
 
 
@@ -70,6 +82,8 @@ def check_registry(registry: str, names: Iterable[str], vocabulary: Sequence[str
 check_registry("pneumo.config.VARIANT_LABELS", VARIANT_LABELS, VARIANTS)
 check_registry("pneumo.config.LOSS_LABELS", LOSS_LABELS, LOSSES)
 check_registry("pneumo.config.LR_SCHEDULE_LABELS", LR_SCHEDULE_LABELS, LR_SCHEDULES)
+check_registry("pneumo.config.IN_MEMORY_LABELS", IN_MEMORY_LABELS, IN_MEMORY)
+check_registry("pneumo.config.PRECISION_LABELS", PRECISION_LABELS, PRECISIONS)
 
 
 # --------------------------------------------------------------------------- split
@@ -142,7 +156,9 @@ class TrainConfig:
     loss: str = "bce"  # one of LOSSES; "bce" is the blog's
     fine_tune_epochs: int = 0  # second stage with the encoder unfrozen; 0 = none
     fine_tune_lr: float = 1e-5  # lower than lr: pretrained features move slowly
-    mixed_precision: bool = False  # float16 compute on GPUs
+    # One of PRECISIONS; "none" = float32 throughout. A config.json of before issue 17 holds
+    # true/false here, read as "fp16"/"none" (LEGACY_VALUES).
+    mixed_precision: str = "none"
     xla: bool = False  # jit_compile the train step
     seed: int = 0  # weights init, shuffling and augmentation
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -156,6 +172,9 @@ class TrainConfig:
     # left out of the train and dev splits while training, never out of test, so test scores
     # stay comparable with runs on the whole pack. None = train on every image of the pack.
     exclude: str | None = None
+    # Issue 17: "auto" loads each split (this worker's shard of it) when its images and masks
+    # take at most half of MemAvailable, else streams it: what runs did before the option existed.
+    in_memory: str = "auto"  # one of IN_MEMORY
 
 
 # --------------------------------------------------------------------------- presets
@@ -276,9 +295,11 @@ def check_options(config: TrainConfig) -> TrainConfig:
         _positive_float(config.fine_tune_lr, "fine_tune_lr")
     if config.freeze_encoder not in (None, True, False):
         raise InputError(f"freeze_encoder = {config.freeze_encoder!r}: must be true, false or null")
-    for name in ("mixed_precision", "xla"):
-        if not isinstance(getattr(config, name), bool):
-            raise InputError(f"{name} = {getattr(config, name)!r}: must be true or false")
+    if not isinstance(config.xla, bool):
+        raise InputError(f"xla = {config.xla!r}: must be true or false")
+    if not isinstance(config.mixed_precision, str) or config.mixed_precision not in PRECISIONS:
+        raise InputError(f"mixed_precision {config.mixed_precision!r} is unknown (choose one of: "
+                         f"{', '.join(PRECISIONS)})")
     if not isinstance(config.augment, AugmentConfig):
         raise InputError(f"augment must be an AugmentConfig, got {type(config.augment).__name__}")
     if config.augment.fill_mode not in FILL_MODES:
@@ -290,6 +311,8 @@ def check_options(config: TrainConfig) -> TrainConfig:
         raise InputError(f"positive_fraction = {f!r}: must be a number in 0..1 or null (uniform batches)")
     if config.lr_schedule not in LR_SCHEDULES:
         raise InputError(f"lr_schedule {config.lr_schedule!r} is unknown (choose one of: {', '.join(LR_SCHEDULES)})")
+    if config.in_memory not in IN_MEMORY:
+        raise InputError(f"in_memory {config.in_memory!r} is unknown (choose one of: {', '.join(IN_MEMORY)})")
     for name in ("init_from", "exclude"):
         value = getattr(config, name)
         if value is not None and not isinstance(value, str):
@@ -309,11 +332,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# Values that config.json files of older versions hold for a field whose type changed since,
+# and what they mean now: (class name, field) -> {old value: new value}. from_dict applies them
+# before coercion; the old value matches by type and value (True is not 1).
+LEGACY_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
+    ("TrainConfig", "mixed_precision"): {True: "fp16", False: "none"},  # a bool before issue 17
+}
+
+
+def _legacy(cls: type, name: str, value: Any) -> Any:
+    for old, new in LEGACY_VALUES.get((cls.__name__, name), {}).items():
+        if type(value) is type(old) and value == old:
+            return new
+    return value
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -> T:
     """Build config ``cls`` from ``data``, recursing into nested configs.
 
     Unknown keys raise :class:`InputError` naming them; missing keys take defaults;
-    lists become tuples where the field is a tuple.
+    lists become tuples where the field is a tuple; older values are read as they are meant
+    now (:data:`LEGACY_VALUES`).
     """
     if not isinstance(data, Mapping):
         raise InputError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
@@ -327,7 +366,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+        kwargs[name] = _coerce(hints[name], _legacy(cls, name, value), f"{where}.{name}")
     return cls(**kwargs)
 
 

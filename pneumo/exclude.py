@@ -3,7 +3,8 @@
 The list is a CSV with an ``id`` column: the relabel list ``pneumo curate`` writes or any
 hand-made file, read by :func:`pneumo.store.relabel.read_list_ids` (only ``id`` is read).
 
-A pack leaves the ids out before splitting. A run leaves them out of the pack's train and dev
+A pack leaves the ids out after splitting the whole source (:func:`exclusion_of`), so every
+other id keeps the split it has without the list. A run leaves them out of the pack's train and dev
 splits (:func:`pack_exclusion`) but never out of test, so its test score stays comparable with
 runs on the whole pack; it records what it left out in ``RUN/excluded.json`` and a resumed run
 refuses a list whose ids changed (:func:`check_recorded`).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pneumo.errors import InputError
 from pneumo.store.run import RunFolder, read_exclusion_record
 from pneumo.store.relabel import read_list_ids
 
-__all__ = ["Exclusion", "apply_exclusion", "PackExclusion", "pack_exclusion",
+__all__ = ["Exclusion", "exclusion_of", "PackExclusion", "pack_exclusion",
            "EXCLUDED_SPLITS", "check_recorded"]
 
 # The splits a run filters; test never is, so test scores of runs with and without a list compare.
@@ -40,19 +41,20 @@ class Exclusion:
 
 
 
-def apply_exclusion(manifest: Any, path: str | os.PathLike) -> tuple[Any, Exclusion]:
-    """``manifest`` without the samples whose id the list at ``path`` names, and what was done.
+def exclusion_of(manifest: Any, path: str | os.PathLike) -> Exclusion:
+    """Which samples of ``manifest`` the list at ``path`` leaves out of a pack (ids in source
+    order) and which of its ids the manifest lacks; the manifest is not changed.
 
     Ids of the list that the manifest lacks (already fixed, another source, a typo) are
-    reported in ``Exclusion.unknown``, never an error. The manifest is copied, not changed.
+    reported in ``Exclusion.unknown``, never an error. The packer splits the whole manifest
+    first and drops these ids afterwards, so every other id keeps its split.
     """
     ids = read_list_ids(path)
     wanted = set(ids)
-    keep = [s for s in manifest.samples if s.id not in wanted]
     excluded = [s.id for s in manifest.samples if s.id in wanted]
     known = {s.id for s in manifest.samples}
     unknown = [i for i in ids if i not in known]
-    return replace(manifest, samples=keep), Exclusion(str(Path(path).absolute()), excluded, unknown)
+    return Exclusion(str(Path(path).absolute()), excluded, unknown)
 
 
 # --------------------------------------------------------------------------- runs

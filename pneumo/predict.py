@@ -7,36 +7,46 @@ Files written into the run folder (docs/architecture.md, "Evaluation files"), at
   from (checkpoint name and mtime; pack path, size, mtime and ids digest). It is reused while
   it is fresh (:func:`pneumo.store.predictions.freshness`); a newer checkpoint (training went
   on) or a re-packed pack makes it stale.
-* the metrics and the case table of a split: :func:`evaluate_run`.
+* the metrics and the case table of a split: :func:`evaluate_run`, which scores each batch in
+  worker processes while the model predicts the next one.
 
-TensorFlow is imported only when a model has to run, so evaluating from fresh caches (and
-the review page) never loads it.
+New images (:func:`predict_files`) go through :mod:`pneumo.predict_images`: decoding and
+writing in worker processes around batched inference here. TensorFlow is imported only when
+a model has to run, so evaluating from fresh caches (and the review page) never loads it.
 """
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import os
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from pneumo import evaluate as ev
-from pneumo._io import atomic_path, atomic_write_text, now_iso
+from pneumo._io import atomic_write_text, csv_text, now_iso, refuse_existing
 from pneumo.config import TrainConfig
-from pneumo.store.config_file import load_config
 from pneumo.errors import InputError
-from pneumo.ingest import imageio
-from pneumo.ingest.imageio import is_dicom
-from pneumo.store.predictions import (check_split, checkpoint_path, create_predictions, find_pack, freshness,
-                                      open_predictions, predictions_path, require_run, run_triplet, write_cases,
-                                      write_metrics)
+from pneumo.predict_images import (IMAGE_EXTENSIONS, collect_inputs, mask_at_resolution, output_files, output_stems,
+                                   resolve_workers, run_pipeline, stage_pool)
+from pneumo.store.config_file import load_config
+from pneumo.store.predictions import (Predictions, check_split, checkpoint_path, create_predictions, find_pack,
+                                      freshness, open_predictions, predictions_path, require_run, run_triplet,
+                                      write_cases, write_metrics)
 from pneumo.store.run import RunFolder
+from pneumo.workers import InlineExecutor
 
-IMAGE_EXTENSIONS = tuple(sorted(imageio.IMAGE_EXTENSIONS))  # what predict reads from a folder
+__all__ = ["IMAGE_EXTENSIONS", "cache_is_fresh", "collect_inputs", "evaluate_run", "mask_at_resolution", "pack_path",
+           "predict_files", "predict_split", "run_config", "run_triplet", "split_stats"]
+
 ProgressFn = Callable[[int, int], None]
+
+# Scoring costs ~0.6 ms per 256 px image: below this many images a worker pool's start-up
+# (a second per spawned worker) costs more than it saves, unless workers are asked for.
+_POOL_FROM_IMAGES = 2000
+_STATS_ROWS = 256  # predictions scored per worker task when scoring a cached file
+_INLINE_BELOW = 8  # predict fewer files in this process: starting workers costs more (unless asked for)
 
 
 # --------------------------------------------------------------------------- run folder
@@ -71,10 +81,17 @@ def _model_size(model) -> int:
     return int(shape[1])
 
 
-def _predict_u8(model, images: np.ndarray) -> np.ndarray:
-    """``(B, S, S, 1) uint8`` images -> ``(B, S, S, 1) uint8`` probability levels."""
+def _predict_u8(model, images: np.ndarray, pad_to: int = 0) -> np.ndarray:
+    """``(B, S, S, 1) uint8`` images -> ``(B, S, S, 1) uint8`` probability levels.
+
+    A batch smaller than ``pad_to`` is padded with blank images: every call then has one
+    shape, and Keras traces the model once (a second trace, for the last short batch, costs
+    as much as predicting a hundred small images)."""
+    n = len(images)
+    if n < pad_to:
+        images = np.concatenate([images, np.zeros((pad_to - n, *images.shape[1:]), images.dtype)])
     p = np.asarray(model.predict_on_batch(images))
-    return ev.quantize(p.reshape(images.shape))
+    return ev.quantize(p.reshape(images.shape))[:n]
 
 
 # --------------------------------------------------------------------------- prediction cache
@@ -87,6 +104,52 @@ def cache_is_fresh(run_dir: str | os.PathLike, split: str = "test", checkpoint: 
     return freshness(run_dir, split, checkpoint).fresh
 
 
+def _concat_stats(parts: Sequence[ev.ProbStats], size: int) -> ev.ProbStats:
+    """Per-image :class:`pneumo.evaluate.ProbStats` of consecutive chunks, as one."""
+    if not parts:
+        empty = np.zeros((0, size, size, 1), np.uint8)
+        return ev.prob_stats(empty, empty)
+    return ev.ProbStats(np.concatenate([p.above for p in parts]), np.concatenate([p.above_true for p in parts]),
+                        np.concatenate([p.true_area for p in parts]), parts[0].pixels, parts[0].size)
+
+
+def _predict_splits(run_dir: Path, splits: Sequence[str], checkpoint: str, *, batch_size: int,
+                    progress: ProgressFn | None, pool: Executor | None) -> dict[str, tuple[ev.ProbStats, list[str]]]:
+    """Predict ``splits`` of the run's pack in batches and write each predictions file; with
+    a ``pool``, score each batch there while the model predicts the next (``{split: (stats,
+    ids)}``, else ``{}``). ``progress(done, total)`` counts images over all splits."""
+    from pneumo.store.pack import Pack
+
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    ckpt, pack = checkpoint_path(run_dir, checkpoint), pack_path(run_dir)
+    scoring: dict[str, tuple[list[Future], list[str]]] = {}
+    with Pack(pack) as p, contextlib.ExitStack() as stack:
+        size, total, done = p.size, sum(p.counts[s] for s in splits), 0
+        # entered before the model loads: a checkpoint saved meanwhile makes the files stale
+        writers = {s: stack.enter_context(create_predictions(run_dir, s, p.ids(s), size, pack, checkpoint))
+                   for s in splits}
+        model = _load_model(ckpt) if total else None
+        if model is not None and _model_size(model) != size:
+            raise InputError(f"{ckpt}: the model takes {_model_size(model)} px images but pack {pack} "
+                             f"holds {size} px images")
+        for s in splits:
+            n, x, masks = p.counts[s], p.lazy_images(s), p.lazy_masks(s)
+            parts: list[Future] = []
+            for a in range(0, n, batch_size):
+                b = min(n, a + batch_size)
+                levels = _predict_u8(model, x[a:b], pad_to=min(batch_size, total))
+                writers[s].write(a, levels)
+                if pool is not None:
+                    parts.append(pool.submit(ev.prob_stats, levels, masks[a:b]))
+                done += b - a
+                if progress:
+                    progress(done, total)
+            if pool is not None:
+                scoring[s] = (parts, p.ids(s))
+    return {s: (_concat_stats([f.result() for f in parts], size), ids) for s, (parts, ids) in scoring.items()}
+
+
 def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best", *,
                   batch_size: int = 32, progress: ProgressFn | None = None, force: bool = False) -> Path:
     """Predict one split of the run's pack and cache it; returns ``RUN/predictions_<split>.h5``.
@@ -97,43 +160,40 @@ def predict_split(run_dir: str | os.PathLike, split: str = "test", checkpoint: s
     ``progress(done, total)`` is called after each batch.
     """
     run_dir = Path(run_dir)
-    ckpt = checkpoint_path(run_dir, checkpoint)
-    pack = pack_path(run_dir)
+    checkpoint_path(run_dir, checkpoint)
     out = predictions_path(run_dir, split)
     if not force and cache_is_fresh(run_dir, split, checkpoint):
         return out
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    from pneumo.store.pack import Pack
-
-    with Pack(pack) as p:
-        n, size, x = p.counts[split], p.size, p.lazy_images(split)
-        # entered before the model loads: a checkpoint saved meanwhile makes the file stale
-        with create_predictions(run_dir, split, p.ids(split), size, pack, checkpoint) as writer:
-            model = _load_model(ckpt) if n else None
-            if model is not None and _model_size(model) != size:
-                raise InputError(f"{ckpt}: the model takes {_model_size(model)} px images but pack {pack} "
-                                 f"holds {size} px images")
-            for a in range(0, n, batch_size):
-                b = min(n, a + batch_size)
-                writer.write(a, _predict_u8(model, x[a:b]))
-                if progress:
-                    progress(b, n)
+    _predict_splits(run_dir, [split], checkpoint, batch_size=batch_size, progress=progress, pool=None)
     return out
 
 
 # --------------------------------------------------------------------------- evaluation
-def split_stats(run_dir: str | os.PathLike, split: str) -> tuple[ev.ProbStats, list[str]]:
+def _rows_stats(preds: Predictions, start: int, stop: int) -> ev.ProbStats:
+    """Worker: :class:`pneumo.evaluate.ProbStats` of predictions ``start..stop-1`` of a checked file."""
+    from pneumo.store.pack import Pack
+
+    with Pack(preds.pack_path) as pack:
+        masks = pack.masks(preds.split, preds.rows[start:stop])
+    return ev.prob_stats(preds.read(range(start, stop)), masks)
+
+
+def split_stats(run_dir: str | os.PathLike, split: str, pool: Executor | None = None
+                ) -> tuple[ev.ProbStats, list[str]]:
     """:class:`pneumo.evaluate.ProbStats` of the cached predictions against the pack's masks,
     and the ids (:func:`pneumo.store.predictions.open_predictions` checks the file; read chunk
-    by chunk, memory stays small)."""
+    by chunk, memory stays small); chunks of rows on ``pool``'s workers when given."""
     preds = open_predictions(run_dir, split, pack_path(run_dir))
-    return preds.prob_stats(), preds.ids
+    if pool is None or isinstance(pool, InlineExecutor) or preds.n <= _STATS_ROWS:
+        return preds.prob_stats(), preds.ids
+    parts = [pool.submit(_rows_stats, preds, a, min(preds.n, a + _STATS_ROWS)) for a in range(0, preds.n, _STATS_ROWS)]
+    return _concat_stats([f.result() for f in parts], preds.size), preds.ids
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
                  progress: ProgressFn | None = None, *, force: bool = False, batch_size: int = 32,
-                 grid: ev.TripletGrid | None = None, allow_changed_pack: bool = False) -> dict[str, Any]:
+                 grid: ev.TripletGrid | None = None, allow_changed_pack: bool = False,
+                 workers: int | None = None) -> dict[str, Any]:
     """Predict (or reuse) the dev split and ``split``, tune the triplet on dev, score ``split``.
 
     Writes ``RUN/metrics_<split>.json`` (the :func:`pneumo.evaluate.summarize` keys plus
@@ -144,10 +204,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     the images predicted across both splits (not called when the caches are fresh); the same
     progress goes to ``RUN/evaluate_<split>.progress.json`` (:class:`pneumo.store.eval_progress.EvalProgress`).
     A pack that differs from the run's recorded fingerprint raises :class:`InputError` unless
-    ``allow_changed_pack``.
+    ``allow_changed_pack``. Scoring runs in ``workers`` processes (None: every core when the
+    splits hold at least 2,000 images, else none; 0: none), overlapping inference.
     """
     from pneumo.plan import check_pack
     from pneumo.store.eval_progress import EvalProgress
+    from pneumo.store.pack import Pack
 
     run_dir = Path(run_dir)
     check_split(split)
@@ -157,26 +219,23 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     report = EvalProgress(run_dir, split, progress)
     needed = list(dict.fromkeys(["dev", split]))
     stale = [s for s in needed if force or not cache_is_fresh(run_dir, s, checkpoint)]
-    if stale:
-        from pneumo.store.pack import Pack
-
+    if workers is None:
         with Pack(pack) as p:
-            counts = {s: p.counts[s] for s in stale}
-        total, done = sum(counts.values()), 0
-        for s in stale:
-            offset = done
-            predict_split(run_dir, s, checkpoint, batch_size=batch_size, force=True,
-                          progress=lambda d, _n, o=offset: report(o + d, total))
-            done += counts[s]
-
-    report.stage("score")
-    dev_stats, dev_ids = split_stats(run_dir, "dev")
+            workers = resolve_workers(None) if sum(p.counts[s] for s in needed) >= _POOL_FROM_IMAGES else 0
+    with stage_pool(resolve_workers(workers)) as pool:  # before the model loads: forked workers stay without TF
+        scored = _predict_splits(run_dir, stale, checkpoint, batch_size=batch_size, progress=report,
+                                 pool=pool) if stale else {}
+        report.stage("score")
+        for s in needed:
+            if s not in scored:
+                scored[s] = split_stats(run_dir, s, pool)
+    dev_stats, dev_ids = scored["dev"]
     if dev_stats.n:
         triplet, dev_score = ev.tune_triplet(None, None, grid, stats=dev_stats)
         source = "dev"
     else:
         triplet, dev_score, source = ev.DEFAULT_TRIPLET, None, "default"
-    stats, ids = (dev_stats, dev_ids) if split == "dev" else split_stats(run_dir, split)
+    stats, ids = scored[split]
     summary, cases = ev.evaluate_stats(stats, triplet, ids)
     metrics = {
         **summary,
@@ -195,148 +254,75 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
 
 
 # --------------------------------------------------------------------------- new images
-def collect_inputs(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Files to predict: each input file as given, each folder's image files (recursively,
-    by extension: :data:`IMAGE_EXTENSIONS`), sorted, without files under ``exclude``."""
-    excl = Path(exclude).resolve() if exclude is not None else None
-    files: list[Path] = []
-    if not inputs:
-        raise InputError("no input given (expected image files or folders)")
-    for item in inputs:
-        p = Path(item)
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts)
-                           and not (excl and excl in q.resolve().parents))
-            if not found:
-                raise InputError(f"{p}: no image files in the folder ({', '.join(IMAGE_EXTENSIONS)})")
-            files.extend(found)
-        else:
-            raise InputError(f"{p}: input not found")
-    return files
-
-
-def _image_id(path: Path) -> str:
-    """SOPInstanceUID for DICOM (the SIIM ImageId), else the file stem."""
-    if is_dicom(path):
-        from pneumo.ingest.imageio import read_dicom_meta
-
-        uid = read_dicom_meta(path)[0]
-        if uid:
-            return uid
-    return path.stem
-
-
-def _resize_to(image: np.ndarray, size: int) -> np.ndarray:
-    """``(H, W) uint8`` -> ``(size, size) uint8``: area averaging down (as packing does), bilinear up."""
-    if image.shape == (size, size):
-        return image
-    h, w = image.shape
-    method = Image.Resampling.BOX if h >= size and w >= size else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(image).resize((size, size), method))
-
-
-def _upsample_levels(levels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(S, S) uint8`` probability levels -> ``(height, width) float32`` levels, bilinear."""
-    if levels.shape == (height, width):
-        return levels.astype(np.float32)
-    img = Image.fromarray(levels.astype(np.float32), mode="F")
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR))
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    name, k = stem, 2
-    while name in used:
-        name, k = f"{stem}_{k}", k + 1
-    used.add(name)
-    return name
-
-
-def mask_at_resolution(levels: np.ndarray, triplet: ev.Triplet, height: int, width: int) -> tuple[np.ndarray, float]:
-    """Apply ``triplet`` to one image's ``(S, S) uint8`` levels at the model's size (where it
-    was tuned), then draw the mask at ``(height, width)`` from bilinearly upsampled
-    probabilities: ``((height, width) uint8 {0, 255}, presence score)``."""
-    lv = levels.reshape(levels.shape[0], levels.shape[1])
-    keep = np.count_nonzero(lv > ev.threshold_level(triplet.top_threshold)) >= triplet.min_area
-    score = float(ev.presence_scores(lv[None], triplet.min_area)[0])
-    if not keep:
-        return np.zeros((height, width), np.uint8), score
-    up = _upsample_levels(lv, height, width)
-    mask = up > ev.threshold_level(triplet.pixel_threshold)
-    return np.where(mask, np.uint8(255), np.uint8(0)), score
-
-
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from pneumo.review.viz import PRED_COLOR, overlay
-
-    thickness = max(1, int(round(min(image.shape) / 256)))
-    rgb = overlay(image, mask, PRED_COLOR, alpha=0.3, mode="fill")
-    return overlay(rgb, mask, PRED_COLOR, alpha=1.0, mode="outline", thickness=thickness)
-
-
-def _save_png(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+def _check_outputs(out_dir: Path, stems: Sequence[str], siim_csv: Path | None, overlays: bool, force: bool) -> None:
+    """The overwrite rule (:func:`pneumo._io.refuse_existing`) for every file predict would
+    write, before any is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    if siim_csv is not None:
+        if siim_csv.is_dir():
+            raise InputError(f"{siim_csv}: is a folder, not a file")
+        refuse_existing(siim_csv, force)
+    if force or not out_dir.is_dir():
+        return
+    existing = [f for s in stems for f in output_files(out_dir, s, overlays) if f.exists() or f.is_symlink()]
+    if existing:
+        try:
+            refuse_existing(existing[0], force)
+        except InputError as e:
+            more = len(existing) - 1
+            more = f" ({more} more outputs of these inputs exist in {out_dir})" if more else ""
+            raise InputError(f"{e}{more}") from None
 
 
 def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   checkpoint: str = "best", siim_csv: str | os.PathLike | None = None, *,
-                  batch_size: int = 8, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+                  batch_size: int = 16, progress: ProgressFn | None = None, workers: int | None = None,
+                  force: bool = False, overlays: bool = True) -> list[dict[str, Any]]:
     """Predict new images (PNG/JPEG/TIFF/DICOM files or folders of them) with the run's model.
 
     Each image is read as gray, resized to the model's size (area averaging), predicted;
     the run's tuned triplet (:func:`run_triplet`) decides presence at the model's size and
     the mask is drawn at the input's own resolution. Writes ``OUT/<stem>_mask.png``
-    (``(H, W) uint8`` 0/255) and ``OUT/<stem>_overlay.png`` (RGB, red fill and outline);
-    a repeated stem gets ``_2``, ``_3``... With ``siim_csv``, writes a Kaggle submission
-    ``ImageId,EncodedPixels`` (ImageId = DICOM SOPInstanceUID, else the stem; ``-1`` for
-    empty) at the original resolution. Returns one dict per input: ``input``, ``id``,
-    ``present``, ``score``, ``area`` (mask pixels at the input's resolution), ``height``,
-    ``width``, ``mask``, ``overlay``, ``triplet_source``. An unreadable input raises
-    :class:`InputError` naming the file; images are streamed in batches, so outputs of
-    earlier files stay written (each atomically) but the CSV is not written.
-    """
-    from pneumo.ingest.rle import siim_encode
-    from pneumo.ingest.imageio import read_image
+    (``(H, W) uint8`` 0/255) and, with ``overlays``, ``OUT/<stem>_overlay.png`` (RGB, red fill
+    and outline); a repeated stem gets ``_2``, ``_3``... With ``siim_csv``, writes a Kaggle
+    submission ``ImageId,EncodedPixels`` (ImageId = DICOM SOPInstanceUID, else the stem, through
+    the CSV formula guard; ``-1`` for empty) at the original resolution. Returns one dict per
+    input: ``input``, ``id``, ``present``, ``score``, ``area`` (mask pixels at the input's
+    resolution), ``height``, ``width``, ``mask``, ``overlay`` (None without overlays),
+    ``triplet_source``.
 
+    Any output that exists already (a mask or overlay of these inputs, the CSV) is refused
+    before anything is written, unless ``force``. Decoding and writing run in ``workers``
+    processes (None: every core, none below 8 files; 0: all in this process, the same
+    results) around batches of
+    ``batch_size`` on the model; memory holds a few batches, not the input. An unreadable
+    input raises :class:`InputError` naming the file once the files before it are written
+    (each atomically); nothing after it is written, nor the CSV.
+    """
     run_dir = Path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
     out_dir = Path(out_dir)
+    siim_csv = Path(siim_csv) if siim_csv is not None else None
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     files = collect_inputs(inputs, exclude=out_dir)
-    model = _load_model(ckpt)
-    size = _model_size(model)
-    triplet, source = run_triplet(run_dir, size, checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    results: list[dict[str, Any]] = []
-    rows: list[tuple[str, str]] = []
-    for a in range(0, len(files), batch_size):
-        batch = list(range(a, min(len(files), a + batch_size)))
-        images = {i: read_image(files[i]) for i in batch}
-        ids = {i: _image_id(files[i]) for i in batch}
-        x = np.stack([_resize_to(images[i], size) for i in batch])[..., None]
-        levels = _predict_u8(model, x)
-        for j, i in enumerate(batch):
-            img = images[i]
-            h, w = img.shape
-            mask, score = mask_at_resolution(levels[j, ..., 0], triplet, h, w)
-            stem = _unique_stem(files[i].stem, used)
-            mask_file, overlay_file = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
-            _save_png(mask_file, mask)
-            _save_png(overlay_file, _overlay(img, mask))
-            area = int(np.count_nonzero(mask))
-            results.append({"input": str(files[i]), "id": ids[i], "present": area > 0, "score": score,
-                            "area": area, "height": h, "width": w, "mask": str(mask_file),
-                            "overlay": str(overlay_file), "triplet_source": source})
-            rows.append((ids[i], siim_encode(mask) if area else "-1"))
-        if progress:
-            progress(batch[-1] + 1, len(files))
+    stems = output_stems(files)
+    _check_outputs(out_dir, stems, siim_csv, overlays, force)
+    n_workers = resolve_workers(workers if workers is not None or len(files) >= _INLINE_BELOW else 0)
+    with stage_pool(n_workers) as pool:  # before the model loads: forked workers stay without TensorFlow
+        model = _load_model(ckpt)
+        size = _model_size(model)
+        triplet, source = run_triplet(run_dir, size, checkpoint)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pad = min(batch_size, len(files))
+        results, rles = run_pipeline(pool, files, stems, out_dir, size, triplet, lambda x: _predict_u8(model, x, pad),
+                                     batch_size=batch_size, workers=n_workers, overlays=overlays,
+                                     rle=siim_csv is not None, progress=progress)
+    for r in results:
+        r["triplet_source"] = source
     if siim_csv is not None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(("ImageId", "EncodedPixels"))
-        w.writerows(rows)
-        atomic_write_text(siim_csv, buf.getvalue())
+        # -1 as a number: the formula guard quotes text cells starting with "-", ids such as =1+20
+        rows = [(r["id"], code if code is not None else -1) for r, code in zip(results, rles)]
+        atomic_write_text(siim_csv, csv_text([("ImageId", "EncodedPixels"), *rows]))
     return results

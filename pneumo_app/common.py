@@ -72,9 +72,27 @@ def run_app() -> None:
         if (APP_ROOT / path).exists()
     ]
     page = st.navigation(pages)
+    start_checks()
     workspace_sidebar()
     ensure_demo_pack()
     page.run()
+
+
+def start_checks() -> None:
+    """Before any page: Streamlit's settings the app relies on (:mod:`pneumo_app.guard`), then
+    the workspace (:func:`pneumo.settings.workspace_problem`). Either failing is one message
+    instead of the page, and the script stops: no data is shown."""
+    from pneumo_app import guard
+
+    lines = guard.start_problem()
+    if lines:
+        st.error("  \n".join([f"**{md_escape(lines[0])}**", *(f"- {md_escape(x)}" for x in lines[1:-1]),
+                              md_escape(lines[-1])]), icon=":material/gpp_bad:")
+        st.stop()
+    problem = settings.workspace_problem()
+    if problem:
+        st.error(md_escape(problem), icon=":material/folder_off:")
+        st.stop()
 
 
 # --------------------------------------------------------------------------- errors
@@ -100,6 +118,12 @@ def workspace_sidebar() -> None:
             f"packs: `{settings.data_dir()}`  \nruns: `{settings.runs_dir()}`  \n"
             "Set `PNEUMO_WORKSPACE` to move it."
         )
+        locked = [f"{what}: {problem}" for what, folder in (("packs", settings.data_dir()), ("runs", settings.runs_dir()))
+                  if (problem := settings.write_problem(folder))]
+        if locked:  # viewing works; whatever would write there says so when asked
+            st.warning("Read-only workspace (" + md_escape("; ".join(locked)) + "): packs and runs can be "
+                       "viewed; packing, training, evaluating and saving verdicts there cannot work.",
+                       icon=":material/lock:")
 
 
 # --------------------------------------------------------------------------- packs
@@ -185,6 +209,8 @@ def ensure_demo_pack() -> Any:
     Returns the new ``PackInfo``, or ``None`` when packs already exist. Sweeps the
     workspace's leftovers first (once per server).
     """
+    if settings.write_problem(settings.data_dir()):
+        return None  # nothing can be made or swept there; the sidebar says the workspace is read-only
     sweep_workspace()
     if packs():
         return None
@@ -345,24 +371,6 @@ QUICK_PACK_OPTIONS: dict[str, Any] = config.QUICK_PACK_OPTIONS
 def preset_config(name: str, pack_path: str | Path) -> TrainConfig:
     """The preset ``name`` for the pack at ``pack_path`` (a ``TrainConfig`` ready to start)."""
     return dataclasses.replace(config.preset(name), pack=str(pack_path))
-
-
-def quick_pack() -> Any:
-    """The 128 px demo pack the quick demo trains on, made (with a progress bar) if missing."""
-    from pneumo.ingest.packer import make_demo_pack
-
-    out = settings.data_dir() / QUICK_PACK_NAME
-    if out.is_file():
-        return pack_info(out)
-    bar = st.progress(0.0, text="Making a 128 px demo pack for the quick demo...")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Making a 128 px demo pack: {done} of {total} images")
-
-    with user_errors():
-        info = make_demo_pack(out, progress=progress, **{**QUICK_PACK_OPTIONS, **DEMO_PACK_OPTIONS})
-    bar.empty()
-    return info
 
 
 def start_run(config: Any, prefix: str = "run") -> Path:

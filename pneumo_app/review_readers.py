@@ -7,12 +7,12 @@
 - :func:`readers_ui`: per pair of readers, the cases both judged, observed agreement and
   Cohen's kappa per category (:mod:`pneumo.review.agreement`), and their disagreements, each with
   an Open button that shows the case in the case viewer (the grid's mechanism,
-  :func:`pneumo_app.review_nav.open_position`); and the "Write relabel list" button
-  (:func:`pneumo.review.curate.curate`).
+  :func:`pneumo_app.review_nav.open_position`); the "Write relabel list" button
+  (:func:`pneumo.review.curate.curate`) and the command repacking the pack without the list,
+  from the pack's recorded source and options (:func:`pneumo.review.repack.repack_command`).
 
-The panel is drawn outside the case viewer's fragment: its buttons rerun the whole page (the
-category filter above the viewer changes with an Open), and it is recomputed on every full
-rerun, not on every Next.
+The Readers tab is computed only while it is open (a lazy tab); its buttons rerun the whole
+page (an Open changes the category filter and returns to the reading room).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ READER_PARAM = "reader"  # the URL query parameter that keeps the name across re
 _STATE = "rv_reader"  # the session's reader (validated); absent: not named yet
 _INPUT = "rv_reader_input"
 _ERROR = "rv_reader_error"
-PANEL_KEY = "rv_readers_panel"  # the Readers expander's open state
 MAX_DISAGREEMENTS_SHOWN = 50  # one Open button each; more than a screenful is a list to export
 
 
@@ -77,24 +76,26 @@ def reader_ui() -> str:
     if name is not None and given != name:
         st.query_params[READER_PARAM] = name
     if name is not None:
-        c1, c2 = st.columns([5, 1])
-        c1.markdown(f"Reading as **{md_escape(name)}**: your verdicts and notes are saved under this name.")
-        c2.button("Change reader", key="rv_reader_change", on_click=_change_reader, width="stretch")
+        with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+            st.markdown(f"Reading as **{md_escape(name)}**",
+                        help="Your verdicts and notes are saved under this name (kept in the address: ?reader=).")
+            st.button("Change", key="rv_reader_change", on_click=_change_reader, type="tertiary")
         return name
-    with st.form("rv_reader_form", border=True):
-        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        c1.text_input("Your name as reader", key=_INPUT, max_chars=verdicts.MAX_READER_LENGTH,
-                      placeholder="e.g. alice",
-                      help="Each reader's verdicts are kept apart, so two readers can judge the same "
-                           "cases and the Readers panel compares them. Kept in the address (?reader=).")
-        c2.form_submit_button("Start reading", on_click=_set_reader, width="stretch")
+    with st.popover(f"Reader: {verdicts.UNNAMED_READER}", width="stretch",
+                    help="Give your name: your verdicts are then kept apart from other readers'."):
+        with st.form("rv_reader_form", border=False):
+            st.text_input("Your name as reader", key=_INPUT, max_chars=verdicts.MAX_READER_LENGTH,
+                          placeholder="e.g. alice",
+                          help="Each reader's verdicts are kept apart, so two readers can judge the same "
+                               "cases and the Readers tab compares them. Kept in the address (?reader=).")
+            st.form_submit_button("Start reading", on_click=_set_reader, width="stretch")
+        st.caption(f"Until you give a name, verdicts are saved under the reader **{verdicts.UNNAMED_READER}**.")
     if err := st.session_state.pop(_ERROR, None):
         st.error(md_escape(err))
-    st.caption(f"Until you give a name, verdicts are saved under the reader **{verdicts.UNNAMED_READER}**.")
     return verdicts.UNNAMED_READER
 
 
-# --------------------------------------------------------------------------- the panel
+# --------------------------------------------------------------------------- the tab
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -128,8 +129,9 @@ def open_case(ev: review.Evaluation, run_dir: Path, split: str, image_id: str) -
                              int(np.flatnonzero(order == index)[0]))
 
 
-def readers_ui(run_dir: Path, split: str, ev: review.Evaluation) -> None:
-    """The "Readers" expander: per pair agreement and disagreements, and the relabel list."""
+def readers_ui(run_dir: Path, split: str, ev: review.Evaluation, pack_path: Path | None = None) -> None:
+    """The Readers tab: per pair agreement and disagreements, and the relabel list (with the
+    command repacking ``pack_path`` without it)."""
     from pneumo_app.common import md_escape
 
     run = run_dir.name
@@ -139,28 +141,23 @@ def readers_ui(run_dir: Path, split: str, ev: review.Evaluation) -> None:
         if r.verdict:
             judged[r.reader] = judged.get(r.reader, 0) + 1
     names = sorted({r.reader for r in rows})
-    # Keyed and stateful: it stays open across reruns (its buttons rerun the page), and its
-    # content is computed only while open.
-    with st.expander(f"Readers ({len(names)})", expanded=False, key=PANEL_KEY, on_change="rerun") as panel:
-        if not panel.open:
-            return
-        if msg := st.session_state.pop("rv_readers_msg", None):
-            st.warning(md_escape(msg))
-        if not names:
-            st.caption("No reviews yet.")
-        else:
-            st.caption("Verdicts on " + split + ": " + ", ".join(
-                f"**{md_escape(n)}** {judged.get(n, 0)}" for n in names)
-                + ". Updated when the page reruns (opening this panel, any change above the case viewer, or Refresh).")
-        st.button("Refresh", key="rv_readers_refresh")
-        pairs = agreement.reader_agreement(rows)
-        if not pairs:
-            st.info("Agreement needs verdicts from two readers: open the page as a second reader "
-                    "(Change reader, or another browser with ?reader=NAME).")
-        else:
-            _pair_ui(pairs, rows, run_dir, split, ev)
-        st.divider()
-        _relabel_ui(run_dir, split, len(names))
+    if msg := st.session_state.pop("rv_readers_msg", None):
+        st.warning(md_escape(msg))
+    if not names:
+        st.caption("No reviews yet.")
+    else:
+        st.caption("Verdicts on " + split + ": " + ", ".join(
+            f"**{md_escape(n)}** {judged.get(n, 0)}" for n in names)
+            + ". Updated when the page reruns (opening this tab, any change above, or Refresh).")
+    st.button("Refresh", key="rv_readers_refresh")
+    pairs = agreement.reader_agreement(rows)
+    if not pairs:
+        st.info("Agreement needs verdicts from two readers: open the page as a second reader "
+                "(Change, or another browser with ?reader=NAME).")
+    else:
+        _pair_ui(pairs, rows, run_dir, split, ev)
+    st.divider()
+    _relabel_ui(run_dir, split, len(names), pack_path)
 
 
 def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict], run_dir: Path, split: str,
@@ -188,7 +185,7 @@ def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict],
         a, b = by.get((image_id, pair.a)), by.get((image_id, pair.b))
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         now = cats.get(image_id, "not in the split")
-        c1.markdown(f"`{image_id}` ({md_escape(now)} now): {md_escape(pair.a)}: *{md_escape(a.verdict if a else '-')}*"
+        c1.markdown(f"**{md_escape(image_id)}** ({md_escape(now)} now): {md_escape(pair.a)}: *{md_escape(a.verdict if a else '-')}*"
                     f" \u00b7 {md_escape(pair.b)}: *{md_escape(b.verdict if b else '-')}*")
         c2.button("Open", key=f"rv_readers_open::{pair.a}::{pair.b}::{image_id}", width="stretch",
                   on_click=open_case, args=(ev, run_dir, split, image_id), disabled=image_id not in cats)
@@ -197,7 +194,7 @@ def _pair_ui(pairs: list[agreement.PairAgreement], rows: list[verdicts.Verdict],
                    f"--split {split} --agreement` lists them all.")
 
 
-def _relabel_ui(run_dir: Path, split: str, n_readers: int) -> None:
+def _relabel_ui(run_dir: Path, split: str, n_readers: int, pack_path: Path | None) -> None:
     """"Write relabel list": :func:`pneumo.review.curate.curate` into the run's default list
     (:func:`pneumo.store.relabel.relabel_path`)."""
     from pneumo_app.common import md_escape
@@ -229,5 +226,28 @@ def _relabel_ui(run_dir: Path, split: str, n_readers: int) -> None:
                    f"{at_least}){': ' + md_escape(ids) if ids else ''}.")
         if result.sources_note:
             st.caption(md_escape(result.sources_note))
-        st.markdown("Repack without them (same source and options as the pack, plus `--exclude`):")
-        st.code(f"python -m pneumo pack SOURCE ... --out data/clean.h5 --exclude {result.path}", language="bash")
+        _repack_ui(pack_path, result.path)
+
+
+def _repack_ui(pack_path: Path | None, list_path: Path) -> None:
+    """The command repacking the pack without the listed cases, from what the pack recorded
+    (:func:`pneumo.review.repack.repack_command`), and what to fill in where it recorded nothing."""
+    from pneumo.errors import PneumoError
+    from pneumo.review.repack import repack_command
+    from pneumo_app.common import md_escape
+
+    if pack_path is None:
+        st.caption(f"Repack with `python -m pneumo pack ... --exclude {list_path}` (the run's pack is not known).")
+        return
+    try:
+        command = repack_command(pack_path, list_path)
+    except PneumoError as e:
+        st.caption(f"The repack command cannot be made: {md_escape(e)}")
+        return
+    st.markdown(f"Repack **{md_escape(Path(pack_path).name)}** without them (its recorded source and options, "
+                "plus `--exclude`):")
+    st.code(command.text, language="bash", wrap_lines=True)
+    for line in command.missing:
+        st.warning(md_escape(line))
+    for line in command.notes:
+        st.caption(md_escape(line))

@@ -1,16 +1,17 @@
-"""Widgets of the review page: a radiologist-style pass over a model's predictions.
+"""The Review page: a reading room for a model's predictions, built for a radiologist's screen.
 
-Every ``*_ui`` function draws one part of the page and returns what the user chose. The model
-of the session (categories, sorting, verdicts) is :mod:`pneumo.review.cases`; drawing is
-:mod:`pneumo.review.viz`; metrics are :mod:`pneumo.evaluate`; the cached readers shared by the
-page's modules are :mod:`pneumo_app.review_cache`. Nothing here runs a model: missing
-predictions are computed by a ``python -m pneumo evaluate`` subprocess that the page polls.
+Layout (1440x900, nothing below the fold): one header row (the page, run, split, checkpoint,
+reader), one status line (which run was opened and why, the thresholds in use and the
+headline score), then three tabs: the **Reading room** (:mod:`pneumo_app.review_case`: filter
+row, the case picture with its toolbar, verdicts beside it), the **Dashboard**
+(:mod:`pneumo_app.review_dashboard`) and **Readers** (:mod:`pneumo_app.review_readers`, with the
+export). Tabs are lazy: only the open one is computed. The sidebar holds the post-processing
+thresholds, which belong to the run (:mod:`pneumo.store.thresholds`: saved on every change,
+used by ``pneumo review`` too), and the overlays' style.
 
-Predictions that are not fresh for the chosen checkpoint and the pack
-(:func:`pneumo.store.predictions.freshness`) are never shown as current. Position and view
-options live in ``st.session_state`` keyed by run and split; verdicts and notes live in the
-run's review database (:mod:`pneumo.store.verdicts`), so nothing entered is lost on reload and
-a second tab sees them.
+Nothing here runs a model: missing predictions are computed by a ``python -m pneumo evaluate``
+subprocess that the page polls; predictions that are not fresh for the chosen checkpoint and
+the pack (:func:`pneumo.store.predictions.freshness`) are never shown as current.
 """
 from __future__ import annotations
 
@@ -22,59 +23,80 @@ import streamlit as st
 from pneumo import evaluate, settings
 from pneumo.config import SPLITS
 from pneumo.errors import InputError
-from pneumo.review import cases as review
-from pneumo.store import predictions, verdicts
+from pneumo.review import runs
+from pneumo.store import predictions, thresholds, verdicts
 from pneumo.store.run import CHECKPOINTS, RunFolder, checkpoint_file
 from pneumo.train import jobs
-from pneumo_app import review_fullres, review_nav, review_readers, review_verdicts
-from pneumo_app.review_cache import Ident, evaluation, files_ident, load_data, panel_pngs, read_cases
+from pneumo_app import review_case, review_dashboard, review_nav, review_readers, review_verdicts
+from pneumo_app.review_cache import evaluation, files_ident, load_data
 
-PRED_VIEWS = {"mask": "Thresholded mask", "heatmap": "Probability heat map"}
-MODES = ("Case", "Grid")
+RUN_PARAM = "run"  # ?run=NAME opens that run (the Home page's link to a finished quick demo)
+_CSS = """<style>
+/* The reading room fits a 1440x900 screen: less air above and between the rows. */
+[data-testid="stMainBlockContainer"] { padding: 1.6rem 2rem 1rem 2rem; max-width: none; }
+[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] { gap: 0.55rem; }
+[data-testid="stMainBlockContainer"] h3 { padding: 0; }
+</style>"""
 
 
-def _k(name: str, run_dir: Path, split: str) -> str:
-    """A session-state key scoped to one run and split."""
-    return f"rv_{name}::{run_dir.name}::{split}"
+def _k(name: str, run_dir: Path) -> str:
+    """A session-state key scoped to one run."""
+    return f"rv_{name}::{run_dir.name}"
 
 
 # --------------------------------------------------------------------------- run, split, predictions
 def run_ui() -> Path | None:
-    """Pick a run that has a model or cached predictions; remembered across pages."""
-    from pneumo_app import common
-
-    runs = review.reviewable_runs(settings.runs_dir())
-    if not runs:
+    """Pick a run that has a model or cached predictions. A new session opens the best finished
+    run (:func:`pneumo.review.runs.best_run`) and says why; ``?run=NAME`` opens that one."""
+    found = runs.reviewable_runs(settings.runs_dir())
+    if not found:
         st.info("No trained run yet. Train one on the **Training** page, then come back to review it.")
         return None
-    paths = [str(p) for p in runs]
+    paths = [str(p) for p in found]
     key = "rv_run"
-    opened = None
-    if st.session_state.get(key) not in paths:
-        remembered = st.session_state.get(common.RUN_KEY)
-        default, why = review.default_run(runs)
-        # a run chosen on another page is kept only if it can be reviewed with a model
-        if remembered in paths and RunFolder(remembered).checkpoints():
-            st.session_state[key] = remembered
+    asked = st.query_params.get(RUN_PARAM)
+    if asked:
+        st.query_params.pop(RUN_PARAM, None)
+        match = [p for p in paths if Path(p).name == asked]
+        if match:
+            st.session_state[key] = match[0]
+            st.session_state["rv_run_why"] = (match[0], "the run the link asked for")
         else:
-            st.session_state[key] = str(default)
-            opened = f"Opened **{Path(str(default)).name}**: {why}."
-    chosen = st.selectbox("Run", paths, key=key, format_func=lambda p: review.run_label(Path(p)))
-    if opened:
-        st.caption(opened)
+            st.session_state["rv_run_note"] = f"No reviewable run named {asked!r}."
+    if st.session_state.get(key) not in paths:
+        choice = runs.best_run(found)
+        st.session_state[key] = str(choice.path)
+        st.session_state["rv_run_why"] = (str(choice.path), choice.why)
+    chosen = st.selectbox("Run", paths, key=key, label_visibility="collapsed",
+                          format_func=lambda p: "Run: " + runs.run_label(Path(p)))
+    from pneumo_app import common
+
     st.session_state[common.RUN_KEY] = chosen
     return Path(chosen)
 
 
-def split_checkpoint_ui(run_dir: Path) -> tuple[str, str | None]:
-    """Pick the split (test by default) and the checkpoint (best by default)."""
-    c1, c2 = st.columns(2)
-    split = c1.selectbox("Split", SPLITS, index=SPLITS.index("test"), key="rv_split",
-                         help="Review on test; the post-processing defaults were tuned on dev.")
+def opened_note(run_dir: Path) -> str:
+    """Why this run is open: the page's choice (and its reason) or the reader's."""
+    from pneumo_app.common import md_escape
+
+    path, why = st.session_state.get("rv_run_why", (None, ""))
+    if path == str(run_dir):
+        return f"Opened **{md_escape(run_dir.name)}**: {why}."
+    return f"**{md_escape(run_dir.name)}**, chosen by you."
+
+
+def split_checkpoint_ui(run_dir: Path, c_split, c_ckpt) -> tuple[str, str | None]:
+    """The split (test by default) and the checkpoint (best by default), labels collapsed."""
+    split = c_split.selectbox("Split", SPLITS, index=SPLITS.index("test"), key="rv_split",
+                              format_func=lambda s: f"Split: {s}", label_visibility="collapsed",
+                              help="Review on test; the post-processing defaults were tuned on dev.")
     ckpts = RunFolder(run_dir).checkpoints()
-    checkpoint = c2.selectbox("Checkpoint", ckpts, key=f"rv_ckpt::{run_dir.name}") if ckpts else None
-    if not ckpts:
-        c2.caption("No checkpoint in this run; reviewing its cached predictions.")
+    checkpoint = None
+    if ckpts:
+        checkpoint = c_ckpt.selectbox("Checkpoint", ckpts, key=f"rv_ckpt::{run_dir.name}", label_visibility="collapsed",
+                                      format_func=checkpoint_file, help="The model whose predictions are reviewed.")
+    else:
+        c_ckpt.caption("No checkpoint: cached predictions only.")
     return split, checkpoint
 
 
@@ -101,8 +123,6 @@ def predictions_ui(run_dir: Path, split: str, checkpoint: str | None) -> bool:
     if path.is_file():
         fresh = predictions.freshness(run_dir, split, checkpoint)
         if fresh.fresh:
-            if checkpoint is None:
-                st.caption("No checkpoint in this run to check them against; the pack is unchanged.")
             return True
         # never shown as current: say why, offer to recompute
         st.warning(f"The cached predictions for **{split}** are out of date: {fresh.reason}. "
@@ -147,121 +167,84 @@ def _job_progress_ui(run_dir: Path, split: str) -> None:
 
 
 # --------------------------------------------------------------------------- post-processing
-def triplet_ui(data: review.ReviewData) -> evaluate.Triplet:
-    """Pixel threshold, top threshold and minimum area; defaults to the dev-tuned triplet."""
-    default = data.default_triplet()
-    kp, kt, ka = (_k(n, data.run_dir, data.split) for n in ("pt", "tt", "area"))
-
-    def _reset() -> None:
-        st.session_state[kp] = float(default.pixel_threshold)
-        st.session_state[kt] = float(default.top_threshold)
-        st.session_state[ka] = int(default.min_area)
-
-    if kp not in st.session_state:
-        _reset()
-    st.markdown("**Post-processing**")
-    pt = st.slider("Pixel threshold", 0.0, 0.99, step=0.01, key=kp,
-                   help="A pixel is in the predicted mask when its probability exceeds this.")
-    tt = st.slider("Top threshold", 0.0, 0.99, step=0.01, key=kt,
-                   help="An image is called positive only if at least 'minimum area' pixels exceed this.")
-    area = st.number_input(f"Minimum area (px of {data.size}x{data.size})", 0, data.size * data.size,
-                           step=max(1, data.size * data.size // 1000), key=ka)
-    st.button(f"Reset to the dev-tuned triplet ({default.pixel_threshold:g}, {default.top_threshold:g}, "
-              f"{default.min_area})", key=_k("reset", data.run_dir, data.split), on_click=_reset)
-    return evaluate.Triplet(float(pt), float(tt), int(area))
+def _as_tuple(t: evaluate.Triplet) -> tuple[float, float, int]:
+    return float(t.pixel_threshold), float(t.top_threshold), int(t.min_area)
 
 
-# --------------------------------------------------------------------------- summary
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def summary_ui(ev: review.Evaluation) -> None:
-    """SIIM score beside the all-empty baseline, Dice on positives, confusion matrix, ROC."""
-    s = ev.summary
-    c = st.columns(5)
-    delta = None
-    if s["siim_score"] is not None and s["empty_baseline"] is not None:
-        delta = f"{s['siim_score'] - s['empty_baseline']:+.3f} vs empty"
-    c[0].metric("SIIM score", _fmt(s["siim_score"]), delta, help="Mean Dice per image, empty-empty = 1.")
-    c[1].metric("All-empty baseline", _fmt(s["empty_baseline"]), help="Score of predicting nothing anywhere.")
-    c[2].metric("Dice on positives", _fmt(s["dice_positive_mean"]),
-                help="Mean Dice over images with a pneumothorax.")
-    c[3].metric("Presence AUC", _fmt(s["auc"]))
-    c[4].metric("Images", s["n_images"], f"{s['n_positive']} positive", delta_color="off", delta_arrow="off")
-    left, right = st.columns([1, 1])
-    with left:
-        st.markdown(
-            "**Presence confusion matrix**\n\n"
-            "| label / model | pneumothorax | none |\n|---|---:|---:|\n"
-            f"| **pneumothorax** | {s['tp']} TP | {s['fn']} FN |\n"
-            f"| **none** | {s['fp']} FP | {s['tn']} TN |"
-        )
-        st.caption(f"sensitivity {_fmt(s['sensitivity'])}, specificity {_fmt(s['specificity'])}; "
-                   f"plain 0.5 thresholding scored {_fmt(s['siim_score_raw'])}")
-    with right:
-        st.plotly_chart(review.roc_figure(ev), key="rv_roc", config={"displayModeBar": False})
-
-
-# --------------------------------------------------------------------------- display options
-def view_ui(size: int) -> dict[str, Any]:
-    """Prediction as heat map or mask, overlay fill/outline and opacity, window/level, zoom.
-
-    Returns keyword arguments for :func:`pneumo.review.viz.triptych_panels` (plus ``magnify``).
-    """
-    st.markdown("**Display**")
-    pred_view = st.radio("Prediction as", list(PRED_VIEWS), format_func=PRED_VIEWS.get, key="rv_pred_view")
-    mode = st.radio("Overlay", ["outline", "fill"], horizontal=True, key="rv_overlay")
-    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.9 if mode == "outline" else 0.35, 0.05, key=f"rv_alpha_{mode}")
-    st.markdown("**Window / level**")
-    level = st.slider("Level (brightness centre)", 0.0, 255.0, 127.5, 0.5, key="rv_level")
-    width = st.slider("Window (contrast width)", 8.0, 510.0, 255.0, 1.0, key="rv_window")
-    window = None if (level, width) == (127.5, 255.0) else (level, width)
-    st.markdown("**Zoom**")
-    box = None
-    scale = st.select_slider("Magnify", [1, 2, 3, 4], value=1, key="rv_magnify")
-    if st.toggle("Zoom on a region", key="rv_zoom"):
-        side = st.slider("Region size (px)", max(8, size // 16), size, size // 2, max(1, size // 64), key="rv_zoom_side")
-        cx = st.slider("Region centre x", 0, size - 1, size // 2, key="rv_zoom_x")
-        cy = st.slider("Region centre y", 0, size - 1, size // 2, key="rv_zoom_y")
-        top = int(min(max(cy - side // 2, 0), size - side))
-        left = int(min(max(cx - side // 2, 0), size - side))
-        box = (top, left, int(side), int(side))
-        scale = max(scale, size // side)  # a region is shown at least as large as the full image
-    return {"pred_view": pred_view, "mode": mode, "alpha": float(alpha), "window": window,
-            "box": box, "scale": int(scale), "thickness": max(1, size // 256)}
-
-
-# --------------------------------------------------------------------------- the case
-def case_ui(data: review.ReviewData, ev: review.Evaluation, index: int, view: dict[str, Any],
-            ident: Ident | None = None) -> review.Case:
-    """The triptych of one case with its numbers; returns the case (its id read with its pixels)."""
-    ident = ident or files_ident(data.run_dir, data.split)
-    case = read_cases(data.run_dir, data.split, [index], ident)[0]
-    c = ev.cases
-    t = ev.triplet
-    panels = panel_pngs(str(data.run_dir), data.split, ident, int(index),
-                         (float(t.pixel_threshold), float(t.top_threshold), int(t.min_area)), view)
-    names = (
-        "Input",
-        f"Target: {int(c['true_area'][index])} px",
-        f"Prediction: {int(c['pred_area'][index])} px, Dice {c['dice'][index]:.3f}, score {c['score'][index]:.2f}",
-    )
+def triplet_ui(data, run_dir: Path) -> tuple[evaluate.Triplet, str]:
+    """Pixel threshold, top threshold and minimum area: the run's thresholds
+    (:func:`pneumo.store.thresholds.run_thresholds`: saved with the run, else dev-tuned), saved
+    with the run on every change; Reset goes back to the dev-tuned triplet. A change saved
+    by another reader is followed on the next full rerun. Returns the triplet and a line
+    saying what it is."""
     from pneumo_app.common import md_escape
 
-    st.markdown(f"**{md_escape(case.id)}**: {c['category'][index]}")
-    if view["scale"] <= 1:
-        cols = st.columns(3)
-        for col, (png, _), name in zip(cols, panels, names):
-            # Stretched to the column: the three panels stay the same size whatever the pack's
-            # resolution (at their natural width a long caption made one panel wider).
-            col.image(png, caption=name, output_format="PNG", width="stretch")
-        return case
-    # Magnified: one panel per row at its rendered width, so zoom enlarges what is seen
-    # (three columns would squeeze a 4x panel back to a third of the page).
-    for (png, width), name in zip(panels, names):
-        st.image(png, caption=name, output_format="PNG", width=width)
-    return case
+    size = data.size
+    dev, dev_origin = predictions.run_triplet(run_dir, size, data.checkpoint)  # damaged metrics: named, page stops
+    try:
+        current = thresholds.run_thresholds(run_dir, size, data.checkpoint)
+        damaged = None
+    except InputError as e:
+        current, damaged = thresholds.RunThresholds(dev, "dev-tuned", dev_origin, dev, dev_origin, {}), str(e)
+    kp, kt, ka, kfile = (_k(n, run_dir) for n in ("pt", "tt", "area", "file"))
+
+    def _show(t: evaluate.Triplet) -> None:
+        st.session_state[kp], st.session_state[kt], st.session_state[ka] = _as_tuple(t)
+
+    if st.session_state.get(kfile) != _as_tuple(current.triplet) or kp not in st.session_state:
+        _show(current.triplet)  # first look, or another reader saved other thresholds
+        st.session_state[kfile] = _as_tuple(current.triplet)
+
+    def _save() -> None:
+        t = evaluate.Triplet(float(st.session_state[kp]), float(st.session_state[kt]), int(st.session_state[ka]))
+        try:
+            thresholds.save_thresholds(run_dir, t, size, checkpoint=data.checkpoint,
+                                       reader=review_readers.current_reader())
+        except InputError as e:
+            st.session_state["rv_thresholds_msg"] = str(e)
+            return
+        st.session_state[kfile] = _as_tuple(t)
+
+    def _reset() -> None:
+        try:
+            thresholds.clear_thresholds(run_dir)
+        except InputError as e:
+            st.session_state["rv_thresholds_msg"] = str(e)
+        _show(dev)
+        st.session_state[kfile] = _as_tuple(dev)
+
+    st.markdown("**Post-processing** (saved with the run)")
+    st.slider("Pixel threshold", 0.0, 0.99, step=0.01, key=kp, on_change=_save,
+              help="A pixel is in the predicted mask when its probability exceeds this.")
+    st.slider("Top threshold", 0.0, 0.99, step=0.01, key=kt, on_change=_save,
+              help="An image is called positive only if at least 'minimum area' pixels exceed this.")
+    top_area = max(size * size + 1, int(dev.min_area), int(st.session_state[ka]))
+    st.number_input(f"Minimum area (px of {size}x{size})", 0, top_area, step=max(1, size * size // 1000), key=ka,
+                    on_change=_save, help=f"Above {size * size} nothing is ever called positive (all-empty).")
+    chosen = evaluate.Triplet(float(st.session_state[kp]), float(st.session_state[kt]), int(st.session_state[ka]))
+    st.button(f"Reset to the dev-tuned triplet ({dev.pixel_threshold:g}, {dev.top_threshold:g}, {dev.min_area})",
+              key=_k("reset", run_dir), on_click=_reset,
+              disabled=chosen == dev and current.source != "chosen" and not damaged)
+    if msg := st.session_state.pop("rv_thresholds_msg", None):
+        st.warning(md_escape(msg))
+    if damaged:
+        st.warning(md_escape(damaged))
+    if chosen != dev:
+        what = "chosen for this run"
+        by = current.saved.get("reader") if current.source == "chosen" and chosen == current.triplet else None
+        what += f" (by {md_escape(by)})" if by else ""
+    else:
+        what = "dev-tuned" if dev_origin != "default" else "plain 0.5 thresholding (never evaluated)"
+    st.caption(f"{thresholds.describe(chosen, size)}: {what}. `pneumo review` counts with these too.")
+    return chosen, f"{thresholds.describe(chosen, size)}, {what}"
+
+
+def style_ui() -> dict[str, Any]:
+    """How the overlays are drawn: outline or fill, and their opacity."""
+    st.markdown("**Overlays**")
+    mode = st.radio("Overlay as", ["outline", "fill"], horizontal=True, key="rv_overlay_mode")
+    alpha = st.slider("Overlay opacity", 0.1, 1.0, 0.9 if mode == "outline" else 0.35, 0.05, key=f"rv_alpha_{mode}")
+    return {"mode": mode, "alpha": float(alpha)}
 
 
 # --------------------------------------------------------------------------- the page
@@ -269,16 +252,22 @@ def review_page() -> None:
     """The whole review page."""
     from pneumo_app import common
 
-    st.title("Review")
-    st.caption("Go through the model's predictions as a radiologist would: false positives first, "
-               "then the misses; record a verdict on each.")
+    st.html(_CSS)
     with common.user_errors():
-        review_readers.reader_ui()
-        run_dir = run_ui()
+        c_title, c_run, c_split, c_ckpt, c_reader = st.columns([1.05, 3.6, 1.25, 1.55, 2.4],
+                                                               vertical_alignment="center")
+        c_title.subheader("Review", anchor=False)
+        with c_reader:
+            review_readers.reader_ui()
+        with c_run:
+            run_dir = run_ui()
         if run_dir is None:
             return
-        split, checkpoint = split_checkpoint_ui(run_dir)
+        split, checkpoint = split_checkpoint_ui(run_dir, c_split, c_ckpt)
+        if note := st.session_state.pop("rv_run_note", None):
+            st.warning(note)
         if not predictions_ui(run_dir, split, checkpoint):
+            st.caption(opened_note(run_dir))
             return
         ident = files_ident(run_dir, split)
         data = load_data(run_dir, split, ident)
@@ -286,46 +275,19 @@ def review_page() -> None:
             st.info(f"The {split} split is empty.")
             return
         with st.sidebar:
-            triplet = triplet_ui(data)
-            view = view_ui(data.size)
+            triplet, triplet_line = triplet_ui(data, run_dir)
+            style = style_ui()
         ev = evaluation(run_dir, split, triplet, ident)
-        with st.expander("Summary", expanded=True):
-            summary_ui(ev)
-        review_readers.readers_ui(run_dir, split, ev)
-        category, sort, _ = review_nav.filter_ui(ev, run_dir, split)
-        t = (float(triplet.pixel_threshold), float(triplet.top_threshold), int(triplet.min_area))
-        cases_area(str(run_dir), split, checkpoint, t, category, sort, view)
-
-
-@st.fragment
-def cases_area(run_dir_s: str, split: str, checkpoint: str | None, triplet: tuple[float, float, int],
-               category: str, sort: str, view: dict[str, Any]) -> None:
-    """Progress, export, grid or case with verdicts. A fragment: Next, Previous, a verdict or a
-    note rerun only this part, not the summary above (whose inputs have not changed)."""
-    from pneumo_app import common
-
-    run_dir = Path(run_dir_s)
-    with common.user_errors():
-        if not predictions.freshness(run_dir, split, checkpoint).fresh:
-            st.rerun(scope="app")  # files changed since the page was drawn: the page says why
-        ident = files_ident(run_dir, split)
-        data = load_data(run_dir, split, ident)
-        ev = evaluation(run_dir, split, evaluate.Triplet(*triplet), ident)
-        order = review.select(ev.cases, category, sort)
-        store = verdicts.VerdictStore.for_run(run_dir)
-        pos_key = review_nav.pos_key(run_dir, split, category, sort)
-        reviewed = review_verdicts.progress_ui(store, run_dir, split, ev, order, category)
-        st.session_state.setdefault("rv_mode", "Case")
-        mode = st.segmented_control("View", MODES, key="rv_mode", required=True)
-        if mode == "Grid":
-            review_nav.grid_ui(data, ev, order, pos_key, view, reviewed, ident)
-            return
-        pos = review_nav.nav_ui(pos_key, category, int(order.size))
-        if order.size == 0:
-            st.info(f"No {category} case with this post-processing." if category != "all" else "No case.")
-            return
-        index = int(order[pos])
-        case = case_ui(data, ev, index, view, ident)
-        review_fullres.fullres_ui(data, case, evaluate.Triplet(*triplet))  # a toggle, then the viewer
-        review_verdicts.verdict_ui(store, run_dir, split, case.id, str(ev.cases["category"][index]),
-                                   advance=(pos_key, int(order.size)))
+        st.caption(f"{opened_note(run_dir)} {review_dashboard.headline(ev, split)}.")
+        tabs = st.tabs(review_nav.TABS, key="rv_tab", on_change="rerun")
+        with tabs[0]:
+            if tabs[0].open:
+                shown, sort = review_nav.filter_ui(ev, data.stats, run_dir, split)
+                review_case.reading_room(str(run_dir), split, checkpoint, _as_tuple(triplet), shown.chosen, sort, style)
+        with tabs[1]:
+            if tabs[1].open:
+                review_dashboard.summary_ui(ev)
+        with tabs[2]:
+            if tabs[2].open:
+                review_readers.readers_ui(run_dir, split, ev, data.pack_path)
+                review_verdicts.reviews_ui(verdicts.VerdictStore.for_run(run_dir), run_dir, split)

@@ -27,15 +27,17 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from pneumo import settings  # noqa: E402
 from pneumo.train import jobs
 from pneumo.store.run import read_status, request_stop
-from pneumo.store.run_list import active_run, list_runs
+from pneumo.store.run_list import active_run, list_runs, new_run_dir
 from pneumo.ingest import packer
-from pneumo.store import pack
+from pneumo.store import pack, quickstart_job
+from pneumo.store.predictions import read_metrics
 from pneumo.errors import InputError  # noqa: E402
 from pneumo_app import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
+FAKE_QUICKSTART = ROOT / "tests" / "fake_quickstart.py"
 TIMEOUT = 60
 WAIT_S = 120  # the longest any wait on another process may take before the test fails
 
@@ -55,6 +57,9 @@ def workspace(tmp_path, monkeypatch, demo_pack_file) -> Path:
     monkeypatch.setenv("PNEUMO_TRAIN_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_TRAINER))}")
     monkeypatch.setenv("PNEUMO_TESTING", "1")  # the hook is ignored without it
     monkeypatch.setenv("PNEUMO_FAKE_SECONDS_PER_EPOCH", "0.5")
+    # Home's quick demo: the real quickstart with its TensorFlow steps faked, on a small quick pack
+    monkeypatch.setenv("PNEUMO_QUICKSTART_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_QUICKSTART))}")
+    monkeypatch.setenv("PNEUMO_FAKE_PACK_OPTIONS", json.dumps({"count": 100, "size": 64, "workers": 1}))
     for name in ("PNEUMO_FAKE_EPOCHS", "PNEUMO_FAKE_FAIL"):
         monkeypatch.delenv(name, raising=False)
     # A first launch or the quick start would otherwise render 400 phantoms at 256/128 px.
@@ -66,9 +71,13 @@ def workspace(tmp_path, monkeypatch, demo_pack_file) -> Path:
 
 
 def _stop_all(runs: Path) -> None:
-    """Never leave a fake trainer running after a test: ask it to stop (it ends within a step),
-    and kill it if it has not ended after a bound far above that on any machine."""
+    """Never leave a fake trainer or quick demo running after a test: ask it to stop (it ends
+    within a step), and kill it if it has not ended after a bound far above that on any machine."""
     deadline = time.monotonic() + WAIT_S
+    quick = quickstart_job.read_job(runs)
+    if quick is not None and quick["state"] == "running":
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(quick["pid"], signal.SIGKILL)  # its run, if any, then reads as ended
     while (run := active_run(runs)) is not None:
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError, TypeError):
@@ -156,19 +165,110 @@ def test_navigation_lists_every_page_and_survives_reruns(workspace):
     assert str(workspace.resolve()) in " ".join(c.value for c in at.sidebar.caption)
 
 
-def test_home_quick_start_makes_the_quick_pack_and_starts_a_run(workspace):
+def _wait_job(predicate, what: str) -> dict:
+    """Poll the quick demo's record, with no app session running, until ``predicate(job)``."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        job = jobs.quick_demo_job()
+        if job is not None and predicate(job):
+            return job
+        time.sleep(0.1)
+    log = quickstart_job.log_path()
+    raise AssertionError(f"quick demo never {what}: {jobs.quick_demo_job()}; log:\n"
+                         + (log.read_text(errors="replace")[-3000:] if log.exists() else ""))
+
+
+def _progress_texts(at: AppTest) -> str:
+    return " ".join(p.proto.text for p in at.get("progress"))
+
+
+def test_home_quick_demo_ends_with_its_test_scores_and_opens_review(workspace):
     at = _app()
     at.button(key="home_quick").click().run()
     _no_exception(at)
+    job = jobs.quick_demo_job()  # recorded before the click returned, by another process
+    assert job["state"] == "running" and job["pid"] != os.getpid()
+    job = _wait_job(lambda j: j["state"] != "running", "ended")
+    assert job["state"] == "finished", job
     quick = settings.data_dir() / common.QUICK_PACK_NAME
     assert quick.is_file()
-    runs = list_runs()
-    assert len(runs) == 1 and runs[0].name.startswith("demo-")
-    cfg = runs[0].config
-    quick_demo = common.PRESETS[common.QUICK_PRESET]  # pneumo.config's, the same as the CLI's
-    assert cfg["pack"] == str(quick) and cfg["encoder_weights"] is None and cfg["epochs"] == quick_demo.epochs
-    assert cfg["variant"] == quick_demo.variant and cfg["width"] == quick_demo.width
-    _wait_for(at, lambda a: read_status(runs[0].path)["state"] == "finished")
+    (run,) = list_runs()
+    assert run.path == job["run"] and run.name.startswith("quickstart-") and run.state == "finished"
+    quick_demo = common.PRESETS[common.QUICK_PRESET]  # the fake keeps these, shrinks epochs and batches
+    assert run.config["pack"] == str(quick) and run.config["encoder_weights"] is None
+    assert run.config["variant"] == quick_demo.variant and run.config["width"] == quick_demo.width
+    m = read_metrics(run.path, "test")
+    at.run()
+    _no_exception(at)
+    shown = {x.label: x for x in at.metric}
+    # the figures `python -m pneumo quickstart` prints, from what the evaluation wrote
+    assert shown["SIIM score"].value == f"{m['siim_score']:.3f}"
+    assert shown["SIIM score"].proto.delta == f"{m['siim_score'] - m['empty_baseline']:+.3f} vs all-empty"
+    assert shown["All-empty prediction"].value == f"{m['empty_baseline']:.3f}"
+    assert shown["Dice on positive images"].value == f"{m['dice_positive_mean']:.3f}"
+    assert shown["Presence AUC"].value == f"{m['auc']:.3f}"
+    assert m["siim_score"] > m["empty_baseline"]  # the fixed predictions find the lesions
+    assert f"{m['n_images']} images, {m['n_positive']} with a lesion" in " ".join(x.value for x in at.success)
+    assert not at.button(key="home_quick").disabled
+    at.button(key="home_quick_review").click().run()
+    _no_exception(at)
+    assert at.selectbox(key="rv_run").value == str(run.path)  # Review opened that run
+
+
+def test_home_quick_demo_survives_a_closed_tab(workspace, gate):
+    at = _app()
+    at.button(key="home_quick").click().run()
+    del at  # the tab is closed: no session runs any script from here on
+    job = _wait_job(lambda j: j["stage"] == "pack" and (j["done"] or 0) >= 1, "reached its pack")
+    assert job["state"] == "running" and not job["run"]
+    reloaded = _app()  # a new tab: it finds the job on disk and follows it
+    assert "Step 1 of 3: making the demo pack" in _progress_texts(reloaded)
+    assert reloaded.button(key="home_quick").disabled
+    assert jobs.running_job() == "the quick demo (making its pack)"
+    gate.touch()
+    job = _wait_job(lambda j: j["state"] != "running", "ended")  # still no session
+    assert job["state"] == "finished" and (settings.data_dir() / common.QUICK_PACK_NAME).is_file()
+    at = _app()
+    assert "SIIM score" in {x.label for x in at.metric} and not at.button(key="home_quick_review").disabled
+
+
+def test_home_quick_demo_stops_while_it_makes_its_pack(workspace, gate):
+    at = _app()
+    at.button(key="home_quick").click().run()
+    _wait_job(lambda j: j["stage"] == "pack" and (j["done"] or 0) >= 1, "reached its pack")
+    at.run()
+    at.button(key="home_quick_stop").click().run()
+    job = _wait_job(lambda j: j["state"] != "running", "ended")
+    assert job["state"] == "stopped", job
+    assert not (settings.data_dir() / common.QUICK_PACK_NAME).exists()  # nothing half-made
+    assert list_runs() == []
+    at.run()
+    _no_exception(at)
+    assert "The last quick demo was stopped" in " ".join(w.value for w in at.warning)
+    assert not at.button(key="home_quick").disabled
+
+
+def test_home_quick_demo_failure_names_the_file(workspace):
+    (settings.data_dir() / common.QUICK_PACK_NAME).write_text("not a pack")
+    at = _app()
+    at.button(key="home_quick").click().run()
+    job = _wait_job(lambda j: j["state"] != "running", "ended")
+    assert job["state"] == "failed" and common.QUICK_PACK_NAME in job["error"]
+    at.run()
+    _no_exception(at)
+    assert at.error and "The last quick demo failed" in at.error[0].value
+    assert common.md_escape(common.QUICK_PACK_NAME) in at.error[0].value
+
+
+def test_home_quick_demo_waits_for_another_job(workspace, gate):
+    run = new_run_dir(prefix="app")
+    jobs.start_training(common.preset_config(common.QUICK_PRESET, settings.demo_pack_path()), run)  # at the gate
+    at = _app()
+    assert at.button(key="home_quick").disabled
+    assert common.md_escape(f"training run {run.name}") in " ".join(i.value for i in at.info)
+    with pytest.raises(InputError, match=f"another job is running \\(training run {run.name}\\)"):
+        jobs.start_quick_demo()
+    assert jobs.quick_demo_job() is None
 
 
 # --------------------------------------------------------------------------- data page
@@ -264,7 +364,7 @@ def test_data_page_zip_upload_of_two_folders(workspace, tmp_path):
     [
         (dict(source="folders", images="/nonexistent/images", masks="/nonexistent/masks"), "/nonexistent"),
         (dict(source="folders", images="", masks=""), "give the image folder"),
-        (dict(source="demo", name="demo"), "already exists"),
+        (dict(source="demo", name="demo"), 'already exists; use the "Replace existing" checkbox'),
         (dict(source="demo", size=100), "multiple of 32"),
         (dict(source="demo", name="../escape"), "plain file name"),
         (dict(source="folders", where="upload"), "choose a zip"),
@@ -445,3 +545,137 @@ def test_streamlit_config_keeps_the_app_on_this_machine():
     assert config["browser"]["gatherUsageStats"] is False
     assert 0 < config["server"]["maxUploadSize"] <= 512  # MB, held in server memory while uploading
     assert config["client"]["showErrorDetails"] == "type"  # no tracebacks, no server paths
+    assert config["client"]["showErrorLinks"] == "false"  # no "Ask Google / Ask ChatGPT" links
+
+
+# --------------------------------------------------------------------------- start checks (issue 18)
+class _Settings:
+    """streamlit.config as the guard sees it: Streamlit's defaults (what a config.toml with a
+    syntax error leaves), or the given values with where each was defined."""
+
+    DEFAULTS = {"server.address": (None, "<default>"), "browser.gatherUsageStats": (True, "<default>"),
+                "client.showErrorDetails": ("full", "<default>"), "client.showErrorLinks": ("auto", "<default>")}
+
+    def __init__(self, **values):
+        self.values = {**self.DEFAULTS, **{k.replace("__", "."): v for k, v in values.items()}}
+
+    def get_option(self, key):
+        return self.values[key][0]
+
+    def get_where_defined(self, key):
+        return self.values[key][1]
+
+
+def test_app_shows_no_data_when_streamlit_fell_back_to_its_defaults(workspace, tmp_path, monkeypatch):
+    """Issue 18 item 7: a syntax error in .streamlit/config.toml made Streamlit listen on every
+    interface, send usage statistics and show full tracebacks, and the app showed data."""
+    from pneumo_app import guard
+
+    broken = tmp_path / "config.toml"
+    broken.write_text('[server]\naddress = "127.0.0.1\n')
+    monkeypatch.setattr(guard, "config", _Settings())
+    monkeypatch.setattr(guard, "CONFIG_FILE", broken)
+    for page in (None, "app_pages/data.py", "app_pages/review.py"):
+        at = _app(page)
+        assert len(at.error) == 1 and not at.dataframe and not at.sidebar.caption, page
+        text = at.error[0].value.replace("\\", "")
+        for part in ("shows no data", "server.address is not set", "gatherUsageStats is on",
+                     "showErrorDetails is 'full'", "showErrorLinks is on", f"{broken} is not valid TOML"):
+            assert part in text, (part, text)
+
+
+def test_an_address_chosen_on_the_command_line_is_the_users_choice(workspace, monkeypatch):
+    from pneumo_app import guard
+
+    chosen = _Settings(server__address=("0.0.0.0", "command-line argument or environment variable"),
+                       browser__gatherUsageStats=(False, "x"), client__showErrorDetails=("type", "x"),
+                       client__showErrorLinks=("false", "x"))
+    monkeypatch.setattr(guard, "config", chosen)
+    assert not _app().error
+    chosen.values["server.address"] = ("0.0.0.0", "/home/me/.streamlit/config.toml")  # not on the command line
+    assert "server.address is '0.0.0.0'" in _app().error[0].value.replace("\\", "")
+
+
+def test_the_real_settings_hold():
+    from pneumo_app import guard
+
+    assert guard.setting_problems() == [] and guard.config_file_problem() is None
+
+
+def test_a_workspace_that_is_a_file_is_one_message_on_every_page(tmp_path, monkeypatch):
+    """Issue 18 item 12: every page showed NotADirectoryError twice."""
+    ws = tmp_path / "ws"
+    ws.write_text("not a folder")
+    monkeypatch.setenv("PNEUMO_WORKSPACE", str(ws))
+    monkeypatch.delenv("PNEUMO_DATA_DIR", raising=False)
+    monkeypatch.delenv("PNEUMO_RUNS_DIR", raising=False)
+    for page in (None, "app_pages/data.py", "app_pages/augmentation.py", "app_pages/training.py", "app_pages/review.py"):
+        at = _app(page)
+        assert [e.value.replace("\\", "") for e in at.error] == [
+            f"PNEUMO_WORKSPACE={ws}: is a file, not a folder; set PNEUMO_WORKSPACE to a folder"], page
+    assert ws.read_text() == "not a folder"
+
+
+def _review_run(workspace: Path) -> Path:
+    from run_fixtures import make_review_run
+
+    return make_review_run(workspace / "runs" / "r1", settings.demo_pack_path(), splits=("test",))
+
+
+def test_opening_the_review_page_creates_no_review_file(workspace):
+    """Issue 18 item 12: the Review page created reviews.sqlite when opened."""
+    run = _review_run(workspace)
+    at = _app("app_pages/review.py")
+    assert any(b.key and b.key.startswith("rv_verdict::") for b in at.button)  # a case is shown
+    assert not (run / "reviews.sqlite").exists()
+
+
+def test_a_read_only_workspace_is_viewed_and_says_what_cannot_be_saved(workspace, monkeypatch):
+    """Issue 18 item 12: in a read-only workspace the Review page showed no case (and tried
+    to create reviews.sqlite); now every page renders, the sidebar says the workspace is
+    read-only, and the Review page shows the case with its verdict controls off."""
+    from pneumo.store import verdicts
+
+    run = _review_run(workspace)
+    root = str(workspace.resolve())
+
+    def read_only(folder):
+        return "read-only file system" if str(Path(folder).resolve()).startswith(root) else None
+
+    monkeypatch.setattr(settings, "write_problem", read_only)
+    monkeypatch.setattr(verdicts, "write_problem", read_only)
+    for page in (None, "app_pages/data.py", "app_pages/training.py"):
+        at = _app(page)
+        assert any("Read-only workspace" in w.value for w in at.sidebar.warning), page
+    at = _app("app_pages/data.py")  # packing there is refused by name before any work
+    at.text_input(key="data_name_demo").set_value("new")
+    at.number_input(key="data_size").set_value(64)
+    at.button(key="data_build").click().run()
+    _no_exception(at)
+    assert "cannot be written (read-only file system)" in at.error[0].value.replace("\\", "")
+    assert not (settings.data_dir() / "new.h5").exists() and not (settings.data_dir() / "uploads").exists()
+    at = _app("app_pages/review.py")
+    assert not at.error, [e.value for e in at.error]
+    assert any("Verdicts cannot be saved in this run folder (read-only file system)" in w.value.replace("\\", "")
+               for w in at.warning), [w.value for w in at.warning]
+    buttons = [b for b in at.button if b.key and b.key.startswith("rv_verdict::")]
+    assert buttons and all(b.disabled for b in buttons)
+    assert not (run / "reviews.sqlite").exists()
+
+
+def test_reviews_so_far_shows_notes_and_names_as_typed(workspace):
+    """Issue 18 item 8: the "Reviews so far" table rendered Markdown from notes and reader
+    names (a note's link became live, ":red[...]" was coloured)."""
+    from pneumo.store import verdicts
+
+    run = _review_run(workspace)
+    note = "see [here](http://example.invalid) :red[urgent] **now**"
+    at = _app("app_pages/review.py")
+    shown = next(b.key.split("::")[1] for b in at.button if b.key and b.key.startswith("rv_verdict::"))
+    verdicts.VerdictStore.for_run(run).set_verdict(run.name, "test", shown, "unsure", note=note, reader="dr_[x](y)")
+    at.session_state["rv_tab"] = "Readers"  # where the table is
+    at.run()
+    _no_exception(at)
+    (table,) = [t.value for t in at.table if "note" in t.value.columns]
+    assert list(table["note"]) == [common.md_escape(note)] and list(table["reader"]) == [common.md_escape("dr_[x](y)")]
+    assert list(table.index) == [common.md_escape(shown)]

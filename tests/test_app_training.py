@@ -80,7 +80,8 @@ def test_form_is_built_from_the_library_vocabularies(workspace, weights):
     at = _app(PAGE)
     # every value shown under a label of its own (not the bare name)
     assert all(label not in C.VARIANTS for label in at.selectbox(key="tr_variant").options)
-    for key, values in (("tr_variant", C.VARIANTS), ("tr_loss", C.LOSSES), ("tr_lr_schedule", C.LR_SCHEDULES)):
+    for key, values in (("tr_variant", C.VARIANTS), ("tr_loss", C.LOSSES), ("tr_lr_schedule", C.LR_SCHEDULES),
+                        ("tr_mp", C.PRECISIONS)):
         assert len(at.selectbox(key=key).options) == len(values)
         for value in values:  # every value of the vocabulary can be chosen
             at.selectbox(key=key).set_value(value).run()
@@ -99,6 +100,55 @@ def test_quick_demo_preset_starts_exactly_the_library_preset(workspace, no_weigh
     (run,) = list_runs()
     want = normalise_train_paths(dataclasses.replace(C.preset(C.QUICK_PRESET), pack=str(settings.demo_pack_path())))
     assert from_dict(TrainConfig, run.config) == want
+
+
+def _quick_pack() -> Path:
+    """The quick-demo preset's own pack, here a copy of the 64 px test pack."""
+    quick = settings.data_dir() / C.QUICK_PACK_NAME
+    quick.write_bytes(settings.demo_pack_path().read_bytes())
+    return quick
+
+
+def test_form_opens_on_the_presets_own_pack_and_says_why(workspace, weights):
+    quick = _quick_pack()
+    at = _app()  # Home first: the session remembers demo.h5, as after a first launch
+    at.switch_page(PAGE).run()
+    _no_exception(at)
+    assert at.selectbox(key="tr_preset").value == C.QUICK_PRESET
+    assert at.selectbox(key="tr_pack").value == str(quick)
+    note = " ".join(c.value for c in at.caption)
+    assert f"**{md_escape(C.QUICK_PACK_NAME)}** is the preset's own pack" in note and "128 px" in note
+    # a preset without a pack of its own keeps the pack; one chosen by hand is kept too
+    at.selectbox(key="tr_preset").set_value("blog").run()
+    assert at.selectbox(key="tr_pack").value == str(quick)
+    at.selectbox(key="tr_preset").set_value(C.QUICK_PRESET).run()
+    at.selectbox(key="tr_pack").set_value(str(settings.demo_pack_path())).run()
+    _no_exception(at)
+    assert at.selectbox(key="tr_pack").value == str(settings.demo_pack_path())
+    assert f"has its own pack, **{md_escape(C.QUICK_PACK_NAME)}**" in " ".join(c.value for c in at.caption)
+    at.number_input(key="tr_epochs").set_value(1).run()
+    assert at.selectbox(key="tr_pack").value == str(settings.demo_pack_path())
+    # choosing the preset again opens its own pack again; Start trains on it
+    at.selectbox(key="tr_preset").set_value("blog").run()
+    at.selectbox(key="tr_preset").set_value(C.QUICK_PRESET).run()
+    assert at.selectbox(key="tr_pack").value == str(quick)
+    at.button(key="tr_start").click().run()
+    _no_exception(at)
+    (run,) = list_runs()
+    assert run.config["pack"] == str(quick)
+
+
+def test_form_offers_to_make_the_presets_missing_pack(workspace, no_weights):
+    quick = settings.data_dir() / C.QUICK_PACK_NAME
+    at = _app(PAGE)
+    assert at.selectbox(key="tr_pack").value == str(settings.demo_pack_path())  # until it exists
+    (offer,) = [i.value for i in at.info if "not made yet" in i.value]
+    assert f"**{md_escape(C.QUICK_PACK_NAME)}**" in offer and "128 px" in offer
+    at.button(key="tr_make_pack").click().run()
+    _no_exception(at)
+    assert pack.read_info(quick).size == 64  # the tests' small demo options
+    assert at.selectbox(key="tr_pack").value == str(quick)
+    assert not [i for i in at.info if "not made yet" in i.value] and "tr_make_pack" not in [b.key for b in at.button]
 
 
 def test_presets_fill_the_form(workspace, weights):
@@ -236,6 +286,21 @@ def test_a_run_of_another_host_shows_running_there(workspace):
         assert at.button(key="tr_start").disabled  # one job at a time, across the shared workspace
     finally:
         _end(run)
+
+
+def test_a_run_shows_where_it_runs_strategy_batches_and_precision(workspace):
+    """Issue 17 item 5: the setup the trainer recorded in status.json, one caption."""
+    run = _hand_run("run-cluster", [0.5])
+    status = json.loads((run / "status.json").read_text())
+    setup = {"strategy": "MultiWorkerMirroredStrategy", "cluster": "Slurm", "workers": 2, "replicas": 8,
+             "global_batch": 64, "per_replica_batch": 8, "precision": "bf16", "policy": "mixed_bfloat16",
+             "devices": ["GPU:0 (NVIDIA H200)"], "addresses": ["n1:8888", "n2:8888"]}
+    (run / "status.json").write_text(json.dumps({**status, "setup": setup}))
+    at = _app(PAGE)
+    _no_exception(at)
+    want = ("2 workers (Slurm) x 4 replicas, MultiWorkerMirroredStrategy; batch 64 = 8 x 8 per replica; "
+            "precision bf16; devices GPU:0 (NVIDIA H200)")
+    assert any(c.value == md_escape(want) for c in at.caption), [c.value for c in at.caption]
 
 
 def test_a_model_above_the_all_empty_level_is_not_said_to_predict_nothing(workspace):

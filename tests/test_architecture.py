@@ -20,18 +20,26 @@ MAX_LINES = 500
 # Each format's literals, and the one module allowed to spell them. A pattern is matched
 # against every string constant of the code (docstrings excepted; f-strings contribute their
 # literal parts), so a message naming a file goes through the owner's constant too.
+def _per_split(stem: str) -> str:
+    """A per-split file name: ``stem_`` alone (an f-string's literal part) or ``stem_<split>.``,
+    not a function name such as ``stem_path``."""
+    return rf"^{stem}_$|{stem}_(train|dev|test)\."
+
+
 OWNERS: dict[str, list[str]] = {
     "pneumo/store/pack.py": [
-        r"^(X|Y|ids|source_path|source_hw)_(train|dev|test)?$", r"^(count|positive_fraction)_(train|dev|test)?$",
+        r"^(X|Y|ids|source_path|source_hw|source_size|source_mtime_ns|source_sha256)_(train|dev|test)?$", r"^(count|positive_fraction)_(train|dev|test)?$",
         r"^pneumo-pack$", r"^format_version$", r"^excluded_ids$",
     ],
     "pneumo/store/run.py": [
         r"config\.json", r"status\.json", r"history\.csv", r"progress\.json", r"(\w|^)\.keras$", r"^STOP$",
-        r"train\.log", r"pack\.json", r"excluded\.json", r"state\.json", r"evaluate_",
+        r"train\.log", r"pack\.json", r"excluded\.json", r"state\.json", _per_split("evaluate"),
     ],
-    "pneumo/store/predictions.py": [r"predictions_", r"metrics_", r"cases_"],
+    "pneumo/store/predictions.py": [_per_split("predictions"), _per_split("metrics"), _per_split("cases")],
     "pneumo/store/verdicts.py": [r"reviews\.sqlite"],
-    "pneumo/store/relabel.py": [r"relabel_"],
+    "pneumo/store/thresholds.py": [r"thresholds\.json"],
+    "pneumo/store/relabel.py": [_per_split("relabel")],
+    "pneumo/store/quickstart_job.py": [r"\.quickstart\.(json|log)"],
 }
 
 # The same spelling meaning something else: Keras' own home folder (~/.keras), not a checkpoint.

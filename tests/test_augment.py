@@ -84,6 +84,18 @@ def test_flip_only_is_a_mirror_and_both_outcomes_occur():
         np.testing.assert_array_equal(mo[i], want_m)
 
 
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_flip_only_shortcut_equals_the_projective_resampling(per_batch):
+    """The mirror shortcut gives bit for bit what ImageProjectiveTransform gives for the same draw."""
+    x, m = _images(n=16, size=40), _masks(n=16, size=40)
+    cfg = dataclasses.replace(OFF, horizontal_flip=True, per_batch=per_batch)
+    xo, mo = augment_batch(x, m, cfg, seed=[7, 1])
+    transforms = transforms_from_params(sample_params(16, cfg, [7, 1]), 40, 40)
+    np.testing.assert_array_equal(xo.numpy(), apply_transforms(x, transforms, fill_mode=cfg.fill_mode).numpy())
+    np.testing.assert_array_equal(
+        mo.numpy(), apply_transforms(m, transforms, interpolation="nearest", fill_mode=cfg.fill_mode).numpy())
+
+
 # --------------------------------------------------------------------------- sign conventions
 def test_positive_angle_turns_content_counter_clockwise():
     t = transforms_from_params({"angle": [90.0]}, 9, 9)

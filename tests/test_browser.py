@@ -1,7 +1,7 @@
 """The real app in a real browser: `streamlit run` on 127.0.0.1, driven by Debian's chromium.
 
 Visits every page of a workspace holding a small demo pack and a finished run with cached
-predictions (so the Review page has a triptych), checks each renders without an exception or
+predictions (so the Review page has a case picture), checks each renders without an exception or
 an error message, and takes a screenshot. Screenshots go to ``tmp_path``; with
 ``PNEUMO_SAVE_SCREENSHOTS=1`` they go to ``docs/screenshots/`` (the README shows them), so CI
 never modifies the repository. ``PNEUMO_BROWSER_WORKSPACE=<folder>`` uses an existing workspace
@@ -64,8 +64,8 @@ def _prepare_workspace(ws: Path) -> None:
 
 
 @contextlib.contextmanager
-def _serve(ws: Path, log_path: Path, **extra_env: str):
-    """``streamlit run streamlit_app.py`` on a free port of 127.0.0.1 with ``ws`` as workspace."""
+def _serve(ws: Path, log_path: Path, cwd: Path = ROOT, **extra_env: str):
+    """``streamlit run streamlit_app.py`` (of ``cwd``) on a free port of 127.0.0.1 with ``ws`` as workspace."""
     port = _free_port()
     env = {**os.environ, "PNEUMO_WORKSPACE": str(ws), "TF_CPP_MIN_LOG_LEVEL": "3", **extra_env}
     for name in ("PNEUMO_DATA_DIR", "PNEUMO_RUNS_DIR"):
@@ -75,7 +75,7 @@ def _serve(ws: Path, log_path: Path, **extra_env: str):
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],  # a file edited mid-test must not reload modules
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -292,6 +292,7 @@ def test_nothing_is_fetched_from_outside_this_machine(server, browser):
 
 # --------------------------------------------------------------------------- review
 REVIEW_RUN = "run-20260101-120000"
+SCREEN = {"width": 1440, "height": 900}  # a radiologist's reading screen: the case must fit it
 
 
 @pytest.fixture(scope="module")
@@ -304,9 +305,9 @@ def review_server(tmp_path_factory):
         yield url, ws
 
 
-def _open_review(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/review", wait_until="domcontentloaded")
+def _open_review(browser, url: str, query: str = ""):
+    page = browser.new_page(viewport=SCREEN, device_scale_factor=1)
+    page.goto(f"{url}/review{query}", wait_until="domcontentloaded")
     page.get_by_role("heading", name="Review", exact=True).first.wait_for(timeout=60_000)
     page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
     _wait_until_idle(page)
@@ -317,13 +318,13 @@ _CASE_LINE = re.compile(r"^(\S+): (FP|FN|TP|TN)$")
 
 
 def _case_ids(page) -> list[str]:
-    """The ids above the triptych (``**<id>**: FP``) the page shows now: one once the server has drawn it."""
+    """The ids above the verdicts (``**<id>**: FP``) the page shows now: one once the server has drawn it."""
     texts = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] p:has(strong)').all_inner_texts()
     return [m.group(1) for t in texts if (m := _CASE_LINE.match(t.strip()))]
 
 
 def _shown_case_id(page) -> str:
-    """The id above the triptych, as the server drew it (on a page that has finished loading)."""
+    """The id of the case shown, as the server drew it (on a page that has finished loading)."""
     found = _case_ids(page)
     assert len(found) == 1, found
     return found[0]
@@ -367,28 +368,120 @@ def _review_rows(ws: Path) -> list:
     return verdicts.VerdictStore.for_run(ws / "runs" / REVIEW_RUN).all(REVIEW_RUN, "test")
 
 
+def _filter(page, category: str) -> None:
+    """Click a category of the filter row ("FP · 7")."""
+    page.locator('[data-testid="stMain"]').get_by_role("radio", name=re.compile(rf"^{category} · \d+$")).click()
+
+
+def _picture(page):
+    return page.locator('.st-key-rv_view [data-testid="stImage"] img')
+
+
+def _box(locator) -> dict:
+    box = locator.bounding_box()
+    assert box is not None, "not drawn"
+    return box
+
+
+def test_the_case_fits_a_1440x900_screen_with_its_verdicts(review_server, browser, tmp_path):
+    """Issue 19: the first case image started ~1,440 px down. On a 1440x900 screen, without
+    scrolling, the case picture (>= 400 px tall) and its verdict buttons are in view, with the
+    position and the category. With PNEUMO_SAVE_SCREENSHOTS=1 this is the README's picture."""
+    url, ws = review_server
+    page = _open_review(browser, url)
+    try:
+        pic = _box(_picture(page))
+        assert pic["height"] >= 400 and pic["y"] >= 0 and pic["y"] + pic["height"] <= SCREEN["height"], pic
+        assert _picture(page).evaluate("i => [i.naturalWidth, i.naturalHeight]") == [620, 620]
+        for k, verdict in enumerate(("model wrong", "label missed a pneumothorax", "unsure")):
+            button = _box(page.get_by_role("button", name=f"{k + 1} · {verdict}", exact=True))
+            assert button["y"] + button["height"] <= SCREEN["height"] and button["x"] > pic["x"] + pic["width"]
+        label = page.locator('[data-testid="rvNavLabel"]')
+        assert re.fullmatch(r"FP 1 of \d+", label.inner_text()) and _box(label)["y"] < SCREEN["height"]
+        assert _shown_case_id(page) == _expected_order(ws, "FP")[0]
+        assert page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollTop") == 0
+        assert page.get_by_text(re.compile(r"^Opened run-20260101-120000: the finished run with the highest dev "
+                                           r"score")).count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(_screenshot_dir(tmp_path) / "review.png"))
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+
+
 def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_path):
     url, ws = review_server
     order = _expected_order(ws, "all")
     assert len(order) >= 10
     page = _open_review(browser, url)
     try:
-        page.locator('[data-testid="stMain"] [data-testid="stRadio"]').first.get_by_text("all", exact=True).click()
+        _filter(page, "all")
         _expect_case(page, order[0])
         nxt = page.locator('[data-testid="rvNavNext"]')
         for _ in range(6):  # faster than the page reruns: nothing waits for the server
             nxt.click(no_wait_after=True)
         page.keyboard.press("ArrowLeft")
-        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("p")
         _expect_case(page, order[4])
         assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"case 5 of {len(order)}"
-        for _ in range(5):
-            page.keyboard.press("ArrowRight")
+        for key in ("ArrowRight", "n", "n", "ArrowRight", "n"):
+            page.keyboard.press(key)
         _expect_case(page, order[9])
-        # passing cases writes no review: the export and the progress still say 0
+        # passing cases writes no review
         assert _review_rows(ws) == []
-        assert page.get_by_role("button", name="Export 0 reviews (CSV)").count() == 1
         assert page.get_by_text(f"0 of {len(order)} cases reviewed").count() == 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        raise
+    finally:
+        page.close()
+
+
+def test_keys_give_verdicts_and_drive_the_view(review_server, browser, tmp_path):
+    """Keys 1-3 record the shown category's verdicts in the buttons' order; O overlay, W window
+    presets, F full resolution; a click on the picture magnifies about that point."""
+    url, ws = review_server
+    fp = _expected_order(ws, "FP")
+    page = _open_review(browser, url, "?reader=keys")
+    try:
+        main = page.locator('[data-testid="stMain"]')
+        _expect_case(page, fp[0])
+        page.keyboard.press("2")
+        want = [("keys", fp[0], "label missed a pneumothorax")]
+        _eventually(page, lambda: [(r.reader, r.image_id, r.verdict) for r in _review_rows(ws)
+                                   if r.reader == "keys"] == want, "the key's verdict in the review database")
+        expect(main.get_by_text("Saved: label missed a pneumothorax under FP")).to_have_count(1, timeout=90_000)
+        page.keyboard.press("1")
+        want = [("keys", fp[0], "model wrong")]
+        _eventually(page, lambda: [(r.reader, r.image_id, r.verdict) for r in _review_rows(ws)
+                                   if r.reader == "keys"] == want, "the second key's verdict")
+        page.keyboard.press("n")
+        _expect_case(page, fp[1])
+        page.keyboard.press("3")
+        _eventually(page, lambda: {r.image_id: r.verdict for r in _review_rows(ws) if r.reader == "keys"}
+                    == {fp[0]: "model wrong", fp[1]: "unsure"}, "a verdict on the next case")
+        overlay = main.locator(".st-key-rv_overlay input")
+        assert overlay.is_checked()
+        page.keyboard.press("o")
+        expect(overlay).not_to_be_checked(timeout=90_000)
+        page.keyboard.press("w")
+        expect(main.locator(".st-key-rv_window input")).to_have_value("Window: High contrast", timeout=90_000)
+        _wait_until_idle(page)
+        before = _picture(page).get_attribute("src")
+        box = _box(_picture(page))
+        page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+        expect(main.get_by_role("radio", name="2×", exact=True)).to_be_checked(timeout=90_000)
+        _wait_until_idle(page)
+        assert _picture(page).get_attribute("src") != before
+        assert main.get_by_text(re.compile(r"Shown: x 0\.\.63, y 0\.\.63 of 128x128")).count() == 1  # about (32, 32)
+        page.keyboard.press("f")
+        expect(main.get_by_text(re.compile("^Full resolution unavailable: this image is a generated phantom"))
+               ).to_have_count(1, timeout=90_000)
+        page.keyboard.press("f")
+        expect(main.get_by_text(re.compile("^Full resolution unavailable"))).to_have_count(0, timeout=90_000)
         assert page.locator('[data-testid="stException"]').count() == 0
     except BaseException:
         page.screenshot(path=str(tmp_path / "failure.png"))
@@ -409,36 +502,36 @@ def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review
         for _ in range(30):  # the run's 0.50 -> 0.80
             page.keyboard.press("ArrowRight")
         _wait_until_idle(page)
-        fp = page.locator('[data-testid="stMain"] [data-testid="stRadio"] input[type=radio]').first
+        fp = page.locator('[data-testid="stMain"]').get_by_role("radio", name=re.compile(r"^FP · \d+$"))
         for value in ("0.80", "0.79", "0.78"):
             assert top.locator('[data-testid="stSliderThumbValue"]').inner_text() == value
             errors = page.locator('[data-testid="stAlertContentError"], [data-testid="stException"]')
             assert errors.count() == 0, errors.all_inner_texts()
             assert fp.is_checked()
-            assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 3
+            assert _picture(page).count() == 1
             slider.press("ArrowLeft")
             _wait_until_idle(page)
-        # nothing reaches 0.99: no FP, and the page says what it shows instead
+        # nothing reaches 0.99: no FP, and the page offers the near misses instead
         slider.press("End")
-        no_fp = page.get_by_text("No false positives at these thresholds: showing misses.")
-        expect(no_fp).to_have_count(1, timeout=90_000)  # the server's answer to "End", however late
+        near = page.get_by_text(re.compile("^No false positives at these thresholds. Near misses:"))
+        expect(near).to_have_count(1, timeout=90_000)  # the server's answer to "End", however late
         _wait_until_idle(page)
-        assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 3
-        assert fp.is_checked()
+        assert _picture(page).count() == 1 and fp.is_checked()
+        assert re.fullmatch(r"near miss 1 of \d+", page.locator('[data-testid="rvNavLabel"]').inner_text())
         # back to the run's triplet, then a verdict and a note on the first FP
         page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()
-        expect(no_fp).to_have_count(0, timeout=90_000)  # the reset's rerun has drawn the FP again
+        expect(near).to_have_count(0, timeout=90_000)  # the reset's rerun has drawn the FP again
         _wait_until_idle(page)
         image_id = _shown_case_id(page)
-        page.get_by_role("button", name="label missed a pneumothorax").click()
+        page.get_by_role("button", name="2 · label missed a pneumothorax").click()
         expect(page.get_by_text("Saved: label missed a pneumothorax")).to_have_count(1, timeout=90_000)
         _wait_until_idle(page)
         note = page.get_by_label("Note (saved when you press Enter or leave the field)")
         note.fill("air at the apex")
         note.press("Enter")
         want = [(image_id, "label missed a pneumothorax", "air at the apex")]
-        _eventually(page, lambda: [(r.image_id, r.verdict, r.note) for r in _review_rows(ws)] == want,
-                    f"the review database holding {want}")
+        _eventually(page, lambda: [(r.image_id, r.verdict, r.note) for r in _review_rows(ws) if r.reader == "unnamed"]
+                    == want, f"the review database holding {want}")
         _wait_until_idle(page)
         page.reload(wait_until="domcontentloaded")
         page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
@@ -446,7 +539,6 @@ def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review
         assert _shown_case_id(page) == image_id
         assert page.get_by_label("Note (saved when you press Enter or leave the field)").input_value() == "air at the apex"
         assert page.get_by_text("Saved: label missed a pneumothorax").count() == 1
-        assert page.get_by_role("button", name="Export 1 reviews (CSV)").count() == 1
         other = _open_review(browser, url)  # a second tab
         assert _shown_case_id(other) == image_id
         assert other.get_by_label("Note (saved when you press Enter or leave the field)").input_value() == "air at the apex"
@@ -464,14 +556,13 @@ def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browse
     page = _open_review(browser, url)  # the server has cached this pack's predictions
     try:
         before = _shown_case_id(page)
+        from pneumo.config import SplitConfig
         from pneumo.ingest import packer
 
         # "Replace existing": other phantoms under the same file name
-        from pneumo.config import SplitConfig
-
         packer.make_demo_pack(ws / "data" / "demo.h5", count=120, size=128, workers=1, seed=7,
-                            split=SplitConfig(seed=11), force=True)
-        page.get_by_role("button", name=re.compile("^Reset to the dev-tuned triplet")).click()  # any rerun
+                              split=SplitConfig(seed=11), force=True)
+        page.get_by_role("tab", name="Dashboard").click()  # any rerun
         page.get_by_text("out of date").first.wait_for(timeout=60_000)
         _wait_until_idle(page)
         assert page.locator('[data-testid="stMain"] [data-testid="stImage"]').count() == 0
@@ -485,24 +576,24 @@ def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browse
         page.close()
 
 
-# --------------------------------------------------------------------------- full resolution (issue 14)
+# --------------------------------------------------------------------------- full resolution (issue 14, 19)
 def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_path):
     """A SIIM-layout tree (8-bit 1024 px and 12-bit 2048 px DICOMs with window tags) packed at
-    256 px, a run with fixed predictions, reviewed at full resolution: the crop is drawn at the
-    original 2048 px resolution, one PNG pixel per native pixel, with the target and the
-    prediction drawn at that size, exactly as the library draws them."""
+    256 px, a run with fixed predictions, reviewed at full resolution: at 1:1 the picture is
+    drawn at the original 2048 px resolution, one PNG pixel per native pixel, with the target
+    and the prediction at that size, exactly as the library draws them; a click on the picture
+    centres it there; Next shows the next case's source."""
     import io
 
     import numpy as np
     from PIL import Image
 
     from pneumo import evaluate
-    from pneumo.review import fullres
-    from pneumo.store import pack
-    from pneumo.ingest import packer, sources
     from pneumo.config import PackConfig, SplitConfig
+    from pneumo.ingest import packer, sources
     from pneumo.ingest.siim_labels import read_labels
-    from pneumo.review.viz import PRED_COLOR, TARGET_COLOR
+    from pneumo.review import fullres, picture, view
+    from pneumo.store import pack
     from run_fixtures import REVIEW_TRIPLET, designed_probs, make_review_run
     from siim_fixtures import write_review_tree
 
@@ -519,28 +610,34 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
         page = _open_review(browser, url)
         try:
             main = page.locator('[data-testid="stMain"]')
-            main.locator('[data-testid="stRadio"]').first.get_by_text("TP", exact=True).click()
+            _filter(page, "TP")
             _expect_case(page, big)  # the designed predictions: the 2048 px image is the TP
             main.get_by_text("Full resolution", exact=True).click()
-            _wait_until_idle(page)
-            shown = main.locator('[data-testid="stImage"]').filter(has_text="2048x2048 (source)")
-            shown.first.wait_for(timeout=60_000)
-            caption = shown.inner_text()
-            m = re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+), crop 768x768 at 1:1", caption)
-            assert m, caption
-            img = shown.locator("img")
-            assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [768, 768]
-            assert img.evaluate("i => i.getBoundingClientRect().width") == 768  # shown 1:1, not scaled
+            shown = main.get_by_text(re.compile(r"Shown: x 0\.\.2047, y 0\.\.2047 of 2048x2048; window 1800 / 1600 "
+                                                r"\(DICOM units\)"))
+            expect(shown).to_have_count(1, timeout=90_000)
             notes = main.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
-            assert any("the RLE of stage_2_train.csv decoded at 2048x2048" in n and "resized bilinearly to 2048x2048" in n
-                       and "1800 / 1600" in n for n in notes), notes  # the file's own window
-            assert main.locator('[data-testid="stImage"]').filter(has_text="Navigator").count() == 1
+            assert any(n.startswith("2048x2048 (source)") and "the RLE of stage_2_train.csv decoded at 2048x2048" in n
+                       and "resized bilinearly to 2048x2048" in n for n in notes), notes
+            main.get_by_role("radio", name="1:1", exact=True).click()
+            crop = main.get_by_text(re.compile(r"Shown: x (\d+)\.\.(\d+), y (\d+)\.\.(\d+) of 2048x2048"))
+            expect(crop).to_have_count(1, timeout=90_000)
+            _wait_until_idle(page)
+            m = re.search(r"x (\d+)\.\.(\d+), y (\d+)\.\.(\d+) of", crop.inner_text())
+            img = _picture(page)
+            assert img.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [620, 620]
+            assert img.evaluate("i => i.getBoundingClientRect().width") == 620  # shown 1:1, not scaled
             src = img.get_attribute("src")
             png = urllib.request.urlopen(src if src.startswith("http") else url + src, timeout=10).read()
             got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-            assert page.locator('[data-testid="stException"]').count() == 0
-            shown.scroll_into_view_if_needed()
             page.screenshot(path=str(_screenshot_dir(tmp_path) / "review-fullres.png"))
+            # a click at the picture's left edge, halfway down, centres the view there
+            box = _box(img)
+            page.mouse.click(box["x"] + 2, box["y"] + box["height"] / 2)
+            left, top = int(m.group(1)), int(m.group(3))
+            moved = main.get_by_text(re.compile(rf"Shown: x {max(0, left + 2 - 310)}\.\."))
+            expect(moved).to_have_count(1, timeout=90_000)
+            assert page.locator('[data-testid="stException"]').count() == 0
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"))
             raise
@@ -554,18 +651,20 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
     pred = fullres.prediction_at(probs, evaluate.Triplet.from_dict(REVIEW_TRIPLET), 2048, 2048)
     target = fullres.native_target(read_labels(csv_path)[0], big, 2048, 2048, fullres.siim_labels(info.path)[1])
     assert target.shape == (2048, 2048) and np.count_nonzero(target) > 0
-    box = (top, left, bottom - top + 1, right - left + 1)
-    want = fullres.draw_crop(full, full.center, full.width, box, 1, [(target, TARGET_COLOR), (pred, PRED_COLOR)])
-    np.testing.assert_array_equal(got, want)
-    assert (got == PRED_COLOR).all(axis=-1).sum() > 100  # the band's outline is in the crop
+    want = picture.source_picture(full, *view.value_range(full.pixels), target, pred, probs,
+                                  picture.ViewSettings(zoom="1:1"), 620, "DICOM units")
+    assert want.box == (top, left, bottom - top + 1, right - left + 1)
+    np.testing.assert_array_equal(got, want.rgb)
+    reddish = (got[..., 0].astype(int) - got[..., 1] > 120) & (got[..., 0] > 200)  # red at 0.9 opacity
+    assert reddish.sum() > 100  # the band's outline is in the crop
 
 
 # --------------------------------------------------------------------------- readers (issue 14)
 def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
     """Two browser sessions, ``?reader=alice`` and ``?reader=bob``, judge the same false
-    positives; the Readers panel shows the pair's table, a disagreement opens its case, and the
-    relabel list is written. With ``PNEUMO_SAVE_SCREENSHOTS=1`` the panel goes to
-    docs/screenshots/ (the review protocol shows it)."""
+    positives; the Readers tab shows the pair's table, the relabel list is written with the
+    command that repacks the pack without it, and a disagreement opens its case. With
+    ``PNEUMO_SAVE_SCREENSHOTS=1`` the tab goes to docs/screenshots/ (the review protocol shows it)."""
     from pneumo.store import verdicts
 
     ws = tmp_path / "ws"
@@ -574,19 +673,17 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
     assert len(fp) >= 3
     wanted = {"alice": ("label missed a pneumothorax", "model wrong", "model wrong"),
               "bob": ("label missed a pneumothorax", "label missed a pneumothorax", "model wrong")}
+    labels = {"model wrong": "1 · model wrong", "label missed a pneumothorax": "2 · label missed a pneumothorax"}
     with _serve(ws, tmp_path / "streamlit.log") as url:
         pages = {}
         try:
             for reader, choices in wanted.items():
-                page = pages[reader] = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"{url}/review?reader={reader}", wait_until="domcontentloaded")
-                page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
-                _wait_until_idle(page)
+                page = pages[reader] = _open_review(browser, url, f"?reader={reader}")
                 assert page.get_by_text(f"Reading as {reader}").count() == 1
                 for k, verdict in enumerate(choices):
                     _expect_case(page, fp[k])
-                    page.get_by_role("button", name=verdict, exact=True).click()
-                    expect(page.get_by_text(f"Saved: {verdict}")).to_have_count(1, timeout=90_000)
+                    page.get_by_role("button", name=labels[verdict], exact=True).click()
+                    expect(page.get_by_text(f"Saved: {verdict} under FP")).to_have_count(1, timeout=90_000)
                     _wait_until_idle(page)
                     page.locator('[data-testid="rvNavNext"]').click()
                 expect(page.get_by_text(f"3 of {len(fp)} FP cases reviewed")).to_have_count(1, timeout=90_000)
@@ -600,20 +697,24 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
             _wait_until_idle(page)
             assert page.get_by_text("Reading as alice").count() == 1
             page.screenshot(path=str(_screenshot_dir(tmp_path) / "review-reader.png"))
-            panel = page.locator('[data-testid="stExpander"]').filter(has_text="Readers (2)")
-            panel.get_by_text("Readers (2)").click()  # computed when opened: a rerun
-            _wait_until_idle(page)
-            table = panel.locator('[data-testid="stTable"]')
+            page.get_by_role("tab", name="Readers").click()  # computed when opened: a rerun
+            panel = page.locator('[data-testid="stTabs"]')
+            table = panel.locator('[data-testid="stTable"]').first
             table.wait_for(timeout=90_000)
+            _wait_until_idle(page)
             cells = [[c.strip() for c in row.split("\t")] for row in table.locator("tr").all_inner_texts()]
             assert ["overall", "3", "0.67", "0.40", "1"] in cells, cells
             assert ["FP", "3", "0.67", "0.40", "1"] in cells, cells
             panel.get_by_role("button", name="Write relabel list").click()
             expect(panel.get_by_text("Wrote 1 case to")).to_have_count(1, timeout=90_000)
             _wait_until_idle(page)
-            assert (ws / "runs" / REVIEW_RUN / "relabel_test.csv").read_text().splitlines()[1].startswith(fp[0])
+            relabel = ws / "runs" / REVIEW_RUN / "relabel_test.csv"
+            assert relabel.read_text().splitlines()[1].strip('"').startswith(fp[0])
+            command = panel.locator('[data-testid="stCode"]').filter(has_text="--exclude").inner_text()
+            assert command.startswith("python -m pneumo pack demo --count 120 --phantom-seed 0 --out ")
+            assert command.rstrip().endswith(f"--exclude {relabel}")
             panel.screenshot(path=str(_screenshot_dir(tmp_path) / "review-readers.png"))
-            panel.get_by_role("button", name="Open").click()  # the one disagreement
+            panel.get_by_role("button", name="Open", exact=True).click()  # the one disagreement
             _expect_case(page, fp[1])
             assert page.locator('[data-testid="rvNavLabel"]').inner_text() == f"FP 2 of {len(fp)}"
             assert page.locator('[data-testid="stException"]').count() == 0
@@ -624,3 +725,34 @@ def test_two_readers_verdicts_show_their_agreement(browser, tmp_path):
         finally:
             for page in pages.values():
                 page.close()
+
+
+def test_a_broken_streamlit_config_shows_no_data(browser, tmp_path):
+    """Issue 18 item 7: with a syntax error in .streamlit/config.toml, Streamlit ignores the file
+    and runs on its defaults (full tracebacks, "Ask Google" links; every interface and usage
+    statistics unless given on the command line); the app then shows no data, only what to fix."""
+    import shutil
+
+    app = tmp_path / "app"  # a copy of the app with a broken config file of its own
+    app.mkdir()
+    for name in ("streamlit_app.py", "app_pages", "pneumo_app"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, app / name)
+    (app / ".streamlit").mkdir()
+    (app / ".streamlit" / "config.toml").write_text('[server]\naddress = "127.0.0.1\n')
+    ws = tmp_path / "ws"
+    _prepare_workspace(ws)
+    with _serve(ws, tmp_path / "streamlit.log", cwd=app, PYTHONPATH=str(ROOT)) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            error = page.locator('[data-testid="stAlertContentError"]').first
+            error.wait_for(timeout=60_000)
+            _wait_until_idle(page)
+            text = error.inner_text()
+            for part in ("shows no data", "showErrorDetails is 'full'", "showErrorLinks is on",
+                         "config.toml is not valid TOML"):
+                assert part in text, (part, text)
+            assert page.locator('[data-testid="stDataFrame"]').count() == 0  # no pack listed
+            assert str(ws) not in page.locator("body").inner_text()  # not even the workspace's path
+        finally:
+            page.close()

@@ -140,7 +140,8 @@ def test_train_exclude_end_to_end(tmp_path, monkeypatch, capsys):
     train_read = {i for split, idx in reads if split == "train" for i in idx}
     dev_read = [i for split, idx in reads if split == "dev" for i in idx]
     assert train_read == set(range(16)) - {1, 4}  # 2 batches of 8 cover the 14 kept ones, never 1 or 4
-    assert dev_read == [0, 1, 3, 4, 5, 6, 7]  # one in-order pass without dev-0002
+    # one in-order pass without dev-0002, the last batch padded to 8 with a copy of the first (weight 0)
+    assert dev_read == [0, 1, 3, 4, 5, 6, 7, 0]
     assert not any(split == "test" for split, _ in reads)
 
     saved = json.loads((run / "config.json").read_text())

@@ -65,7 +65,7 @@ def test_relabel_list_is_read_back_by_the_exclusion_reader_and_never_overwritten
     assert rows[0]["id"] == "'=HYPERLINK(1)" and rows[0]["source"] == "'-x.png" and rows[1]["notes"] == "'+1 on this"
     assert read_list_ids(out) == ["=HYPERLINK(1)", "plain"]  # the ' prefix undone
     before = out.read_bytes()
-    with pytest.raises(InputError, match="already exists; pass --force"):
+    with pytest.raises(InputError, match="already exists; use --force"):
         write_relabel_list(cases[:1], out)
     assert out.read_bytes() == before
     write_relabel_list(cases[:1], out, force=True)
@@ -83,7 +83,7 @@ def test_the_store_owns_the_relabel_list_name_and_columns(tmp_path):
         write_list(tmp_path / "short.csv", [("a", "b")])
     assert not (tmp_path / "short.csv").exists()
     out = write_list(tmp_path / "l.csv", [("@a", "", "FP", "", "")])
-    assert out.read_text(encoding="utf-8") == "id,source,category,verdicts,notes\n'@a,,FP,,\n"
+    assert out.read_text(encoding="utf-8") == '"id","source","category","verdicts","notes"\n"\'@a","","FP","",""\n'
     assert read_list_ids(out) == ["@a"]
 
 

@@ -22,7 +22,7 @@ def _split(pack, split):
 
 
 def _take(ds, n):
-    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+    return [tuple(t.numpy() for t in element) for element in ds.take(n)]
 
 
 def _keys(images):
@@ -342,3 +342,254 @@ def test_bad_exclusions(tiny_pack):
         _, Y = _split(tiny_pack, "train")
         positives = np.flatnonzero(Y.reshape(48, -1).max(axis=1) >= 128)
         make_dataset(tiny_pack, "train", 4, positive_fraction=0.5, exclude_indices=positives)
+
+
+# --------------------------------------------------------------------------- issue 17: modes, shards, padding
+def _gzip_copy(src, dst):
+    """The same pack with gzip chunks (the reader inflates them itself)."""
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        g.attrs.update(dict(f.attrs))
+        for name, ds in f.items():
+            kwargs = dict(chunks=ds.chunks, compression="gzip") if ds.chunks else {}
+            g.create_dataset(name, data=ds[()], dtype=ds.dtype, **kwargs)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def gzip_pack(tiny_pack, tmp_path_factory):
+    return _gzip_copy(tiny_pack, tmp_path_factory.mktemp("gz") / "tiny-gzip.h5")
+
+
+@pytest.mark.parametrize("split, kwargs", [
+    ("train", dict(augment=True, seed=7)),
+    ("train", dict(seed=3, positive_fraction=0.5, shard=(1, 3))),
+    ("dev", dict(pad_to_batches=3, weights=True, shard=(0, 2))),
+])
+@pytest.mark.parametrize("pack", ["tiny_pack", "gzip_pack"])
+def test_in_memory_modes_give_identical_batches(request, pack, split, kwargs):
+    """yes, no (the parallel chunk reader) and auto give the same batches, also from a gzip pack."""
+    path = request.getfixturevalue(pack)
+    streams = {mode: _take(make_dataset(path, split, 6, in_memory=mode, **kwargs), 8) for mode in ("yes", "no", "auto")}
+    assert [data_mod._in_memory_mode(v) for v in (True, False, None)] == ["yes", "no", "auto"]  # the old values
+    first = streams["yes"]
+    assert len(first) > 0
+    for mode, got in streams.items():
+        assert len(got) == len(first), mode
+        for a, b in zip(first, got):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+    if pack == "gzip_pack":  # and the gzip pack's batches are the plain pack's
+        plain = _take(make_dataset(request.getfixturevalue("tiny_pack"), split, 6, in_memory="no", **kwargs), 8)
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, first))
+
+
+def test_streaming_reads_in_parallel_threads(tiny_pack, gzip_pack):
+    """The streamed path reads through Pack.chunk_reader without h5py (so threads read at once)."""
+    for path, mode in ((tiny_pack, "raw"), (gzip_pack, "deflate")):
+        reader = data_mod._H5Reader(path, "train")
+        try:
+            assert reader._rows.parallel and reader._rows.images.mode == mode
+        finally:
+            reader.close()
+
+
+def test_bad_in_memory_and_shard_arguments(tiny_pack):
+    with pytest.raises(InputError, match="in_memory: expected one of auto, yes, no"):
+        make_dataset(tiny_pack, "dev", 4, in_memory="sometimes")
+    for bad in ((2, 2), (-1, 2), (0, 0), 3, (0, 1, 2), (True, 2)):
+        with pytest.raises(InputError, match="shard"):
+            make_dataset(tiny_pack, "dev", 4, shard=bad)
+    with pytest.raises(InputError, match="pad_to_batches needs repeat=False"):
+        make_dataset(tiny_pack, "train", 4, pad_to_batches=3)
+    with pytest.raises(InputError, match=r"pad_to_batches=3: split 'dev' \(shard 0 of 2\) of .* has 8 images"):
+        make_dataset(tiny_pack, "dev", 2, pad_to_batches=3, shard=(0, 2))
+    with pytest.raises(InputError, match=r"split 'train' \(shard 60 of 64\) holds no images"):
+        make_dataset(tiny_pack, "train", 4, shard=(60, 64))
+
+
+def _is_positive(masks: np.ndarray) -> np.ndarray:
+    return masks.reshape(len(masks), -1).max(axis=1) > 0
+
+
+def test_shard_positions_partition_evenly_and_spread_an_ordered_split():
+    kept = np.setdiff1d(np.arange(50), [3, 4, 17])
+    for count in (1, 2, 3, 7, 60):
+        shards = [data_mod.shard_positions(kept, i, count) for i in range(count)]
+        assert sorted(np.concatenate(shards).tolist()) == kept.tolist()  # disjoint and covering
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        assert all(list(s) == sorted(s) for s in shards)
+    # every third image positive (the tiny pack's order): a stride would give shard 0 all of them
+    assert all((data_mod.shard_positions(np.arange(48), i, 3) % 3 == 0).any() for i in range(3))
+    assert np.array_equal(data_mod.shard_positions(kept, 0, 1), kept)
+
+
+def _shard(i: int, count: int, n: int = 48) -> list[int]:
+    return data_mod.shard_positions(np.arange(n), i, count).tolist()
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_every_batch_of_every_shard_is_balanced(tiny_pack, in_memory):
+    """Per replica: batch 8 at 0.5 gives 4 positives in every batch of every shard; each shard feeds
+    only its positions and the two together cover every positive and negative over passes."""
+    X, Y = _split(tiny_pack, "train")  # 48 images, 16 positive
+    flags = _is_positive(Y)
+    seen = []
+    for i in range(2):
+        batches = _take(make_dataset(tiny_pack, "train", 8, seed=1, positive_fraction=0.5, shard=(i, 2),
+                                     in_memory=in_memory), 16)
+        assert [int(_is_positive(y).sum()) for _, y in batches] == [4] * 16
+        where = _positions(np.concatenate([x for x, _ in batches]), X)
+        assert set(where) <= set(_shard(i, 2))
+        assert all(flags[p] == (k % 8 < 4) for k, p in enumerate(where))  # positives first, masks paired
+        seen += where
+    assert set(seen) == set(range(48))  # 16 batches x 4 cycle through each shard's positives and negatives
+
+
+def test_uniform_shards_are_disjoint_covering_and_differently_ordered(tiny_pack):
+    X, _ = _split(tiny_pack, "train")
+    epochs = []
+    for i in range(2):  # 24 images per shard: 3 batches of 8 = one epoch
+        where = _positions(np.concatenate([x for x, _ in _take(make_dataset(
+            tiny_pack, "train", 8, seed=5, shard=(i, 2)), 3)]), X)
+        assert sorted(where) == _shard(i, 2)
+        epochs.append([_shard(i, 2).index(p) for p in where])  # the local order within the shard
+    assert epochs[0] != epochs[1]  # the shard index is folded into the seed
+    one = _take(make_dataset(tiny_pack, "train", 8, seed=5, shard=(0, 1)), 4)
+    plain = _take(make_dataset(tiny_pack, "train", 8, seed=5), 4)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(one, plain))  # one shard is no sharding
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_a_shard_reads_only_its_positions(tiny_pack, monkeypatch, in_memory):
+    """Loading, finding positives and streaming all read the shard's rows and nothing else."""
+    from pneumo.store import pack_rows
+
+    reads = []
+    real = pack_rows.RowReader.read
+
+    def spy(self, rows, *args, **kwargs):
+        reads.append(np.asarray(rows).tolist())
+        return real(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(pack_rows.RowReader, "read", spy)
+    mine = set(_shard(1, 3))
+    _take(make_dataset(tiny_pack, "train", 4, positive_fraction=0.5, shard=(1, 3), in_memory=in_memory), 6)
+    read = {r for rows in reads for r in rows}
+    assert read and read <= mine
+    if in_memory == "yes":  # the shard itself was held: each of its rows read once (images and masks)
+        assert sorted(r for rows in reads for r in rows) == sorted(list(mine) * 2)
+
+
+@pytest.mark.parametrize("count", [1, 3, 5, 20])
+def test_padded_shards_score_every_image_exactly_once(tiny_pack, count):
+    """K batches exactly; weights sum to the shard's images; weighted images over all shards are the
+    split exactly once; an empty shard (count 20 > 16 images) is K batches of zeros at weight 0."""
+    X, Y = _split(tiny_pack, "dev")  # 16 images
+    b = 3
+    k = -(-max(len(_shard(i, count, 16)) for i in range(count)) // b)  # ceil(largest shard / batch)
+    weighted = []
+    for i in range(count):
+        batches = [tuple(t.numpy() for t in e) for e in make_dataset(
+            tiny_pack, "dev", b, shard=(i, count), pad_to_batches=k, weights=True)]
+        assert len(batches) == k and all(x.shape[0] == b for x, _, _ in batches)
+        w = np.concatenate([w for _, _, w in batches])
+        assert w.dtype == np.float32 and set(w.tolist()) <= {0.0, 1.0}
+        assert w.sum() == len(_shard(i, count, 16))
+        images = np.concatenate([x for x, _, _ in batches])
+        masks = np.concatenate([y for _, y, _ in batches])
+        where = _positions(images[w == 1], X)
+        assert where == _shard(i, count, 16)  # the shard's images, in order, then padding
+        assert list(w[:len(where)]) == [1.0] * len(where)
+        np.testing.assert_array_equal(masks[w == 1], Y[where] / 255.0)
+        if not where:
+            assert not images.any() and not masks.any()
+        weighted += where
+    assert sorted(weighted) == list(range(16))
+
+
+def test_weights_without_padding_are_ones(tiny_pack):
+    batches = [tuple(t.numpy() for t in e) for e in make_dataset(tiny_pack, "dev", 5, weights=True)]
+    assert [w.tolist() for _, _, w in batches] == [[1.0] * 5] * 3 + [[1.0]]
+    # an empty shard without padding is an empty stream
+    assert _take(make_dataset(tiny_pack, "dev", 5, shard=(17, 18)), 5) == []
+
+
+def test_auto_rule_counts_the_shard_only(tiny_pack, monkeypatch):
+    """'auto' judges the bytes of this pipeline's shard: 16 dev images of 64 px are 131,072 bytes of
+    images and masks, a shard of 4 a quarter of that."""
+    asked = []
+    monkeypatch.setattr(data_mod, "fits_in_memory", lambda nbytes: asked.append(nbytes) or False)
+    make_dataset(tiny_pack, "dev", 4)
+    make_dataset(tiny_pack, "dev", 4, shard=(1, 4))
+    make_dataset(tiny_pack, "dev", 4, in_memory="yes")  # forced: not asked
+    make_dataset(tiny_pack, "dev", 4, in_memory="no")
+    assert asked == [2 * 16 * 64 * 64, 2 * 4 * 64 * 64]
+
+
+_MIRRORED = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]  # before TensorFlow initialises its devices
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pneumo.train.data import make_dataset
+pack, global_batch = sys.argv[1], 16
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+def positives(dist):
+    it, out = iter(dist), []
+    for _ in range(4):
+        _, masks = next(it)
+        out.append([int(tf.reduce_sum(tf.cast(tf.reduce_max(m, axis=[1, 2, 3]) > 0, tf.int32)))
+                    for m in strategy.experimental_local_results(masks)])
+    return out
+
+def per_replica(ctx):
+    return make_dataset(pack, "train", ctx.get_per_replica_batch_size(global_batch), positive_fraction=0.5,
+                        shard=(ctx.input_pipeline_id, ctx.num_input_pipelines))
+
+new = positives(strategy.distribute_datasets_from_function(per_replica))
+old = positives(strategy.experimental_distribute_dataset(
+    make_dataset(pack, "train", global_batch, positive_fraction=0.5)))
+print(json.dumps({"new": new, "old": old, "replicas": strategy.num_replicas_in_sync}))
+"""
+
+
+def test_every_replica_gets_its_share_of_positives_under_mirrored_strategy(tiny_pack):
+    """MirroredStrategy on 2 logical CPUs, per-replica pipelines through
+    distribute_datasets_from_function: each replica's 8 images hold 4 positives at every step. The
+    old path (one global batch split by experimental_distribute_dataset) gives replica 0 all 8
+    positives and replica 1 none: the check below would fail on it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _MIRRORED, str(tiny_pack)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["replicas"] == 2
+    assert got["new"] == [[4, 4]] * 4
+    assert got["old"] == [[8, 0]] * 4  # what the issue saw: the balanced global batch split by class
+
+
+def test_in_memory_option_in_config_and_cli(tmp_path):
+    """TrainConfig.in_memory (default auto, an old config.json without it loads as auto), checked
+    against IN_MEMORY; `train --in-memory no` sets it."""
+    from pneumo import config as C
+    from pneumo.cli import build_parser
+    from pneumo.cli.train import config_from_args
+
+    assert C.TrainConfig().in_memory == "auto" and C.IN_MEMORY == ("auto", "yes", "no")
+    old = C.to_dict(C.TrainConfig(pack="p.h5"))
+    del old["in_memory"]
+    assert C.from_dict(C.TrainConfig, old).in_memory == "auto"
+    with pytest.raises(InputError, match="in_memory 'sometimes' is unknown"):
+        C.check_options(C.TrainConfig(pack="p.h5", in_memory="sometimes"))
+    args = build_parser().parse_args(["train", str(tmp_path / "p.h5"), "--in-memory", "no"])
+    assert config_from_args(args).in_memory == "no"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "p.h5", "--in-memory", "maybe"])

@@ -227,3 +227,40 @@ def test_image_cache_bounds_any_value_by_its_given_size():
     assert cache.get("a", lambda: reloaded) is reloaded and a[0].size == 40  # read again
     cache.get("big", lambda: [np.zeros(101, np.uint8)])  # larger than the cache: returned, not kept
     assert "big" not in cache._items
+
+
+def test_a_replaced_source_is_refused_and_the_pack_copy_shown(tmp_path):
+    """Issue 18 item 5: replacing images/<id>.png by another picture of another size showed it
+    under the id with target and prediction drawn on it. The pack records each file's size,
+    mtime and SHA-256; the view compares and says why it shows the pack's copy instead."""
+    from pneumo.config import PackConfig
+    from pneumo.ingest import sources
+    from pneumo.ingest.packer import pack_manifest
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((40, 60), 10 * k, np.uint8)).save(images / f"c{k}.png")
+        Image.fromarray(np.zeros((40, 60), np.uint8)).save(masks / f"c{k}.png")
+    info = pack_manifest(sources.folder_source(images, masks), tmp_path / "p.h5", PackConfig(size=32))
+    refs = {}
+    for split in ("train", "dev", "test"):
+        refs.update(fullres.sources_by_id(info.path, split))
+    assert fullres.check_source(refs["c0"]).path == str(images / "c0.png")  # untouched: its own file
+    Image.fromarray(np.full((90, 70), 200, np.uint8)).save(images / "c0.png")  # another size
+    c0 = fullres.check_source(refs["c0"])
+    assert c0.path is None and "changed since it was packed" in c0.reason and str(images / "c0.png") in c0.reason
+    data = bytearray((images / "c1.png").read_bytes())
+    data[-20] ^= 0xFF  # the same byte size, other content
+    (images / "c1.png").write_bytes(bytes(data))
+    c1 = fullres.check_source(refs["c1"])
+    assert c1.path is None and "its content differs" in c1.reason
+    # a pack from before identities were recorded: the decoded dimensions still tell
+    old = SourceRef(str(images / "c0.png"), 40, 60)
+    check = fullres.check_source(old)
+    full = fullres.read_full_resolution(check.path)
+    why = fullres.size_mismatch(check, full)
+    assert "it is 70x90 now, 60x40 then" in why
+    assert fullres.size_mismatch(fullres.check_source(refs["c2"]),
+                                 fullres.read_full_resolution(images / "c2.png")) is None

@@ -240,3 +240,44 @@ def test_windowed_16bit_dicom_peak_memory(tmp_path):
     assert result == {"max": 255, "dtype": "uint16", "u8": 255}
     # 9 M pixels: 18 MB decoded + 9 MB out; pydicom's own apply_voi_lut would add 72 MB of float64 x3.
     assert grew < 150, f"peak RSS grew {grew:.0f} MB windowing one 3000x3000 16-bit DICOM"
+
+
+# ----------------------------------------------------------------------------- issue 18 item 14
+def test_a_header_beyond_pillows_limit_gets_pneumos_message_naming_max_pixels(tmp_path):
+    """A header claiming 60,000 px got Pillow's message, which does not mention --max-pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "huge.png"  # the header only: its pixels would be 3.6 GB
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    for read in (read_image, read_mask):
+        with pytest.raises(InputError, match=r"huge\.png: image is 60000x60000 \(3600\.0 Mpx\); the limit is "
+                                             r"50\.0 Mpx \(--max-pixels\)$"):
+            read(bomb)
+    with pytest.raises(InputError, match=r"huge\.png: image is too large for the decoder \(60000x60000, more than "
+                                         r"Pillow opens whatever --max-pixels says"):
+        read_image(bomb, max_pixels=None)
+
+
+def test_a_dicom_without_its_decoder_is_one_line_naming_what_to_install():
+    """JPEG-LS without a decoder gave pydicom's 4-line error; now one line naming the syntax."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+
+    path = get_testdata_file("JPEGLSNearLossless_16.dcm")
+    if path is None:
+        pytest.skip("pydicom's test file is not installed")
+    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if get_decoder(syntax).is_available:
+        pytest.skip("a JPEG-LS decoder is installed here")
+    with pytest.raises(InputError) as e:
+        read_image(path)
+    message = str(e.value)
+    assert "\n" not in message and "\t" not in message
+    assert message.startswith(f"{path}: cannot decode DICOM pixel data: no decoder for its transfer syntax JPEG-LS")
+    assert "install one of: " in message and "pylibjpeg" in message

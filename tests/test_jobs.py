@@ -420,6 +420,8 @@ def test_test_hooks_need_the_testing_switch(evaluator, monkeypatch):
     monkeypatch.delenv("PNEUMO_TESTING")
     assert jobs.evaluation_command(run, "test", "best")[:3] == [sys.executable, "-m", "pneumo"]
     assert jobs._train_command() == [sys.executable, "-m", "pneumo", "train"]
+    # the app's quick demo is the command line's, with no option: the library's preset on its pack
+    assert jobs._quickstart_command() == [sys.executable, "-m", "pneumo", "quickstart"]
     monkeypatch.setenv("PNEUMO_TESTING", "1")
     assert jobs.evaluation_command(run, "test", "best")[0] == sys.executable
     assert jobs.evaluation_command(run, "test", "best")[1].endswith("fake_evaluate.py")
@@ -428,3 +430,89 @@ def test_test_hooks_need_the_testing_switch(evaluator, monkeypatch):
     with pytest.raises(InputError, match="no best.keras checkpoint"):
         jobs.start_evaluation(run, "test")
     assert not (run / "evaluate_test.json").exists()
+
+
+# --------------------------------------------------------------------------- the quick demo
+FAKE_QUICKSTART = Path(__file__).with_name("fake_quickstart.py")
+
+
+@pytest.fixture
+def quick(fake, monkeypatch, tmp_path):
+    """The quick demo as ``tests/fake_quickstart.py`` (pneumo's quickstart without TensorFlow)
+    in a workspace at tmp_path; yields the runs folder. Never leaves it running."""
+    monkeypatch.setenv("PNEUMO_QUICKSTART_COMMAND", f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_QUICKSTART))}")
+    monkeypatch.setenv("PNEUMO_FAKE_PACK_OPTIONS", json.dumps({"count": 100, "size": 64, "workers": 1}))
+    monkeypatch.setenv("PNEUMO_DATA_DIR", str(tmp_path / "data"))
+    yield fake
+    job = jobs.quick_demo_job()
+    if job is not None and job["state"] == "running":
+        os.kill(job["pid"], signal.SIGKILL)
+
+
+def _quick_job(predicate, timeout=60.0) -> dict:
+    _wait_for(lambda: (j := jobs.quick_demo_job()) is not None and predicate(j), timeout)
+    return jobs.quick_demo_job()
+
+
+def test_quick_demo_is_the_workspaces_one_job_from_its_pack_on(quick, gate, tmp_path):
+    pid = jobs.start_quick_demo()
+    job = jobs.quick_demo_job()  # the launcher's record, before the child wrote anything
+    assert job["state"] == "running" and job["pid"] == pid and job["log"] == quick / ".quickstart.log"
+    job = _quick_job(lambda j: (j["done"] or 0) >= 1)
+    assert job["stage"] == "pack" and job["total"] == 100 and job["run"] is None
+    assert jobs.running_job() == "the quick demo (making its pack)"
+    with pytest.raises(InputError, match=r"another job is running \(the quick demo \(making its pack\)\)"):
+        jobs.start_training(CFG, new_run_dir(quick))
+    with pytest.raises(InputError, match="another job is running"):
+        jobs.start_quick_demo()
+    from pneumo.cli import main
+
+    assert main(["quickstart"]) == 2  # the command line waits its turn too
+    assert list_runs(quick) == []
+    gate.touch()
+    job = _quick_job(lambda j: j["state"] != "running")
+    assert job["state"] == "finished" and job["run"].parent == quick
+    assert (job["run"] / "metrics_test.json").is_file() and jobs.running_job() is None
+
+
+def test_quick_demo_killed_reads_failed_and_frees_the_workspace(quick, gate):
+    jobs.start_quick_demo()
+    job = _quick_job(lambda j: (j["done"] or 0) >= 1)
+    os.kill(job["pid"], signal.SIGKILL)
+    _wait_for(lambda: not jobs.quick_demo_job()["state"] == "running")
+    job = jobs.quick_demo_job()
+    assert job["state"] == "failed" and "ended unexpectedly" in job["error"] and ".quickstart.log" in job["error"]
+    assert jobs.running_job() is None
+    assert not (Path(job["pack"])).exists()  # the pack is written whole or not at all
+
+
+def test_quick_demo_stop_while_training_is_a_clean_stop(quick, gate, tmp_path):
+    from pneumo.ingest.packer import make_demo_pack
+
+    make_demo_pack(tmp_path / "data" / "quick-demo-128.h5", count=100, size=64, workers=1)  # no pack stage
+    jobs.start_quick_demo()
+    job = _quick_job(lambda j: j["stage"] == "train" and read_status(j["run"])["state"] == "running")
+    assert jobs.stop_quick_demo() is True
+    assert (job["run"] / "STOP").exists()  # asked through the run folder, not by a signal
+    job = _quick_job(lambda j: j["state"] != "running")
+    assert job["state"] == "stopped" and job["error"] == "training stopped after 0 epochs"
+    assert read_status(job["run"])["state"] == "stopped"
+    assert jobs.stop_quick_demo() is False  # nothing runs
+
+
+def test_quick_demo_record_round_trip_and_damage(tmp_path):
+    from pneumo.store import quickstart_job as qj
+
+    assert qj.read_job(tmp_path) is None
+    record = qj.QuickstartRecord(tmp_path, os.getpid()).claim()
+    assert qj.read_job(tmp_path)["state"] == "running"
+    record.update(stage="train", run=tmp_path / "run-1")
+    job = qj.read_job(tmp_path)
+    assert job["stage"] == "train" and job["run"] == tmp_path / "run-1"
+    record.end("finished")
+    assert qj.read_job(tmp_path)["state"] == "finished"
+    with pytest.raises(ValueError):
+        record.end("done")
+    for damaged in (b"\xff\xfe", b"[1, 2]", b'{"stage": "dancing"}', b"{"):
+        (tmp_path / ".quickstart.json").write_bytes(damaged)
+        assert qj.read_job(tmp_path) is None

@@ -546,7 +546,7 @@ def test_dicom_window_is_applied_and_recorded(tmp_path):
 
 
 # --------------------------------------------------------------------------- --exclude (issue 14)
-def test_exclude_list_removes_ids_before_splitting_and_reports_unknown(tmp_path):
+def test_exclude_list_removes_ids_after_splitting_and_reports_unknown(tmp_path):
     images, masks = _write_folders(tmp_path, 12, size=32)
     (images / "case003.png").rename(images / "=case003.png")  # a formula-like id, neutralised in the CSV
     (masks / "case003.png").rename(masks / "=case003.png")
@@ -568,11 +568,11 @@ def test_exclude_list_removes_ids_before_splitting_and_reports_unknown(tmp_path)
         assert [v.decode() for v in f["excluded_ids"][()]] == ["=case003", "case005"]
     r = _cli("info", "x.h5", cwd=tmp_path)
     assert "excluded: 2 (list" in r.stdout
-    # the split is that of the source without those ids
-    kept = sources.folder_source(images, masks)
-    kept.samples = [s for s in kept.samples if s.id not in ("=case003", "case005")]
-    ref = pack_manifest(kept, tmp_path / "ref.h5", PackConfig(size=32, split=SplitConfig(proportions=(1, 1, 1))))
-    assert all(load_split(ref.path, s)[2] == load_split(tmp_path / "x.h5", s)[2] for s in SPLITS)
+    # issue 18 item 3: the split is that of the whole source, the listed ids taken out after it
+    whole = sources.folder_source(images, masks)
+    ref = pack_manifest(whole, tmp_path / "ref.h5", PackConfig(size=32, split=SplitConfig(proportions=(1, 1, 1))))
+    assert all([i for i in load_split(ref.path, s)[2] if i not in ("=case003", "case005")]
+               == load_split(tmp_path / "x.h5", s)[2] for s in SPLITS)
     assert read_info(ref.path).attrs["excluded"] == 0
 
 

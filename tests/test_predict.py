@@ -263,7 +263,7 @@ def test_predict_files_min_area_gate_gives_empty_rows(run_copy, inputs, tmp_path
     sub = tmp_path / "sub.csv"
     res = pr.predict_files(run_copy, [inputs["png"], inputs["dcm"]], tmp_path / "out", siim_csv=sub)
     assert not any(r["present"] for r in res)
-    assert sub.read_text().splitlines()[1:] == ["chest_a,-1", "1.2.3.99,-1"]
+    assert list(csv.reader(open(sub, newline="")))[1:] == [["chest_a", "-1"], ["1.2.3.99", "-1"]]
 
 
 def test_predict_files_mask_follows_the_probabilities(run_copy, inputs, tmp_path):
@@ -314,7 +314,7 @@ def test_predict_cli(run_copy, inputs, tmp_path, capsys):
     assert rc == 0
     assert "chest_a.png" in text and "b.dcm" in text and "present" in text
     assert (out / "chest_a_mask.png").is_file() and (out / "b_overlay.png").is_file()
-    assert (tmp_path / "s.csv").read_text().startswith("ImageId,EncodedPixels\n")
+    assert next(csv.reader(open(tmp_path / "s.csv", newline=""))) == ["ImageId", "EncodedPixels"]
     assert main(["predict", str(run_copy), str(tmp_path / "nope.png")]) == 2
     assert "nope.png" in capsys.readouterr().err
 
@@ -352,8 +352,132 @@ def test_cases_csv_round_trips_formula_like_ids(tmp_path):
              "score": np.linspace(1, 0, 6)}
     path = store.write_cases(tmp_path, "test", cases)
     raw = path.read_text(encoding="utf-8")
-    assert "\n'=1+1," in raw and "\n'quoted," in raw  # on disk: neutralised, and 'quoted left as is
+    assert "\n\"'=1+1\"," in raw and "\n\"'quoted\"," in raw  # on disk: neutralised, and 'quoted left as is
     rows = store.read_cases(tmp_path, "test")
     assert [r["id"] for r in rows] == ids
     assert [r["category"] for r in rows] == list(cases["category"])
     assert rows[3]["pred_area"] == 6 and rows[0]["dice"] == 0.0
+
+
+# --------------------------------------------------------------------------- every core, overwrite rule
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def _many_inputs(inputs, tmp_path) -> list[Path]:
+    """The fixture's PNG, DICOM and JPEG, copies under other names and another DICOM: 8 files."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    files = [inputs["png"], inputs["dcm"], inputs["jpg"]]
+    for i, src in enumerate(files * 2):
+        if i % 3 == 1:
+            continue
+        dst = extra / f"copy{i}{src.suffix}"
+        dst.write_bytes(src.read_bytes())
+        files.append(dst)
+    files.append(write_dicom(extra / "other.dcm", np.asarray(Image.open(inputs["jpg"]).convert("L"))[::-1],
+                             sop_uid="1.2.3.100"))
+    return files
+
+
+def test_predict_files_same_outputs_with_0_1_and_2_workers(run_copy, inputs, tmp_path):
+    _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 0))
+    files = _many_inputs(inputs, tmp_path)
+    runs = {}
+    for workers in (0, 1, 2):
+        out = tmp_path / f"out{workers}"
+        calls = []
+        res = pr.predict_files(run_copy, files, out, siim_csv=out / "sub.csv", batch_size=3, workers=workers,
+                               progress=lambda d, n: calls.append((d, n)))
+        assert calls == [(i, len(files)) for i in range(1, len(files) + 1)]
+        runs[workers] = ([{k: v for k, v in r.items() if k not in ("mask", "overlay")} for r in res], _outputs(out))
+    assert runs[1] == runs[0] and runs[2] == runs[0]  # results, mask and overlay PNGs, CSV: byte for byte
+
+
+def test_predict_files_bad_file_is_named_and_what_was_written_is_whole(run_copy, inputs, tmp_path):
+    files = _many_inputs(inputs, tmp_path)
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"DICM but not really")
+    files = files[:4] + [bad] + files[4:]
+    written = {}
+    for workers in (0, 2):
+        out = tmp_path / f"bad{workers}"
+        with pytest.raises(InputError, match="broken.dcm"):
+            pr.predict_files(run_copy, files, out, siim_csv=out / "sub.csv", batch_size=3, workers=workers)
+        written[workers] = _outputs(out)
+    stems = ["chest_a", "b", "chest_c", "copy0"]  # the 4 files before the bad one, all of them; nothing after
+    assert sorted(written[0]) == sorted(f"{s}{x}" for s in stems for x in ("_mask.png", "_overlay.png"))
+    assert written[2] == written[0]
+
+
+def test_predict_files_refuses_existing_outputs_unless_forced(run_copy, inputs, tmp_path, capsys):
+    out, sub = tmp_path / "out", tmp_path / "sub.csv"
+    pr.predict_files(run_copy, [inputs["png"], inputs["jpg"]], out, siim_csv=sub)
+    before = _outputs(out), sub.read_bytes()
+    with pytest.raises(InputError, match=r"chest_a_mask.png: already exists; use --force.*3 more outputs"):
+        pr.predict_files(run_copy, [inputs["png"], inputs["jpg"]], out)
+    sub.write_text("mine\n")
+    with pytest.raises(InputError, match=r"sub.csv: already exists; use --force"):
+        pr.predict_files(run_copy, [inputs["dcm"]], tmp_path / "elsewhere", siim_csv=sub)
+    assert sub.read_text() == "mine\n" and _outputs(out) == before[0]
+    assert not (tmp_path / "elsewhere").exists()  # refused before anything was written
+    args = ["predict", str(run_copy), str(inputs["png"]), str(inputs["jpg"]), "--out", str(out), "--siim-csv", str(sub)]
+    assert main(args) == 2
+    assert "already exists; use --force" in capsys.readouterr().err
+    assert main(args + ["--force", "--workers", "0"]) == 0
+    assert _outputs(out) == before[0] and sub.read_bytes() == before[1]  # replaced by the same prediction
+
+
+def test_siim_csv_guards_formula_ids_and_keeps_minus_one(run_copy, inputs, tmp_path):
+    _write_triplet(run_copy, ev.Triplet(0.5, 0.5, 64 * 64))  # every image empty: -1
+    evil = tmp_path / "=1+20.png"
+    evil.write_bytes(inputs["png"].read_bytes())
+    sub = tmp_path / "sub.csv"
+    res = pr.predict_files(run_copy, [evil], tmp_path / "out", siim_csv=sub)
+    assert res[0]["id"] == "=1+20"
+    assert list(csv.reader(open(sub, newline=""))) == [["ImageId", "EncodedPixels"], ["'=1+20", "-1"]]
+
+
+def test_predict_cli_without_overlays(run_copy, inputs, tmp_path, capsys):
+    out = tmp_path / "masks_only"
+    assert main(["predict", str(run_copy), str(inputs["png"]), "--out", str(out), "--no-overlays"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["chest_a_mask.png"]
+    assert "masks in" in capsys.readouterr().out
+
+
+def test_evaluate_run_same_files_with_workers(run_copy, monkeypatch):
+    """Scoring in worker processes (overlapping inference, and chunked from fresh caches) gives
+    the serial metrics and case table; the evaluation progress file is still written."""
+    from pneumo.store.run import RunFolder
+
+    serial = pr.evaluate_run(run_copy, "test", force=True, workers=0)
+    serial_cases = store.cases_path(run_copy, "test").read_bytes()
+    calls = []
+    parallel = pr.evaluate_run(run_copy, "test", force=True, workers=2, batch_size=5,
+                               progress=lambda d, n: calls.append((d, n)))
+    assert calls[-1][0] == calls[-1][1] == len(store.open_predictions(run_copy, "dev").ids) + 16
+    monkeypatch.setattr(pr, "_STATS_ROWS", 4)  # fresh caches, scored in chunks of 4 on the workers
+    cached = pr.evaluate_run(run_copy, "test", workers=2)
+    for m in (parallel, cached):
+        assert {k: v for k, v in m.items() if k != "created"} == {k: v for k, v in serial.items() if k != "created"}
+    assert store.cases_path(run_copy, "test").read_bytes() == serial_cases
+    progress = json.loads(RunFolder(run_copy).evaluation_progress("test").read_text())
+    assert progress["stage"] == "done" and progress["fraction"] == 1.0
+
+
+def test_evaluate_cli_workers_option(run_copy, capsys):
+    assert main(["evaluate", str(run_copy), "--workers", "0", "--force"]) == 0
+    assert "SIIM score" in capsys.readouterr().out
+
+
+def test_predict_cli_forks_its_workers_before_tensorflow(run_copy, inputs):
+    """The command starts its workers while it has neither TensorFlow nor a thread (tqdm's
+    monitor included): forked, they start at once instead of importing everything again."""
+    code = ("import sys; import pneumo.workers as w; real = w._start_method\n"
+            "def spy():\n    m = real(); print('start method', m, 'tensorflow' in sys.modules); return m\n"
+            "w._start_method = spy\nfrom pneumo.cli import main\nsys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, "predict", str(run_copy), str(inputs["png"]), str(inputs["jpg"]),
+                        "--out", str(run_copy / "out"), "--workers", "2"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "start method fork False" in r.stdout

@@ -57,6 +57,46 @@ def test_damaged_runs_are_listed_as_damaged_with_the_reason(tmp_path):
     assert "damaged" in runs.holds_run(bad_utf8)
 
 
+def _row(epoch, val_loss, loss="0.5"):
+    return f"{epoch},train,{loss},0.2,0.1,{val_loss},0.3,0.2,0.001,1.5\n"
+
+
+def test_damaged_history_lines_are_named_and_never_counted(tmp_path):
+    """Issue 18 item 13: garbage lines counted as epochs ("3 / 2 epochs") and a malformed row
+    gave the best val loss."""
+    run = _run(tmp_path, "r", {"state": "finished", "started": "2026-01-05T00:00:00+00:00", "epochs": 2})
+    (run / "history.csv").write_text(
+        ",".join(runs.HISTORY_COLUMNS) + "\n" + _row(1, 0.6)
+        + "garbage\n"                    # line 3: one value
+        + _row(2, "-5", loss="x")         # line 4: a cell that is not a number
+        + _row(9, "0.01")                 # line 5: an epoch out of order (another run's row)
+        + _row(2, "0.5")                  # line 6: sound
+        + _row(2, "0.4"))                 # line 7: epoch 2 again
+    rows, problem = runs.load_history(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and runs.best_row(rows)["val_loss"] == 0.5
+    assert problem == "history.csv: damaged lines 3, 4, 5, 7 left out (line 3: 1 values for 10 columns)"
+    info = run_list.list_runs(tmp_path)[0]
+    assert info.epochs_done == 2 and info.best_val_loss == 0.5 and info.damaged == problem
+    # a sound-looking row past the run's epochs is still not this run's
+    (run / "history.csv").write_text(",".join(runs.HISTORY_COLUMNS) + "\n" + _row(1, 0.6) + _row(2, 0.5) + _row(3, 0.1))
+    assert run_list.list_runs(tmp_path)[0].damaged == "history.csv: 3 epochs for a run of 2"
+    # the writer carries sound rows only into its next write
+    (run / "history.csv").write_text(",".join(runs.HISTORY_COLUMNS) + "\n" + _row(1, 0.6) + "garbage\n")
+    runs.RunWriter(run, "2026-01-05T00:00:00+00:00", epochs=2, resumed=True).append_history(
+        {"epoch": 2, "stage": "train", "val_loss": 0.5})
+    assert runs.load_history(run)[1] is None and [r["epoch"] for r in runs.read_history(run)] == [1, 2]
+
+
+def test_history_header_and_values_checked(tmp_path):
+    (tmp_path / "history.csv").write_text("a,b\n1,2\n")
+    assert runs.load_history(tmp_path) == ([], "history.csv: damaged (its first line is not the column names "
+                                                + ",".join(runs.HISTORY_COLUMNS) + ")")
+    (tmp_path / "history.csv").write_text("epoch,stage,loss\n1.5,train,1\n1,warm-up,1\n1,,\n")
+    rows, problem = runs.load_history(tmp_path)
+    assert rows == [{"epoch": 1, "stage": "", "loss": None}]  # an older file's empty cells stay sound
+    assert problem == "history.csv: damaged lines 2, 3 left out (line 2: epoch '1.5' is not a whole number)"
+
+
 def test_holds_run_is_the_one_rule(tmp_path):
     run = tmp_path / "r"
     assert runs.holds_run(run) is None  # absent
@@ -77,7 +117,7 @@ def test_writer_history_round_trip_and_truncation(tmp_path):
     w.truncate_history(2)
     rows = runs.read_history(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["loss"] == 0.5 and rows[0]["dice"] is None
-    assert (tmp_path / "history.csv").read_text().splitlines()[0] == ",".join(runs.HISTORY_COLUMNS)
+    assert (tmp_path / "history.csv").read_text().splitlines()[0] == ",".join(f'"{c}"' for c in runs.HISTORY_COLUMNS)
     assert runs.best_row(rows)["epoch"] == 2
     s = runs.summary("finished", tmp_path, 3, 1.234)
     assert s["best_epoch"] == 2 and s["best_val_dice"] == pytest.approx(0.2) and s["epochs_done"] == 2
@@ -170,6 +210,9 @@ def test_pages_list_damaged_runs_instead_of_breaking(tmp_path, monkeypatch):
     bad = _run(tmp_path / "runs", "bad-utf8")
     (bad / "status.json").write_bytes(b"\xff\xfe")
     _run(tmp_path / "runs", "epochs-ten", {"state": "stopped"}, config={"epochs": "ten"})
+    garbage = _run(tmp_path / "runs", "garbage-history",  # the newest: the Training page opens it
+                   {"state": "finished", "started": "2026-01-05T00:00:00+00:00", "epochs": 2})
+    (garbage / "history.csv").write_text(",".join(runs.HISTORY_COLUMNS) + "\n" + _row(1, 0.6) + "garbage\n" + _row(2, 0.5))
     at = AppTest.from_file(str(Path(__file__).parents[1] / "streamlit_app.py"), default_timeout=60)
     at.run()
     for page in ("app_pages/home.py", "app_pages/training.py"):
@@ -178,6 +221,10 @@ def test_pages_list_damaged_runs_instead_of_breaking(tmp_path, monkeypatch):
         table = at.dataframe[-1].value
         errors = " ".join(str(v) for v in table["error"])
         assert "status.json: not valid UTF-8" in errors and "'ten'" in errors, (page, errors)
+        assert "history.csv: damaged line 3 left out" in errors, (page, errors)
+    # the run's own view says its history is damaged above the curves drawn from the sound rows
+    assert any("history.csv: damaged line 3 left out" in w.value.replace("\\", "") for w in at.warning), \
+        [w.value for w in at.warning]
 
 
 # --------------------------------------------------------------------------- the single-writer lock

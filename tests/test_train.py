@@ -170,9 +170,12 @@ def test_run_folder_contents(tiny_pack, tmp_path, caplog):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["pid"] == os.getpid() and status["epoch"] == 2
     assert status["error"] is None and status["ended"] and status["epochs"] == 2
+    assert status["setup"] == {"strategy": "default", "cluster": "single", "workers": 1, "replicas": 1,
+                               "global_batch": 8, "per_replica_batch": 8, "precision": "none",
+                               "policy": "float32", "devices": ["CPU:0"], "addresses": []}
 
     text = (run / "history.csv").read_text()
-    assert text.splitlines()[0] == COLUMNS == ",".join(HISTORY_COLUMNS)
+    assert text.splitlines()[0].replace('"', "") == COLUMNS == ",".join(HISTORY_COLUMNS)  # every cell quoted
     rows = _history(run)
     assert [r["epoch"] for r in rows] == ["1", "2"] and {r["stage"] for r in rows} == {"train"}
     for r in rows:
@@ -225,7 +228,7 @@ def test_cli_config_round_trip(tiny_pack, tmp_path):
     assert got.lr == cfg.lr and got.loss == "bce+dice"
     args = parse(["train", "p.h5", "--no-augment", "--mixed-precision", "--batch-size", "4"])
     got = config_from_args(args)
-    assert got.augment.rotation == 0 and not got.augment.horizontal_flip and got.mixed_precision
+    assert got.augment.rotation == 0 and not got.augment.horizontal_flip and got.mixed_precision == "fp16"
     assert got.epochs == 90 and got.lr == 2e-5 and got.encoder_weights == "imagenet"  # the blog's
     with pytest.raises(InputError, match="no pack"):
         config_from_args(parse(["train"]))
@@ -454,34 +457,177 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_cpu_workers_train_one_run(tiny_pack, tmp_path):
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pneumo", "train", str(tiny_pack), "--run-dir", str(run), "--variant", "blog",
-           "--encoder-weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
-           "--lr", "1e-3"]
-    procs = []
-    for index in range(2):
-        env = _env()
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+def _start_workers(cmds: list[list[str]], envs: list[dict]) -> list[subprocess.Popen]:
+    return [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for cmd, env in zip(cmds, envs)]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
     outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=600)[0])
+            outputs.append(p.communicate(timeout=timeout)[0])
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return outputs
+
+
+def _reference_scores(run: Path, pack: Path, loss: str) -> dict:
+    """val_loss/val_dice/val_iou of RUN/last.keras over the whole dev split in one batch, one device."""
+    import h5py
+
+    from pneumo.train.validate import image_terms, scores
+
+    model = load_model(run / "last.keras")
+    with h5py.File(pack, "r") as f:
+        x, y = f["X_dev"][()], (f["Y_dev"][()] >= 128).astype(np.float32)
+    p = model.predict(x, verbose=0)
+    return scores(np.asarray(image_terms(y, p, np.ones(len(x), np.float32))), loss)
+
+
+def _mw_cmd(pack: Path, run: Path, *extra: str) -> list[str]:
+    """A quick-demo-shaped multi-worker run: BatchNorm, balanced batches, batch Dice, default validation."""
+    return [sys.executable, "-m", "pneumo", "train", str(pack), "--run-dir", str(run), "--variant", "unet-bn",
+            "--width", "0.125", "--encoder-weights", "none", "--batch-size", "16", "--lr", "1e-3",
+            "--loss", "bce+batch-dice", "--positive-fraction", "0.5", *extra]
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_train_one_run(tmp_path):
+    """Issue 17: two TF_CONFIG workers, the DEFAULT validation over a 49-image dev split (batch 16:
+    25 and 24 images a worker, 8 per replica), BatchNorm. Before: InvalidArgumentError at the end of
+    epoch 1, status failed, a worker temp folder left. Now both finish, the scores are exact over
+    the 49 images, BatchNorm statistics agree, no temp folder is left."""
+    pack = write_test_pack(tmp_path / "pack49.h5", counts=(64, 49, 8))
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    run = tmp_path / "run"
+    envs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env["TMPDIR"] = str((tmp_path / f"tmp{index}").resolve())
+        (tmp_path / f"tmp{index}").mkdir()
+        envs.append(env)
+    cmd = _mw_cmd(pack, run, "--epochs", "2", "--steps-per-epoch", "2")
+    procs = _start_workers([cmd, cmd], envs)
+    outputs = _finish(procs)
     assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(outputs)
     assert "MultiWorkerMirroredStrategy with 2 replica(s) over 2 workers" in outputs[0]
-    assert [r["epoch"] for r in _history(run)] == ["1"]
+    rows = _history(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     assert (run / "last.keras").is_file() and (run / "best.keras").is_file()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["pid"] == procs[0].pid  # only the chief writes here
+    assert status["setup"] == {
+        "strategy": "MultiWorkerMirroredStrategy", "cluster": "TF_CONFIG", "workers": 2, "replicas": 2,
+        "global_batch": 16, "per_replica_batch": 8, "precision": "none", "policy": "float32",
+        "devices": ["CPU:0"], "addresses": cluster["worker"]}
+    # exact: what one device computes from the saved model over all 49 images
+    expected = _reference_scores(run, pack, "bce+batch-dice")
+    for key in ("val_loss", "val_dice", "val_iou"):
+        assert float(rows[-1][key]) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+    assert not [p for i in range(2) for p in (tmp_path / f"tmp{i}").glob("pneumo-worker-*")]
+
+
+@pytest.mark.slow
+def test_two_replicas_each_get_balanced_batches_and_exact_validation(tmp_path):
+    """MirroredStrategy on 2 logical CPU devices (a fresh process: tests/replica_probe.py records the
+    batch each replica computes its loss on). Global batch 8, half positive: every replica gets
+    2 positives of 4 at every step. (Keras splitting the global batch, as before, gave replica 0 the
+    4 positives and replica 1 none.) Validation over 13 dev images (2 steps of 2 x 4, 3 padded)."""
+    from pneumo.store.config_file import save_config
+
+    pack = write_test_pack(tmp_path / "pack.h5", counts=(48, 13, 8))
+    cfg = _cfg(pack, variant="unet-bn", width=0.125, loss="bce+batch-dice", positive_fraction=0.5,
+               batch_size=8, epochs=2, steps_per_epoch=3)
+    save_config(cfg, tmp_path / "config.json")
+    run, out = tmp_path / "run", tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "replica_probe.py"), str(tmp_path / "config.json"),
+                           str(run), str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    probe = json.loads(out.read_text())
+    assert sorted(probe["batches"]) == [[0, 4, 2]] * 6 + [[1, 4, 2]] * 6  # 2 epochs x 3 steps, each replica
+    status = json.loads((run / "status.json").read_text())
+    assert status["setup"]["strategy"] == "MirroredStrategy" and status["setup"]["replicas"] == 2
+    assert status["setup"]["per_replica_batch"] == 4 and status["setup"]["devices"] == ["CPU:0", "CPU:1"]
+    expected = _reference_scores(run, pack, "bce+batch-dice")
+    last = _history(run)[-1]
+    for key in ("val_loss", "val_dice", "val_iou"):
+        assert float(last[key]) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_slurm_tasks_form_a_cluster_and_refuse_a_worker_with_another_pack(tiny_pack, tmp_path):
+    """Two tasks of a Slurm step on 127.0.0.1 (SLURM_* variables, no srun): the cluster comes from
+    SlurmClusterResolver; task 1 reads another pack, so both refuse to start, naming it."""
+    other = write_test_pack(tmp_path / "other.h5", counts=(40, 16, 16))
+    base = _free_port_pair()
+    run = tmp_path / "run"
+    envs = []
+    for task in range(2):
+        env = {k: v for k, v in _env().items() if k != "TF_CONFIG"}
+        env.update(SLURM_PROCID=str(task), SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="127.0.0.1",
+                   SLURM_STEP_TASKS_PER_NODE="2", PNEUMO_SLURM_PORT=str(base))
+        envs.append(env)
+    cmd = [sys.executable, "-m", "pneumo", "train", "--run-dir", str(run), "--variant", "blog",
+           "--encoder-weights", "none", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8"]
+    procs = _start_workers([cmd[:4] + [str(tiny_pack)] + cmd[4:], cmd[:4] + [str(other)] + cmd[4:]], envs)
+    outputs = _finish(procs, timeout=300)
+    assert [p.returncode for p in procs] == [2, 2], "\n=====\n".join(outputs)
+    assert f"over 2 workers (Slurm), this is worker 1 (127.0.0.1:{base + 1})" in outputs[1]
+    for text in outputs:
+        assert (f"error: worker 1 (127.0.0.1:{base + 1}) reads another pack than worker 0 (127.0.0.1:{base})"
+                in text), text
+    assert not (run / "history.csv").exists()
+
+
+def _free_port_pair() -> int:
+    """A port p with p + 1 free too (Slurm tasks on one node take consecutive ports)."""
+    for _ in range(50):
+        p = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no two consecutive free ports on 127.0.0.1")
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_the_run_with_its_name(tiny_pack, tmp_path):
+    """Worker 1 is killed once the chief finished an epoch (polled, no sleep as a handshake):
+    the chief fails (TensorFlow notices the silent peer) and status.json names worker 1."""
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pneumo", "train", str(tiny_pack), "--run-dir", str(run), "--variant", "blog",
+           "--encoder-weights", "none", "--epochs", "100000", "--steps-per-epoch", "2", "--batch-size", "8"]
+    envs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        envs.append(env)
+    procs = _start_workers([cmd, cmd], envs)
+    try:
+        deadline = time.monotonic() + 600
+        while not read_history(run) and time.monotonic() < deadline and procs[0].poll() is None:
+            time.sleep(0.2)
+        assert read_history(run), "the chief finished no epoch"
+        procs[1].kill()
+        outputs = _finish(procs[:1], timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 1, outputs[0]
+    status = read_status(run)
+    assert status["state"] == "failed", status
+    assert status["error"].startswith(f"worker 1 (127.0.0.1:{ports[1]}) failed or stopped answering"), status
+    assert f"worker 1 (127.0.0.1:{ports[1]}) failed or stopped answering" in outputs[0]
 
 
 # --------------------------------------------------------------------------- through pneumo.train.jobs
@@ -552,6 +698,62 @@ def test_old_config_json_without_the_new_keys_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     cfg = load_config(TrainConfig, tmp_path / "config.json")
     assert (cfg.width, cfg.positive_fraction, cfg.lr_schedule, cfg.init_from) == (1.0, None, "constant", None)
+
+
+# --------------------------------------------------------------------------- issue 17: precision
+def test_precision_is_a_vocabulary_and_older_true_false_configs_load(tmp_path):
+    from pneumo.cli import build_parser
+    from pneumo.cli.train import config_from_args
+
+    for old, now in ((True, "fp16"), (False, "none")):
+        (tmp_path / "config.json").write_text(json.dumps({**to_dict(TrainConfig(pack="p.h5")), "mixed_precision": old}))
+        assert load_config(TrainConfig, tmp_path / "config.json").mixed_precision == now
+    assert TrainConfig().mixed_precision == "none"
+    parse = build_parser().parse_args
+    for flags, now in ((["--mixed-precision", "bf16"], "bf16"), (["--mixed-precision"], "fp16"),
+                       (["--mixed-precision", "none"], "none"), (["--no-mixed-precision"], "none"), ([], "none")):
+        assert config_from_args(parse(["train", "p.h5", *flags])).mixed_precision == now, flags
+    with pytest.raises(SystemExit):
+        parse(["train", "p.h5", "--mixed-precision", "fp8"])
+    for bad in ("fp8", True, 1):
+        with pytest.raises(InputError, match="mixed_precision .* is unknown .*none, bf16, fp16"):
+            plan_run(TrainConfig(pack="p.h5", mixed_precision=bad))
+
+
+@pytest.mark.parametrize("precision, policy, scaled", [
+    ("none", "float32", False), ("bf16", "mixed_bfloat16", False), ("fp16", "mixed_float16", True)])
+def test_bf16_compiles_without_loss_scaling_and_fp16_with_it(precision, policy, scaled):
+    from pneumo.model.networks import build_model
+    from pneumo.train.build import compile_model, set_precision
+
+    before = keras.mixed_precision.global_policy()
+    try:
+        assert set_precision(precision) == policy
+        model = build_model("unet-bn", input_size=64, encoder_weights=None, width=0.125)
+        compile_model(model, 1e-3, TrainConfig(pack="p.h5", mixed_precision=precision, loss="bce+dice"))
+        assert model.dtype_policy.name == policy
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _native_bf16() -> bool:
+    from pneumo.train.build import _cpu_has_bf16
+
+    return _cpu_has_bf16()
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="bfloat16 convolutions need AMX/AVX512-BF16 on a CPU")
+def test_a_bf16_run_records_its_precision(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(tiny_pack, variant="unet-bn", width=0.125, epochs=1, steps_per_epoch=1,
+                         mixed_precision="bf16"), run, verbose=0)
+    assert summary["state"] == "finished" and np.isfinite(summary["last"]["val_loss"])
+    assert json.loads((run / "config.json").read_text())["mixed_precision"] == "bf16"
+    setup = read_status(run)["setup"]
+    assert (setup["precision"], setup["policy"]) == ("bf16", "mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
 
 
 def _bn_cfg(pack, **kw) -> TrainConfig:
@@ -627,6 +829,25 @@ def test_nan_mid_epoch_then_stop_keeps_the_last_good_checkpoint(tiny_pack, tmp_p
     weights = load_model(run / "last.keras", compile=False).get_weights()
     assert all(np.isfinite(w).all() for w in weights)
     assert [r["epoch"] for r in _history(run)] == ["1"]
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_was_kept(tmp_path):
+    """Issue 18 item 14: "diverged at epoch 1" said last.keras keeps the last good epoch when
+    no epoch had finished and there was none."""
+    import threading
+
+    from pneumo.store import run as runs
+    from pneumo.train.monitor import Diverged, RunMonitor
+
+    folder = runs.RunWriter(tmp_path, "2026-01-01T00:00:00+00:00", epochs=2, resumed=False)
+    monitor = RunMonitor(folder, tmp_path, {"steps": 3, "batch_size": 2, "epochs": 2, "validation_steps": 1},
+                         threading.Event(), None, float("inf"))
+    monitor.on_epoch_begin(0)
+    with pytest.raises(Diverged, match=r"at epoch 1, step 1: .*; no last\.keras was saved \(no epoch had finished\)$"):
+        monitor.on_train_batch_end(0, {"loss": float("nan")})
+    (tmp_path / "last.keras").write_bytes(b"an earlier epoch's")  # e.g. a resumed run
+    with pytest.raises(Diverged, match=r"at epoch 1, step 3: .*; last\.keras keeps the last good epoch$"):
+        monitor.on_epoch_end(0, {"loss": float("inf")})
 
 
 def test_resume_refuses_a_changed_pack(tiny_pack, tmp_path):

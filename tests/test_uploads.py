@@ -166,3 +166,65 @@ def test_bounded_memory_while_extracting(tmp_path):
 
 def test_module_has_no_streamlit():
     assert "streamlit" not in Path(uploads.__file__).read_text()
+
+
+# --------------------------------------------------------------------------- issue 18 item 11
+def _eocd(entries: int, cd_bytes: int, *, zip64: bool = False) -> bytes:
+    """A zip that is only its end of central directory (ZIP64: the record, its locator, then the
+    classic record with 0xFFFF/0xFFFFFFFF): what a listing-free check must read."""
+    import struct
+
+    body = b"\0" * 64
+    if not zip64:
+        return body + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(entries, 0xFFFF), min(entries, 0xFFFF),
+                                   cd_bytes, 0, 0)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, cd_bytes, 0)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return body + record + locator + eocd
+
+
+def _no_listing(monkeypatch) -> None:
+    def refuse(*a, **k):
+        raise AssertionError("the listing was parsed")
+
+    monkeypatch.setattr(uploads.zipfile, "ZipFile", refuse)
+
+
+@pytest.mark.parametrize("data, message", [
+    (_eocd(1_000_000, 92_000_000, zip64=True), "1,000,000 entries in the zip; the limit is 50,000 files"),
+    (_eocd(2**33, 10**12, zip64=True), "8,589,934,592 entries in the zip"),
+    (_eocd(3, 90_000_000), "listing is 90 MB, too large for the 50,000 files allowed"),  # the count lies
+], ids=["zip64-million", "zip64-huge", "classic-lying-count"])
+def test_entry_count_is_read_from_the_end_record_before_any_listing(tmp_path, monkeypatch, data, message):
+    """Issue 18 item 11: a 92 MB zip of a million empty entries was listed inside the server
+    (30 s, +740 MB) before the count check. Now the end-of-central-directory record (and its
+    ZIP64 form) decides first, reading 64 KiB: the listing is never parsed."""
+    _no_listing(monkeypatch)
+    (tmp_path / "a.zip").write_bytes(data)
+    for source in (tmp_path / "a.zip", io.BytesIO(data)):
+        with pytest.raises(InputError, match=message):
+            safe_extract_zip(source, tmp_path / "u")
+    with pytest.raises(InputError, match=message):
+        extract_upload(io.BytesIO(data), tmp_path / "data", isolate=True)
+    assert not any((tmp_path / "data" / "uploads").iterdir())
+
+
+def test_a_real_zip_of_many_entries_is_refused_unlisted_and_a_fair_one_unpacks_in_a_worker(tmp_path, monkeypatch):
+    """The record of a real zip (3,000 empty entries) is read right; a zip within the limit is
+    listed and unpacked in a capped worker process when ``isolate`` (the app), not in this one."""
+    many, fair = _zip({f"e{i}": b"" for i in range(3000)}), _zip({"images/a.png": b"1", "masks/a.png": b"2"})
+    real_zipfile = uploads.zipfile.ZipFile
+    _no_listing(monkeypatch)
+    with pytest.raises(InputError, match="3,000 entries in the zip; the limit is 100 files"):
+        safe_extract_zip(many, tmp_path / "u", max_members=100)
+    listed_by: list[int] = []
+
+    def spy(*a, **k):  # records only calls made in this process (a worker has its own list)
+        listed_by.append(os.getpid())
+        return real_zipfile(*a, **k)
+
+    monkeypatch.setattr(uploads.zipfile, "ZipFile", spy)
+    folder, top = extract_upload(fair, tmp_path / "data", isolate=True, memory_limit=2 << 30)
+    assert (top / "images" / "a.png").read_bytes() == b"1" and (top / "masks" / "a.png").read_bytes() == b"2"
+    assert os.getpid() not in listed_by

@@ -46,7 +46,7 @@ def test_first_release_file_migrates_to_reader_unnamed_without_loss(tmp_path):
     path = _first_release_file(tmp_path / "reviews.sqlite")
     store = verdicts.VerdictStore(path)
     cols, rows, version = _raw_rows(path)
-    assert "reader" in cols and version == 2
+    assert "reader" in cols and "thresholds" in cols and version == 3  # readers (2), then thresholds (3)
     # every row kept, the phantom one included (reads skip it), all under "unnamed"
     assert len(rows) == len(_OLD_ROWS)
     by_id = {(r[cols.index("split")], r[cols.index("image_id")]): r for r in rows}
@@ -112,7 +112,7 @@ def test_read_only_store_reads_a_first_release_file_without_changing_it(tmp_path
         ("a", "unnamed", "model wrong", "rib edge"), ("b", "unnamed", None, "look again")]
     assert store.readers("r", "test") == ["unnamed"] and store.get("r", "dev", "a").verdict == "agree"
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["alice.sqlite"]
-    with pytest.raises(sqlite3.OperationalError):  # "readonly database", or "a view" for an old file
+    with pytest.raises(InputError, match=r"alice\.sqlite: verdicts cannot be saved \(opened read-only\)"):
         store.set_verdict("r", "test", "z", "unsure", category="FP")
     assert path.read_bytes() == before
     with pytest.raises(InputError, match=r"missing\.sqlite: review file not found"):
@@ -201,7 +201,7 @@ def test_export_carries_the_reader_and_filters_by_reader(tmp_path):
     store.set_verdict("r", "test", "a", "label missed a pneumothorax", category="FP", reader="alice", note="apex")
     store.set_verdict("r", "test", "b", "agree", category="TN", reader="=cmd")  # a name that looks like a formula
     assert verdicts.EXPORT_COLUMNS == ("run", "split", "image_id", "reader", "category", "verdict", "note",
-                                       "reviewer", "updated")
+                                       "reviewer", "updated", "thresholds")
     n = store.export_csv(tmp_path / "all.csv", "r", "test")
     rows = list(csv.DictReader(open(tmp_path / "all.csv", newline="", encoding="utf-8")))
     assert n == 3 and list(rows[0]) == list(verdicts.EXPORT_COLUMNS)
@@ -210,7 +210,7 @@ def test_export_carries_the_reader_and_filters_by_reader(tmp_path):
     only = list(csv.DictReader(io.StringIO(store.csv_text("r", "test", reader="alice"))))
     assert [(r["image_id"], r["reader"], r["note"]) for r in only] == [("a", "alice", "apex")]
     assert store.export_csv(tmp_path / "none.csv", "r", "test", reader="nobody") == 0
-    assert (tmp_path / "none.csv").read_text().strip() == ",".join(verdicts.EXPORT_COLUMNS)
+    assert (tmp_path / "none.csv").read_text().strip() == ",".join(f'"{c}"' for c in verdicts.EXPORT_COLUMNS)
 
 
 def test_label_problem_verdicts_belong_to_their_categories():
@@ -218,3 +218,39 @@ def test_label_problem_verdicts_belong_to_their_categories():
         assert set(problems) <= set(verdicts.VERDICTS[category]) and "unsure" not in problems
     assert "label missed a pneumothorax" in verdicts.LABEL_PROBLEM_VERDICTS["FP"]
     assert "label doubtful" in verdicts.LABEL_PROBLEM_VERDICTS["FN"]
+
+
+def test_opening_creates_nothing_until_the_first_save(tmp_path):
+    """Issue 18 item 12: the Review page created reviews.sqlite (and its run folder) just by
+    opening the store; reads of a store with nothing saved are empty."""
+    path = tmp_path / "run" / "reviews.sqlite"
+    store = verdicts.VerdictStore(path)
+    assert store.save_problem is None
+    assert store.verdicts("r", "test") == [] and store.get("r", "test", "a") is None
+    assert store.readers("r", "test") == [] and store.reviewed_ids("r", "test") == set()
+    assert store.csv_text("r", "test").count("\n") == 1  # the header only
+    assert not (tmp_path / "run").exists()
+    store.set_verdict("r", "test", "a", "model wrong", category="FP")
+    assert path.is_file() and verdicts.VerdictStore(path).get("r", "test", "a").verdict == "model wrong"
+
+
+def test_a_read_only_folder_is_read_and_never_written(tmp_path, monkeypatch):
+    """Issue 18 item 12: a run folder nobody can write opens read-only by itself (what exists
+    is read; saving raises InputError saying why); SQLite's own read-only mode would need
+    to write the -shm file there, so such a file is read as immutable."""
+    path = tmp_path / "reviews.sqlite"
+    verdicts.VerdictStore(path).set_verdict("r", "test", "a", "model wrong", category="FP")
+    before = path.read_bytes()
+    monkeypatch.setattr(verdicts, "write_problem", lambda folder: "read-only file system")
+    store = verdicts.VerdictStore(path)
+    assert store.save_problem == "read-only file system" and store.read_only
+    assert store._read_mode == "immutable=1"
+    assert [v.image_id for v in store.verdicts("r", "test")] == ["a"]
+    with pytest.raises(InputError, match=r"reviews\.sqlite: verdicts cannot be saved \(read-only file system\)"):
+        store.set_verdict("r", "test", "b", "unsure", category="FP")
+    assert path.read_bytes() == before
+    missing = verdicts.VerdictStore(tmp_path / "other" / "reviews.sqlite")  # no file, no folder: empty
+    assert missing.verdicts("r", "test") == [] and not (tmp_path / "other").exists()
+    with pytest.raises(InputError, match="verdicts cannot be saved"):
+        missing.set_note("r", "test", "a", "x")
+    assert not (tmp_path / "other").exists()

@@ -8,6 +8,7 @@ Each sub-command lives in its own module under ``pneumo.cli`` with two functions
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from types import ModuleType
@@ -67,3 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `python -m pneumo info x | head` must not print a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # Not a bug but the machine (a read-only or foreign folder the checks before the work
+        # could not foresee): one line naming the file, as for bad input.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2

@@ -35,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the list and say what is in it (no TensorFlow)."""
     from pneumo.review.curate import curate
+    from pneumo.settings import check_writable
 
+    if args.out is not None or args.run_dir.is_dir():  # a missing run folder is curate's to name
+        check_writable(args.out.parent if args.out is not None else args.run_dir, "the relabel list is written there")
     result = curate(args.run_dir, args.split, args.out, verdict_files=args.verdicts, pack=args.pack,
                     min_readers=args.min_readers, force=args.force)
     who = ", ".join(result.readers) if result.readers else "no readers"

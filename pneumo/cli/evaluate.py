@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split to score (default test; the triplet is always tuned on dev)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="model file (default best)")
     p.add_argument("--batch-size", type=int, default=32, help="images per prediction batch (default 32)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes scoring predictions while the model runs (default: one per core from "
+                        "2,000 images, else none; 0: none)")
     p.add_argument("--force", action="store_true", help="predict again even if the cached predictions are fresh")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--allow-changed-pack", action="store_true",
@@ -57,8 +60,11 @@ def format_metrics(m: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Predict (or reuse the cache), tune on dev, score, write metrics and cases, print."""
     from pneumo.predict import evaluate_run
+    from pneumo.settings import check_writable
     from pneumo.store.predictions import cases_path, metrics_path
 
+    if args.run_dir.is_dir():  # a missing folder is evaluate_run's to name
+        check_writable(args.run_dir, "evaluate writes its predictions and scores in the run folder")
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = evaluate_run(args.run_dir, args.split, args.checkpoint, progress,
                                force=args.force, batch_size=args.batch_size,
-                               allow_changed_pack=args.allow_changed_pack)
+                               allow_changed_pack=args.allow_changed_pack, workers=args.workers)
     finally:
         if bar is not None:
             bar.close()

@@ -52,13 +52,15 @@ def add_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
                    help="HDF5 compression (default none: fastest to read)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable images and list them in the report, instead of failing")
+                   help="skip unreadable images (and ids with control characters), naming each on the "
+                        "console and in the report, instead of failing")
     p.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
                    help="refuse images larger than N pixels, checked before decoding "
                         "(default 50000000; 0 = no limit, for trusted data only)")
     p.add_argument("--exclude", type=Path, default=None, metavar="LIST.csv",
                    help="leave out the ids of this CSV's 'id' column (e.g. the relabel list "
-                        "`pneumo curate` writes), before splitting; ids the source lacks are reported")
+                        "`pneumo curate` writes) after splitting the whole source, so every other id keeps "
+                        "its split; ids the source lacks are reported")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -117,18 +119,38 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+_SHOWN_SKIPPED = 20  # skipped files named on the console (all are in the pack's report)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build the manifest, pack it with a progress bar, print the split report."""
+    """Build the manifest, pack it with a progress bar, print the split report. SIGTERM
+    removes the temporary pack (and the workers) before exiting with status 143."""
+    import sys
+
+    from pneumo.workers import exit_on_sigterm, quiet_pillow_bomb_warning
+
+    quiet_pillow_bomb_warning()  # pneumo's own pixel budget decides (--max-pixels)
+    try:
+        with exit_on_sigterm():
+            return _run(args)
+    except SystemExit:
+        print(f"terminated; {args.out} was not written", file=sys.stderr)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     from pneumo.ingest import sources
+    from pneumo.ingest.manifest import shown
     from pneumo.config import check_size
-    from pneumo.errors import InputError
+    from pneumo._io import refuse_existing
+    from pneumo.settings import check_writable
     from pneumo.ingest.packer import pack_manifest
     from pneumo.ingest.uploads import sweep_temp_files
 
     config = config_from_args(args)
     check_size(config.size)
-    if args.out.exists() and not args.force:
-        raise InputError(f"{args.out}: already exists; use --force to replace it")
+    refuse_existing(args.out, args.force)
+    check_writable(args.out.parent, "the pack is written there")  # before reading any image
     for path in sweep_temp_files(args.out.absolute().parent):
         print(f"removed {path.name}, left behind by an interrupted pack")
     manifest = sources.manifest_from_spec(
@@ -144,12 +166,20 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.source == "siim":
         print(f"RLE format: {manifest.info.get('rle_format')}")
-    for name, reason in manifest.skipped[:20]:
-        print(f"skipped {name}: {reason}")
-    if len(manifest.skipped) > 20:
-        print(f"... and {len(manifest.skipped) - 20} more skipped (listed in the pack's report)")
+    for name, reason in manifest.skipped[:_SHOWN_SKIPPED]:
+        print(f"skipped {shown(name)}: {shown(reason)}")
+    if len(manifest.skipped) > _SHOWN_SKIPPED:
+        print(f"... and {len(manifest.skipped) - _SHOWN_SKIPPED} more skipped (listed in the pack's report)")
 
     bar = None
+    skipped_now = 0
+
+    def on_skipped(sample_id: str, reason: str) -> None:
+        # --skip-bad: each file named as it is skipped (its reason starts with the file), above the bar
+        nonlocal skipped_now
+        skipped_now += 1
+        if skipped_now <= _SHOWN_SKIPPED:
+            (print if bar is None else bar.write)(f"skipped {shown(reason)}")
 
     def progress(done: int, total: int) -> None:
         # Created on the first image, so errors found before decoding print alone.
@@ -165,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
     try:
-        info = pack_manifest(manifest, args.out, config, force=args.force, progress=progress)
+        info = pack_manifest(manifest, args.out, config, force=args.force, progress=progress, on_skipped=on_skipped)
     finally:
         if bar is not None:
             bar.close()
@@ -174,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if exclusion:
         print(f"excluded {exclusion['excluded']} images listed in {exclusion['list']}")
         if exclusion["unknown"]:
-            shown = ", ".join(exclusion["unknown_ids"][:10])
+            names = ", ".join(shown(i) for i in exclusion["unknown_ids"][:10])
             more = f" and {exclusion['unknown'] - 10} more" if exclusion["unknown"] > 10 else ""
-            print(f"{exclusion['unknown']} ids of {exclusion['list']} are not in the source (ignored): {shown}{more}")
+            print(f"{exclusion['unknown']} ids of {exclusion['list']} are not in the source (ignored): {names}{more}")
     n_skipped = int(info.report.get("n_skipped", 0))
     if n_skipped:
         print(f"{n_skipped} skipped (see `python -m pneumo info {info.path}`)")

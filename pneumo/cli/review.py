@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="split (default test)")
     p.add_argument("--export", type=Path, default=None, metavar="CSV",
                    help="write the verdicts to this CSV file (one row per case and reader)")
+    p.add_argument("--force", action="store_true", help="replace an existing --export file")
     p.add_argument("--reader", default=None, metavar="NAME",
                    help="only this reader's reviews (default: every reader); 'unnamed' for reviews saved without a name")
     p.add_argument("--agreement", action="store_true",
@@ -30,29 +31,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _categories(run_dir: Path, split: str) -> tuple[dict[str, str], str] | None:
-    """Category per id under the run's triplet (the rule the Review page and ``predict`` use:
-    :func:`pneumo.store.predictions.run_triplet`) from the cached predictions when they are fresh for
-    the pack, else from the case table ``evaluate`` wrote; and a line saying which."""
+    """Category per id under the run's thresholds (the one rule the Review page uses too:
+    :func:`pneumo.store.thresholds.run_thresholds`, the thresholds saved with the run, else the
+    dev-tuned triplet) from the cached predictions when they are fresh for the pack, else from
+    the case table ``evaluate`` wrote (dev-tuned); and a line saying which."""
     from pneumo.review.cases import ReviewData
-    from pneumo.store import predictions
+    from pneumo.store import predictions, thresholds
 
     if predictions.freshness(run_dir, split, None).fresh:
         data = ReviewData(run_dir, split)
-        triplet, source = predictions.run_triplet(run_dir, data.size, data.checkpoint)
-        cases = data.evaluate(triplet).cases
-        line = (f"triplet: pixel > {triplet.pixel_threshold:.2f}, top > {triplet.top_threshold:.2f}, "
-                f"min area {triplet.min_area} px ({source})")
+        chosen = thresholds.run_thresholds(run_dir, data.size, data.checkpoint)
+        cases = data.evaluate(chosen.triplet).cases
+        how = {"chosen": "chosen on the Review page and saved with the run", "dev-tuned": "tuned on dev",
+               "default": "plain 0.5 thresholding: the run was never evaluated"}[chosen.source]
+        line = f"triplet: {thresholds.describe(chosen.triplet, data.size)} ({chosen.origin}), {how}"
         return {str(i): str(c) for i, c in zip(cases["id"], cases["category"])}, line
     rows = predictions.read_cases(run_dir, split)
     if not rows:
         return None
-    return {str(r["id"]): str(r["category"]) for r in rows}, f"categories from {predictions.cases_path(run_dir, split).name}"
+    line = f"categories from {predictions.cases_path(run_dir, split).name} (the dev-tuned triplet"
+    if thresholds.thresholds_path(run_dir).is_file():
+        line += f"; the thresholds saved with the run need fresh predictions: run `python -m pneumo evaluate {run_dir} --split {split}`"
+    return {str(r["id"]): str(r["category"]) for r in rows}, line + ")"
 
 
 def run(args: argparse.Namespace) -> int:
     """Print per-category progress (no TensorFlow); export when asked."""
     from collections import Counter
 
+    from pneumo._io import refuse_existing
+    from pneumo.settings import check_writable
     from pneumo.errors import InputError
     from pneumo.store.verdicts import DB_NAME, VerdictStore, check_reader
 
@@ -61,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{run_dir}: run folder not found")
     # reviews are keyed by the run folder's name; "." or "runs/first/.." must name it too
     run_dir = Path(os.path.abspath(run_dir))
+    if args.export is not None:  # before any work: a refused export is the whole answer
+        refuse_existing(args.export, args.force)
+        check_writable(args.export.parent)
     reader = check_reader(args.reader) if args.reader is not None else None
     found = _categories(run_dir, args.split)
     if not (run_dir / DB_NAME).exists():
@@ -89,13 +100,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{run_dir.name}, {args.split}: {len(done)} reviews "
               f"(run `python -m pneumo evaluate {run_dir}` for per-category progress)")
-    counts = Counter(v.verdict for v in verdicts if v.verdict)
-    for verdict, n in counts.most_common():
-        print(f"  {verdict}: {n}")
+    if found:
+        moved = sorted((v.image_id, v.category, found[0][v.image_id]) for v in verdicts
+                       if v.verdict and v.category and v.image_id in found[0] and found[0][v.image_id] != v.category)
+        if moved:
+            shown = ", ".join(f"{i} ({then} then, {now} now)" for i, then, now in moved[:5])
+            print(f"  {len(moved)} verdict{'s' if len(moved) != 1 else ''} given under another category than the "
+                  f"case has now: {shown}{' ...' if len(moved) > 5 else ''}")
+    counts = Counter((v.category or "?", v.verdict) for v in verdicts if v.verdict)
+    for cat in (*("FP", "FN", "TP", "TN"), "?"):
+        given = [(verdict, n) for (c, verdict), n in counts.most_common() if c == cat]
+        if given:
+            print(f"  verdicts given under {cat if cat != '?' else 'an unrecorded category'}: "
+                  + ", ".join(f"{verdict} {n}" for verdict, n in given))
     if args.agreement:
         _print_agreement(store.verdicts(run_dir.name, args.split))
     if args.export is not None:
-        n = store.export_csv(args.export, run_dir.name, args.split, reader)
+        n = store.export_csv(args.export, run_dir.name, args.split, reader, force=args.force)
         print(f"wrote {n} rows to {args.export}")
     return 0
 

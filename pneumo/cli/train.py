@@ -15,13 +15,14 @@ import os
 import sys
 import traceback
 
-from pneumo.config import LOSS_LABELS, LR_SCHEDULE_LABELS, PRESETS, VARIANT_LABELS
+from pneumo.config import (IN_MEMORY, IN_MEMORY_LABELS, LOSS_LABELS, LR_SCHEDULE_LABELS, PRECISION_LABELS, PRECISIONS,
+                           PRESETS, VARIANT_LABELS)
 from pneumo.store.run import CONFIG, EXCLUSION_RECORD
 
 # (dest in TrainConfig, flag) for the options that map one to one.
 _TRAIN_OPTIONS = ("variant", "epochs", "steps_per_epoch", "validation_steps", "batch_size", "lr", "loss",
                   "fine_tune_epochs", "fine_tune_lr", "mixed_precision", "xla", "seed", "freeze_encoder",
-                  "width", "lr_schedule", "init_from")
+                  "width", "lr_schedule", "init_from", "in_memory")
 _AUGMENT_OPTIONS = ("rotation", "width_shift", "height_shift", "zoom", "horizontal_flip", "fill_mode",
                     "per_batch")
 
@@ -69,8 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--fine-tune-epochs", type=int,
                    help="second stage: epochs with the encoder unfrozen (default 0 = none)")
     g.add_argument("--fine-tune-lr", type=float, help="Adam learning rate of the second stage (default 1e-5)")
-    g.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-                   help="float16 compute (for GPUs)")
+    g.add_argument("--mixed-precision", nargs="?", const="fp16", choices=PRECISIONS, metavar="P",
+                   help=f"compute precision (default none; the bare flag means fp16, as before): "
+                        f"{_choices(PRECISION_LABELS)}")
+    g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const", const="none",
+                   help=argparse.SUPPRESS)  # the older spelling of --mixed-precision none
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                    help="jit-compile the train step with XLA")
     g.add_argument("--seed", type=int, help="weights, shuffling and augmentation seed (default 0)")
@@ -82,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"the learning-rate schedule (default constant): {_choices(LR_SCHEDULE_LABELS)}")
     g.add_argument("--init-from", metavar="RUN",
                    help="start from this run folder's best.keras weights (same variant, width and size)")
+    g.add_argument("--in-memory", choices=IN_MEMORY, metavar="MODE",
+                   help=f"hold each split's images in memory or stream them from the pack (default auto): "
+                        f"{_choices(IN_MEMORY_LABELS)}")
     a = p.add_argument_group("augmentation (default: the blog's ranges)")
     a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     a.add_argument("--rotation", type=float, help="degrees (default 10)")
@@ -150,13 +157,20 @@ def run(args: argparse.Namespace) -> int:
 
     from pneumo.store import run as runs
     from pneumo.store.run_list import new_run_dir
+    from pneumo.train.cluster import multi_worker
+
+    from pneumo import settings
 
     config = config_from_args(args)
     if args.resume and not args.run_dir:
         raise InputError("--resume needs --run-dir (the run folder to continue)")
-    if args.run_dir and not os.environ.get("TF_CONFIG"):
+    if args.run_dir:  # before TensorFlow loads: a folder nothing can be written in is the whole answer
+        settings.check_writable(args.run_dir, "the run writes its checkpoints and history there")
+    else:
+        settings.check_workspace(write=("runs",))
+    if args.run_dir and not multi_worker():
         # A folder another trainer writes: refused now, not after TensorFlow loaded. (A worker of a
-        # TF_CONFIG cluster is left to train(), where only the chief takes the folder.)
+        # TF_CONFIG or Slurm cluster is left to train(), where only the chief takes the folder.)
         runs.writer_lock(args.run_dir, handover_from=runs.handover_pid()).check()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.errors import InputError
-from pneumo.ingest.pixels import check_pixels, checked_file, luma_gray
+from pneumo.ingest.pixels import check_pixels, checked_file, luma_gray, one_line
 
 __all__ = ["is_dicom", "dicom_pixels", "dicom_gray", "read_dicom_meta"]
 
@@ -135,12 +135,34 @@ def dicom_pixels(path: Path, max_pixels: int | None, what: str) -> tuple[object,
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"{path}: multi-frame DICOM ({frames} frames); expected a single {what}")
+    missing = _missing_decoder(ds)
+    if missing is not None:
+        raise InputError(f"{path}: cannot decode DICOM pixel data: {missing}")
     try:
         pixels = ds.pixel_array
-    except Exception as e:  # missing codec, truncated or corrupt pixel data
-        raise InputError(f"{path}: cannot decode DICOM pixel data ({type(e).__name__}: {e})") from None
+    except Exception as e:  # truncated or corrupt pixel data
+        raise InputError(f"{path}: cannot decode DICOM pixel data ({type(e).__name__}: {one_line(e)})") from None
     del ds.PixelData  # the raw bytes are not needed any more
     return ds, pixels
+
+
+def _missing_decoder(ds) -> str | None:
+    """Why no installed plugin can decode ``ds``'s compressed pixel data (one line naming the
+    transfer syntax and what to install), or None."""
+    uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if not uid or not getattr(uid, "is_compressed", False):
+        return None
+    try:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(uid)
+    except Exception:  # pydicom knows no decoder for this syntax at all
+        return f"pydicom has no decoder for its transfer syntax {getattr(uid, 'name', uid)} ({uid})"
+    if decoder.is_available:
+        return None
+    needs = [dep.split(" - requires ", 1)[-1] for dep in decoder.missing_dependencies]
+    return (f"no decoder for its transfer syntax {uid.name} ({uid}) is installed; install one of: "
+            f"{' | '.join(needs) or 'a pydicom pixel data plugin'}")
 
 
 def dicom_gray(path: Path, max_pixels: int | None, window: str = "voi") -> np.ndarray:

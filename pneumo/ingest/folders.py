@@ -82,6 +82,9 @@ def folder_source(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -
         "images_without_mask": len(images) - len(samples),
         "masks_without_image": len(masks) - len(samples),
         "ignored_files": ignored_images + ignored_masks,
+        # the folders given, so the Review page can print the repack command (pneumo.review.repack)
+        "images_dir": str(images_dir.absolute()),
+        "masks_dir": str(masks_dir.absolute()),
     }
     return Manifest(kind="folders", samples=samples, skipped=skipped, info=info)
 

@@ -3,7 +3,9 @@
 Every reader checks the image's size from its header *before* decoding (Pillow's lazy
 open; DICOM Rows x Columns x frames x samples, read without inflating the pixel data) and
 refuses anything above ``max_pixels`` with an :class:`InputError` naming the file and its
-size. Pillow's own decompression-bomb check (a warning from 89 Mpx) is only a second guard.
+size. Pillow's own decompression-bomb check (a warning from 89 Mpx, an error from 179 Mpx) is only
+a second guard: its warning is hidden in pneumo's processes, and an image it refuses gets
+pneumo's message (its size and ``--max-pixels``).
 
 Conversions (documented choices):
 
@@ -37,7 +39,7 @@ import numpy as np
 from pneumo.config import DICOM_WINDOWS
 from pneumo.errors import InputError
 from pneumo.ingest.dicom import dicom_gray, dicom_pixels, is_dicom, read_dicom_meta
-from pneumo.ingest.pixels import MAX_PIXELS, check_pixels, checked_file, decoding, finite_range, stretch
+from pneumo.ingest.pixels import MAX_PIXELS, check_pixels, checked_file, decoding, finite_range, one_line, stretch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -68,7 +70,12 @@ def open_pillow(path: Path, max_pixels: int | None, *, load: bool = True):
     try:
         img = Image.open(path)
     except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused at open
-        raise InputError(f"{path}: image is too large for the decoder ({e})") from None
+        size = _header_size(path)
+        if size is not None:
+            check_pixels(path, *size, max_pixels)  # pneumo's message, naming --max-pixels
+        dims = f"{size[1]}x{size[0]}, " if size is not None else ""
+        raise InputError(f"{path}: image is too large for the decoder ({dims}more than Pillow opens whatever "
+                         f"--max-pixels says: {one_line(e)})") from None
     try:
         if getattr(img, "n_frames", 1) > 1:
             raise InputError(f"{path}: has {img.n_frames} frames; expected a single image")
@@ -79,6 +86,27 @@ def open_pillow(path: Path, max_pixels: int | None, *, load: bool = True):
         img.close()
         raise
     return img
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the header, read by Pillow's format plugins as ``Image.open``
+    does but without its bomb check (which fires first and does not know ``--max-pixels``)."""
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            fp.seek(0)
+            try:
+                img = factory(fp, str(path))  # parses the header only
+            except Exception:
+                continue
+            return int(img.size[1]), int(img.size[0])
+    return None
 
 
 def _pillow_gray(path: Path, max_pixels: int | None) -> np.ndarray:

@@ -20,14 +20,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from pneumo._io import atomic_path
+from pneumo._io import atomic_folder, atomic_path, refuse_existing
 from pneumo.config import DICOM_WINDOWS, SPLITS, PackConfig, SplitConfig, check_size, to_dict
 from pneumo.errors import InputError
-from pneumo.exclude import apply_exclusion
-from pneumo.ingest.sources import Manifest, demo_source, load_for_pack, sample_positive, source_path
+from pneumo.settings import check_writable
+from pneumo.exclude import exclusion_of
+from pneumo.ingest.manifest import id_problem, shown
+from pneumo.ingest.sources import (Manifest, demo_source, load_for_pack, sample_positive, source_identity,
+                                  source_path)
 from pneumo.ingest.split import split_samples
 from pneumo.store.pack import PackInfo, PackWriter, SourceRef, read_info
-from pneumo.workers import worker_pool
+from pneumo.workers import stop_workers, worker_pool
 
 __all__ = ["DEMO_COUNT", "ProgressFn", "pack_manifest", "make_demo_pack", "write_demo_folders"]
 
@@ -41,10 +44,11 @@ ProgressFn = Callable[[int, int], None]
 
 # --------------------------------------------------------------------------- workers
 def _load_resized(sample: Any, size: int, max_pixels: int | None, dicom_window: str = "voi") -> tuple | str:
-    """Worker: decode one pair, resize it, and give its native (height, width); a bad file
+    """Worker: decode one pair, resize it, and give its native (height, width) and the source
+    file's identity (:func:`source_identity`, hashed here, beside the decoding); a bad file
     returns its error message."""
     try:
-        return load_for_pack(sample, size, max_pixels, dicom_window)
+        return (*load_for_pack(sample, size, max_pixels, dicom_window), source_identity(sample))
     except InputError as e:
         return str(e)
     except MemoryError:  # the worker's memory cap (PackConfig.worker_memory) was hit
@@ -103,6 +107,9 @@ def _ordered_map(
                 yield from window.popleft().result()
 
         yield results()
+    except BaseException:
+        stop_workers(pool)  # an error or SIGTERM: do not wait for the decodes in flight
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -122,8 +129,8 @@ def _check_config(config: PackConfig, out: Path, force: bool) -> int:
         raise InputError(f"compression must be none, gzip or lzf, got {config.compression!r}")
     if config.dicom_window not in DICOM_WINDOWS:
         raise InputError(f"dicom_window must be one of {', '.join(DICOM_WINDOWS)}, got {config.dicom_window!r}")
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; use --force to replace it")
+    refuse_existing(out, force)
+    check_writable(out.parent, "the pack is written there")
     if out.is_dir():
         raise InputError(f"{out}: is a folder, not a file")
     return size
@@ -136,46 +143,70 @@ def pack_manifest(
     *,
     force: bool = False,
     progress: ProgressFn | None = None,
+    on_skipped: Callable[[str, str], None] | None = None,
 ) -> PackInfo:
     """Split ``manifest`` and write it to the HDF5 pack ``out``; returns the pack's info.
 
+    The whole manifest is split, then the ids of ``config.exclude`` are left out (every other
+    id keeps its split). Ids holding control characters, line separators or bidirectional
+    overrides (:func:`pneumo.ingest.manifest.id_problem`) are refused naming the file, as an
+    unreadable file is: an ``InputError``, or with ``config.skip_bad`` skipped, reported to
+    ``on_skipped(id, reason)`` (in this process, as it happens) and listed in the report.
     ``progress(done, total)`` is called in this process after each image. An existing
     ``out`` is refused unless ``force``; it is only replaced once the new pack is complete.
     """
     out = Path(out)
     size = _check_config(config, out, force)
-    exclusion = None
-    if config.exclude:
-        manifest, exclusion = apply_exclusion(manifest, config.exclude)
     samples = list(manifest.samples)
     if not samples:
-        if exclusion is not None and exclusion.excluded:
-            raise InputError(f"nothing to pack: {config.exclude} excludes all {len(exclusion.excluded)} images of the source")
         raise InputError("nothing to pack: the source has no image/mask pairs")
     workers = _resolve_workers(config.workers)
     isolation = {"isolate": config.isolate, "memory_limit": config.worker_memory}
     skipped: list[tuple[str, str]] = list(manifest.skipped)
+
+    def skip(sample_id: str, reason: str) -> None:
+        if not config.skip_bad:
+            raise InputError(reason)
+        skipped.append((sample_id, reason))
+        if on_skipped is not None:
+            on_skipped(sample_id, reason)
+
+    # Ids that would break the pack's CSVs and terminals are refused before any decoding.
+    bad_ids = {i for i, s in enumerate(samples) if id_problem(s.id) is not None}
+    for i in sorted(bad_ids):
+        s = samples[i]  # named as shown (escaped): the raw id may not even be valid UTF-8 for the report
+        skip(shown(s.id), f"{shown(s.image or s.id)}: {id_problem(s.id)}; rename the file")
+    exclusion = exclusion_of(manifest, config.exclude) if config.exclude else None
+    left_out = set(exclusion.excluded) if exclusion is not None else set()
 
     positives = None
     if config.split.stratify:
         if any(s.positive is None for s in samples):
             with _ordered_map(_sample_positive, samples, (config.max_pixels,), workers, **isolation) as flag_iter:
                 flags = list(flag_iter)
-            bad = [(s.id, f) for s, f in zip(samples, flags) if isinstance(f, str)]
-            if bad and not config.skip_bad:
-                raise InputError(bad[0][1])
-            skipped += bad
-            keep = [i for i, f in enumerate(flags) if not isinstance(f, str)]
+            keep = []
+            for i, (s, f) in enumerate(zip(samples, flags)):
+                if not isinstance(f, str):
+                    keep.append(i)
+                elif s.id not in left_out and i not in bad_ids:  # a listed or refused id needs no flag
+                    skip(s.id, f)
             samples = [samples[i] for i in keep]
+            bad_ids = {k for k, i in enumerate(keep) if i in bad_ids}
             positives = [bool(flags[i]) for i in keep]
         else:
             positives = [bool(s.positive) for s in samples]
+    # The whole source is split first, then listed ids are dropped: every other id keeps the
+    # split it has without the list, so runs before and after curation stay comparable.
     parts = split_samples([s.patient for s in samples], config.split, positives)
-
-    order = [(split, i) for split in SPLITS for i in parts[split]]
+    unused = len(samples) - sum(len(p) for p in parts.values())
+    order = [(split, i) for split in SPLITS for i in parts[split] if samples[i].id not in left_out and i not in bad_ids]
+    if not order:
+        if exclusion is not None and exclusion.excluded:
+            raise InputError(f"nothing to pack: {config.exclude} excludes all {len(exclusion.excluded)} images of the source")
+        raise InputError("nothing to pack: no image/mask pair is left")
     started = time.time()
     load_args = (size, config.max_pixels, config.dicom_window)
-    capacity = {split: len(parts[split]) for split in SPLITS}
+    capacity = collections.Counter(split for split, _ in order)
     with _ordered_map(_load_resized, [samples[i] for _, i in order], load_args, workers, **isolation) as results, \
             PackWriter(out, size, capacity, compression=config.compression) as writer:
         buf: dict[str, list] = {s: [] for s in SPLITS}
@@ -190,12 +221,11 @@ def pack_manifest(
         for done, ((split, i), result) in enumerate(zip(order, results), 1):
             sample = samples[i]
             if isinstance(result, str):
-                if not config.skip_bad:
-                    raise InputError(result)
-                skipped.append((sample.id, result))
+                skip(sample.id, result)
             else:
-                image, mask, (height, width) = result
-                buf[split].append((sample.id, image, mask, SourceRef(source_path(sample), height, width)))
+                image, mask, (height, width), identity = result
+                ref = SourceRef(source_path(sample), height, width, *(identity or (None, None, None)))
+                buf[split].append((sample.id, image, mask, ref))
                 if len(buf[split]) >= _WRITE_BLOCK:
                     flush(split)
             if progress is not None:
@@ -205,7 +235,7 @@ def pack_manifest(
         report = {
             "source": manifest.kind,
             "pairs_found": len(manifest.samples),
-            "unused": len(samples) - len(order),
+            "unused": unused,
             "info": dict(getattr(manifest, "info", {}) or {}),
             "seconds": round(time.time() - started, 2),
             "workers": workers,
@@ -250,10 +280,13 @@ def write_demo_folders(
     *,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    force: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``count`` phantoms as ``out_dir/train/*.png`` and ``out_dir/masks/*.png`` (the blog's layout).
 
-    Same ids and pixels as ``demo_source(count, size, seed)``. Returns the two folders.
+    Same ids and pixels as ``demo_source(count, size, seed)``. Returns the two folders. An
+    existing ``train`` or ``masks`` folder is refused unless ``force``, which replaces both
+    whole once the new ones are complete (no mix of old and new phantoms).
     """
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
@@ -262,12 +295,11 @@ def write_demo_folders(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    images, masks = out_dir / "train", out_dir / "masks"
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
-    with _ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, images, masks),
-                      _resolve_workers(workers)) as written:
-        for done, _ in enumerate(written, 1):
-            if progress is not None:
-                progress(done, count)
+    images, masks = refuse_existing(out_dir / "train", force), refuse_existing(out_dir / "masks", force)
+    with atomic_folder(images) as tmp_images, atomic_folder(masks) as tmp_masks:
+        with _ordered_map(_write_phantom_pngs, list(range(count)), (seed, size, tmp_images, tmp_masks),
+                          _resolve_workers(workers)) as written:
+            for done, _ in enumerate(written, 1):
+                if progress is not None:
+                    progress(done, count)
     return images, masks

@@ -17,8 +17,8 @@ import numpy as np
 from pneumo.config import PackConfig
 from pneumo.errors import InputError
 
-__all__ = ["MAX_PIXELS", "BLOCK_PIXELS", "check_pixels", "decoding", "checked_file", "stretch", "finite_range",
-           "luma_gray"]
+__all__ = ["MAX_PIXELS", "BLOCK_PIXELS", "check_pixels", "decoding", "checked_file", "file_identity", "one_line",
+           "stretch", "finite_range", "luma_gray"]
 
 #: Default pixel budget per image (``PackConfig.max_pixels``, 50 Mpx: a 7000x7000 image).
 MAX_PIXELS = PackConfig.max_pixels
@@ -56,7 +56,12 @@ def decoding(path: str | os.PathLike, what: str = "image") -> Iterator[None]:
     except MemoryError:
         raise InputError(f"{path}: out of memory while decoding") from None
     except Exception as e:
-        raise InputError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot read {what} ({type(e).__name__}: {one_line(e)})") from None
+
+
+def one_line(e: BaseException | str) -> str:
+    """An error's message on one line (decoders' messages span several: list, tab, list)."""
+    return " ".join(str(e).split())
 
 
 def checked_file(path: str | os.PathLike) -> Path:
@@ -67,6 +72,26 @@ def checked_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     return path
+
+
+def file_identity(path: str | os.PathLike) -> tuple[int, int, str]:
+    """``(byte size, mtime in ns, SHA-256 hex digest)`` of a file: what a pack records of each
+    source image, so a viewer can tell the file now at that path from the one packed.
+
+    Size and mtime are taken before hashing: a file replaced meanwhile then shows as changed.
+    ``InputError`` naming the file when it cannot be read.
+    """
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            digest = hashlib.sha256()
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the file to record it ({e.strerror or e})") from None
+    return int(st.st_size), int(st.st_mtime_ns), digest.hexdigest()
 
 
 def stretch(values: np.ndarray, lo: float, hi: float, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:

@@ -150,6 +150,7 @@ def siim_source(
         "sop_uid_differs_from_file_name": uid_mismatch,
         "rle_format": rle_format,
         "labels_csv": str(labels_csv.absolute()),  # the review re-decodes a mask at native size from it
+        "dicom_dir": str(Path(dicom_dir).absolute()),  # with labels_csv: the repack command (pneumo.review.repack)
     }
     return Manifest(kind="siim", samples=samples, skipped=skipped, info=info)
 

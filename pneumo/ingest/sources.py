@@ -33,6 +33,7 @@ from pneumo.ingest.imageio import (
     resize_pair,
 )
 from pneumo.ingest.manifest import Manifest, Sample
+from pneumo.ingest.pixels import file_identity
 from pneumo.ingest.siim import hash_patient_id, siim_source
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "resize_pair",
     "sample_positive",
     "siim_source",
+    "source_identity",
     "source_path",
 ]
 
@@ -157,6 +159,15 @@ def load_for_pack(
     image, mask = load_pair(sample, max_pixels, dicom_window)
     native = (int(image.shape[0]), int(image.shape[1]))
     return (*resize_pair(image, mask, size), native)
+
+
+def source_identity(sample: Sample) -> tuple[int, int, str] | None:
+    """What identifies a sample's image file (:func:`pneumo.ingest.pixels.file_identity`: byte
+    size, mtime in ns, SHA-256), recorded by the pack beside :func:`source_path`; ``None`` for a
+    phantom, which has no file."""
+    if sample.kind == "demo":
+        return None
+    return file_identity(sample.image)
 
 
 def source_path(sample: Sample) -> str:

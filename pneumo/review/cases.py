@@ -10,13 +10,15 @@ File names, freshness and the triplet rule are :mod:`pneumo.store.predictions`; 
   re-scored in milliseconds by :func:`pneumo.evaluate.evaluate_stats`; pixels are read only
   for the cases shown, each with its id from the same read.
 * :func:`identity`: what a cache of a :class:`ReviewData` must be keyed by.
-* :func:`select`, :func:`shown_category`: filter by category (FP first by default, falling
-  back to the next non-empty one) and sort; :func:`step` moves through them.
+* :func:`select`: filter by category (FP first by default) and sort; :func:`near_misses`: what
+  an empty category offers instead (the cases the post-processing put on the other side,
+  closest first); :func:`shown_category`: the next non-empty category when there are none
+  either; :func:`step` moves through them. Which run a review opens: :mod:`pneumo.review.runs`;
+  the case's picture: :mod:`pneumo.review.picture`.
 * Missing predictions are computed by an evaluation job: :func:`pneumo.train.jobs.start_evaluation`.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,6 @@ import numpy as np
 from pneumo import evaluate
 from pneumo.errors import InputError
 from pneumo.store import predictions
-from pneumo.store.run import RunFolder, checkpoint_file
 from pneumo.store.stamps import FileStamp, pack_split_digest
 
 CATEGORIES = ("FP", "FN", "TP", "TN")  # review order: false positives first
@@ -36,56 +37,6 @@ SORTS = ("most confident first", "worst Dice", "largest predicted area")
 #: A category in a sentence ("no false positives at these thresholds").
 CATEGORY_NAMES = {"FP": "false positives", "FN": "misses", "TP": "true positives", "TN": "true negatives",
                   "all": "cases"}
-
-
-# --------------------------------------------------------------------------- runs
-def reviewable_runs(runs_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Run folders holding a model (a checkpoint) or cached predictions, newest first."""
-    if runs_dir is None:
-        from pneumo import settings
-
-        runs_dir = settings.runs_dir()
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for d in root.iterdir():
-        if d.is_dir() and (RunFolder(d).checkpoints() or predictions.has_predictions(d)):
-            out.append(d)
-
-    def _key(d: Path) -> float:
-        with contextlib.suppress(OSError):
-            folder = RunFolder(d)
-            return max(p.stat().st_mtime for p in [d, *map(folder.checkpoint, folder.checkpoints())])
-        return 0.0
-
-    return sorted(out, key=_key, reverse=True)
-
-
-def run_label(path: Path) -> str:
-    """``"run-... (finished)"``: the run's name and the state in its ``status.json``."""
-    try:
-        from pneumo.store.run import read_status
-
-        state = read_status(path).get("state", "")
-    except Exception:  # a damaged status file must not hide the run
-        state = ""
-    return f"{path.name}  ({state})" if state else path.name
-
-
-def default_run(runs: Sequence[Path]) -> tuple[Path | None, str]:
-    """The run a new review session opens, and why, from ``runs`` (newest first): the newest
-    with ``best.keras`` (a model that passed validation at least once), else the newest with
-    any checkpoint, else the newest with cached predictions."""
-    best = f"the newest run with a {checkpoint_file('best')} checkpoint"
-    rules = ((lambda d: "best" in RunFolder(d).checkpoints(), best),
-             (lambda d: bool(RunFolder(d).checkpoints()), "the newest run with a checkpoint"),
-             (lambda d: True, "the newest run with cached predictions"))
-    for has, why in rules:
-        for d in runs:
-            if has(d):
-                return Path(d), why
-    return None, "no run to review"
 
 
 # --------------------------------------------------------------------------- data
@@ -279,6 +230,69 @@ def shown_category(counts: dict[str, int], category: str) -> tuple[str, str | No
     return "all", f"No {CATEGORY_NAMES[category]} at these thresholds."
 
 
+#: Where the near misses of an empty category are: the cases with the same label that the
+#: post-processing put on the other side (an empty FP list offers true negatives it dropped).
+NEAR_MISS_OF = {"FP": "TN", "TP": "FN", "FN": "TP", "TN": "FP"}
+
+
+@dataclass(frozen=True)
+class NearMisses:
+    """The near misses standing in for an empty ``category``: cases of ``shown`` (its
+    :data:`NEAR_MISS_OF`), the closest to crossing first. ``indices``, ``top`` (the highest
+    pixel probability of each) and ``dropped`` (pixels above the pixel threshold that the
+    presence gate dropped; 0 for cases called positive) are ``(K,)`` arrays."""
+
+    category: str
+    shown: str
+    indices: np.ndarray
+    top: np.ndarray
+    dropped: np.ndarray
+
+    @property
+    def note(self) -> str:
+        """One line saying what is shown instead, and in which order."""
+        n, what = int(self.indices.size), CATEGORY_NAMES[self.shown]
+        if self.shown in ("TN", "FN"):
+            why = ("the post-processing dropped (a region above the pixel threshold, or a pixel above the top "
+                   "threshold, in an image called negative), highest top probability first")
+        else:
+            why = "called positive the closest to the presence gate, lowest presence score first"
+        return (f"No {CATEGORY_NAMES[self.category]} at these thresholds. Near misses: {n} {what} {why}.")
+
+
+def top_probability(stats: evaluate.ProbStats) -> np.ndarray:
+    """The highest pixel probability of each image, ``(N,) float64`` (``level / 255``)."""
+    # above[:, L] > 0 for every L below the image's highest level and for none from it on
+    return np.count_nonzero(stats.above[:, :255] > 0, axis=1) / 255.0
+
+
+def near_misses(stats: evaluate.ProbStats, cases: dict[str, np.ndarray], triplet: evaluate.Triplet,
+                category: str) -> NearMisses:
+    """The near misses of ``category`` (one of :data:`CATEGORIES`) under ``triplet``.
+
+    FP or TP empty: the label-negative (TN) or label-positive (FN) cases called negative in
+    which something passed a threshold and the presence gate dropped it: a region above the
+    pixel threshold, or a pixel above the top threshold; highest top probability first (then
+    the most pixels dropped). FN or TN empty: the cases called positive (TP, FP), lowest
+    presence score first. Ties keep file order."""
+    if category not in CATEGORIES:
+        raise InputError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES)}")
+    shown = NEAR_MISS_OF[category]
+    cat = np.asarray(cases["category"])
+    idx = np.flatnonzero(cat == shown)
+    top = top_probability(stats)[idx]
+    lp, lt = evaluate.threshold_level(triplet.pixel_threshold), evaluate.threshold_level(triplet.top_threshold)
+    if shown in ("TN", "FN"):
+        dropped = stats.above[idx, lp].astype(np.int64)
+        keep = (dropped > 0) | (stats.above[idx, lt] > 0)
+        idx, top, dropped = idx[keep], top[keep], dropped[keep]
+        order = np.lexsort((idx, -dropped, -top))
+    else:
+        dropped = np.zeros(idx.size, np.int64)
+        order = np.lexsort((idx, np.asarray(cases["score"], np.float64)[idx]))
+    return NearMisses(category, shown, idx[order].astype(np.int64), top[order], dropped[order])
+
+
 def step(position: int, total: int, delta: int) -> int:
     """Move ``delta`` cases, clamped to ``0..total-1`` (0 when empty)."""
     if total <= 0:
@@ -287,17 +301,6 @@ def step(position: int, total: int, delta: int) -> int:
 
 
 # --------------------------------------------------------------------------- drawing
-def case_panels(case: Case, triplet: evaluate.Triplet, view: dict[str, Any]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Input, target and prediction panels of a case, each ``(H, W, 3) uint8`` (``view``: the
-    keyword arguments of :func:`pneumo.review.viz.triptych_panels`). The prediction mask is exactly
-    the post-processed mask that was scored (:func:`pneumo.evaluate.postprocess`)."""
-    from pneumo.review import viz
-
-    pred_mask = evaluate.postprocess(case.probs[None], triplet)[0]
-    return viz.triptych_panels(case.image, case.target, case.probs, pred_mask=pred_mask, **view)
-
-
 def case_thumbnail(case: Case, category: str, triplet: evaluate.Triplet, view: dict[str, Any],
                    size: int) -> np.ndarray:
     """A grid thumbnail ``(size, size, 3) uint8``: target (green) and post-processed prediction

@@ -6,6 +6,7 @@ file's own default window; :func:`pneumo.ingest.windowing.window_to_uint8` then 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from pneumo.ingest import windowing
 from pneumo.errors import InputError
 from pneumo.ingest.dicom import dicom_pixels, is_dicom
 from pneumo.ingest.imageio import open_pillow, pillow_luma
-from pneumo.ingest.pixels import BLOCK_PIXELS, MAX_PIXELS, checked_file, decoding, finite_range, luma_gray
+from pneumo.ingest.pixels import (BLOCK_PIXELS, MAX_PIXELS, checked_file, decoding, file_identity, finite_range,
+                                  luma_gray)
 from pneumo.ingest.windowing import full_range_window, window_to_uint8
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "ImageCache",
     "SourceCheck",
     "check_source",
+    "size_mismatch",
     "crop_box",
     "default_centre",
     "native_target",
@@ -203,15 +206,52 @@ class SourceCheck:
 def check_source(ref) -> SourceCheck:
     """Check a :class:`pneumo.store.pack.SourceRef` (or ``None``: the pack has no source references).
 
-    A reference is usable when it names a regular file that exists; a demo phantom
-    (``demo:<seed>``) has no file. Never raises."""
+    A reference is usable when it names a regular file that exists and, where the pack recorded
+    the file's identity, is still that file: same byte size and SHA-256 (hashed once per file
+    version: path, size, mtime). A demo phantom (``demo:<seed>``) has no file. Never raises.
+    After decoding, :func:`size_mismatch` compares the dimensions too (all a pack made before
+    identities were recorded can be checked against)."""
     if ref is None:
         return SourceCheck(None, "this pack has no source references (packed before they were recorded)")
     if ref.path.startswith("demo:"):
         return SourceCheck(None, f"this image is a generated phantom ({ref.path}), it has no source file")
     if not os.path.isfile(ref.path):
         return SourceCheck(None, f"the source file is gone: {ref.path}")
+    changed = _changed(ref)
+    if changed is not None:
+        return SourceCheck(None, f"the source file changed since it was packed ({changed}): {ref.path}")
     return SourceCheck(ref.path, None, int(ref.height), int(ref.width))
+
+
+def _changed(ref) -> str | None:
+    """How the file at ``ref.path`` differs from the one packed, or None (also when unrecorded)."""
+    size, sha = getattr(ref, "size", None), getattr(ref, "sha256", None)
+    try:
+        st = os.stat(ref.path)
+        if size is not None and st.st_size != size:
+            return f"{st.st_size:,} bytes now, {size:,} then"
+        if sha and _sha256(ref.path, st.st_size, st.st_mtime_ns) != sha:
+            return "its content differs"
+    except (OSError, InputError) as e:
+        return f"it cannot be read: {e}"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, once per version (path, size, mtime): Next in the Review page does
+    not hash the same DICOM again."""
+    return file_identity(path)[2]
+
+
+def size_mismatch(check: SourceCheck, full: FullImage) -> str | None:
+    """Why a decoded source is not the image packed (its dimensions differ from those the pack
+    recorded), or None: the page then shows the pack's copy instead."""
+    height, width = (int(v) for v in full.pixels.shape[:2])
+    if check.height and check.width and (height, width) != (check.height, check.width):
+        return (f"the source file changed since it was packed (it is {width}x{height} now, {check.width}x"
+                f"{check.height} then): {check.path}")
+    return None
 
 
 class ImageCache:
@@ -241,6 +281,10 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._items
 
     def get(self, key, load):
         """The value of ``key``, calling ``load()`` (outside the lock) when it is not held."""

@@ -3,7 +3,9 @@
 Layout (format version 1, docs/architecture.md): ``X_<split>``, ``Y_<split>`` ``(N, S, S, 1) uint8``
 (masks 0/255), one image per chunk so any image reads alone; ``ids_<split>`` UTF-8 strings;
 ``source_path_<split>`` and ``source_hw_<split>`` ``(N, 2) int32`` (where each image came from;
-older packs lack both); ``skipped`` ``(id, reason)`` pairs, ``excluded_ids``. Root attributes:
+older packs lack both); ``source_size_<split>``, ``source_mtime_ns_<split>`` ``(N,) int64`` and
+``source_sha256_<split>`` ``(N,) S64`` (what identified that file; newer still, optional);
+``skipped`` ``(id, reason)`` pairs, ``excluded_ids``. Root attributes:
 ``format`` "pneumo-pack", ``format_version``, ``size``, ``count_<split>``,
 ``positive_fraction_<split>``, ``report`` (JSON), ``created``, ``pneumo_version`` and the packer's.
 
@@ -20,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -29,6 +31,8 @@ from pneumo import __version__
 from pneumo._io import atomic_path
 from pneumo.config import SPLITS
 from pneumo.errors import InputError, PackFormatError
+from pneumo.store.pack_faults import check_space, damaged, first_line, open_for_writing, verify_file, writing
+from pneumo.store.pack_rows import SplitRows
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "Pack", "PackWriter", "PackInfo", "SourceRef", "LazyRows",
            "positive_flags", "read_info", "read_sources", "pack_fingerprint"]
@@ -36,9 +40,14 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "SPLITS", "Pack", "PackWriter", "PackInfo
 FORMAT = "pneumo-pack"
 FORMAT_VERSION = 1
 _IMAGES, _MASKS, _IDS, _PATHS, _HW = "X", "Y", "ids", "source_path", "source_hw"
+# What identifies each source file (packs from before lack them): byte size, mtime in ns (-1 for
+# none, e.g. a phantom) and the SHA-256 hex digest (empty for none).
+_FILE_SIZE, _FILE_MTIME, _FILE_SHA = "source_size", "source_mtime_ns", "source_sha256"
+_IDENTITY = (_FILE_SIZE, _FILE_MTIME, _FILE_SHA)
 _REPORT_SKIPPED = 50  # skipped files listed in the report attribute (all are in dataset "skipped")
 _REPORT_IDS = 50  # excluded ids listed in the report attribute (all are in dataset "excluded_ids")
 _FLAG_CHUNK = 256  # masks read at a time when finding positives: memory stays one chunk
+_ROW_OVERHEAD = 1024  # bytes per image beyond its pixels: id, source path and identity, chunk index
 
 
 def _key(prefix: str, split: str) -> str:
@@ -103,6 +112,9 @@ class SourceRef:
     path: str  # the image file as the source gave it (SIIM: the DICOM); "demo:<seed>" for a phantom
     height: int  # native size before resizing to the pack's size
     width: int
+    size: int | None = None  # the file as packed: byte size, mtime (ns), SHA-256 hex digest;
+    mtime_ns: int | None = None  # None for a phantom and in packs made before they were recorded
+    sha256: str | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -138,16 +150,23 @@ def _check_layout(f: h5py.File, path: Path) -> None:
 
 class LazyRows:
     """One split's images or masks, read from the file on slicing (``len``, ``shape``, ``dtype``,
-    ``[a:b]`` gives ``(k, S, S, 1) uint8``); valid while its :class:`Pack` is open."""
+    ``[a:b]`` gives ``(k, S, S, 1) uint8``); valid while its :class:`Pack` is open. A damaged
+    chunk raises :class:`PackFormatError` naming the pack, split and row."""
 
-    def __init__(self, dataset: h5py.Dataset):
+    def __init__(self, dataset: h5py.Dataset, pack: "Pack | None" = None, split: str = ""):
         self._dataset, self.shape, self.dtype = dataset, tuple(dataset.shape), dataset.dtype
+        self._pack, self._split = pack, split
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return self._dataset[key]
+        try:
+            return self._dataset[key]
+        except OSError as e:
+            if self._pack is None:
+                raise
+            raise self._pack._damaged(self._dataset, self._split, key if isinstance(key, slice) else None, e) from None
 
 
 class Pack:
@@ -203,8 +222,22 @@ class Pack:
         value = self._file.attrs.get(_key("positive_fraction", _check_split(split)))
         return None if value is None else float(value)
 
+    def _damaged(self, ds: Any, split: str, rows: Any, e: BaseException) -> PackFormatError:
+        return damaged(self.path, ds, split, rows, e, self._file[_key(_IDS, split)])
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Read every chunk of every dataset (opening checks the layout only): one line per
+        unreadable row (:func:`pneumo.store.pack_faults.verify_file`), ``[]`` for a sound pack."""
+        return verify_file(self._file, progress)
+
     def _read(self, split: str, prefix: str, rows: Any) -> np.ndarray:
         ds = self._file[_key(prefix, _check_split(split))]
+        try:
+            return self._read_rows(ds, split, rows)
+        except OSError as e:  # h5py's error for a damaged chunk names neither pack nor row
+            raise self._damaged(ds, split, rows, e) from None
+
+    def _read_rows(self, ds: Any, split: str, rows: Any) -> np.ndarray:
         if rows is None or isinstance(rows, slice):
             return ds[() if rows is None else rows]
         idx = np.asarray(rows, np.int64).reshape(-1)
@@ -232,11 +265,19 @@ class Pack:
 
     def lazy_images(self, split: str) -> LazyRows:
         """The images of ``split`` read on slicing (for chunked passes over a large split)."""
-        return LazyRows(self._file[_key(_IMAGES, _check_split(split))])
+        return LazyRows(self._file[_key(_IMAGES, _check_split(split))], self, split)
 
     def lazy_masks(self, split: str) -> LazyRows:
         """The masks of ``split`` read on slicing (for chunked passes over a large split)."""
-        return LazyRows(self._file[_key(_MASKS, _check_split(split))])
+        return LazyRows(self._file[_key(_MASKS, _check_split(split))], self, split)
+
+    def chunk_reader(self, split: str) -> SplitRows:
+        """``split``'s images and masks read by row from any number of threads at once
+        (:class:`pneumo.store.pack_rows.SplitRows`: the chunk layout read once, then ``os.preadv``;
+        h5py would serialise them); valid while this pack is open."""
+        split = _check_split(split)
+        return SplitRows(self.path, split, self._file[_key(_IMAGES, split)], self._file[_key(_MASKS, split)],
+                         self._file[_key(_IDS, split)])
 
     def positives(self, split: str, stop: int | None = None) -> np.ndarray:
         """``(N,) bool``: which images of ``split`` (the first ``stop``) are positive
@@ -244,8 +285,9 @@ class Pack:
         return positive_flags(self.lazy_masks(split), stop)
 
     def sources(self, split: str) -> list[SourceRef] | None:
-        """The source reference of every image of ``split``, in id order; ``None`` for a pack
-        written without them. :class:`PackFormatError` when they are damaged."""
+        """The source reference of every image of ``split``, in id order, with the file's identity
+        when the pack recorded it; ``None`` for a pack written without them.
+        :class:`PackFormatError` when they are damaged."""
         f = self._file
         names = (_key(_PATHS, _check_split(split)), _key(_HW, split))
         if names[0] not in f and names[1] not in f:
@@ -254,8 +296,17 @@ class Pack:
         if any(name not in f for name in names) or f[names[0]].shape != (n,) or f[names[1]].shape != (n, 2):
             raise PackFormatError(f"{self.path}: damaged pack, {names[0]}/{names[1]} do not match "
                                   f"{_key(_IDS, split)} ({n} images)")
-        paths, hw = f[names[0]].asstr()[()], f[names[1]][()]
-        return [SourceRef(str(p), int(h), int(w)) for p, (h, w) in zip(paths, hw)]
+        paths, hw = _decode(self._read(split, _PATHS, None)), self._read(split, _HW, None)
+        identity: list[list[Any]] = [[None] * n] * 3
+        present = [_key(p, split) in f and f[_key(p, split)].shape == (n,) for p in _IDENTITY]
+        if any(present):
+            if not all(present):
+                raise PackFormatError(f"{self.path}: damaged pack, the source identities of {split} "
+                                      f"({', '.join(_key(p, split) for p in _IDENTITY)}) do not match its {n} images")
+            size, mtime, sha = (self._read(split, p, None) for p in _IDENTITY)
+            identity = [[None if v < 0 else int(v) for v in size], [None if v < 0 else int(v) for v in mtime],
+                        [v.decode("ascii", "replace") or None for v in sha]]
+        return [SourceRef(p, int(h), int(w), *ident) for p, (h, w), *ident in zip(paths, hw, *identity)]
 
 
 def read_info(path: str | os.PathLike) -> PackInfo:
@@ -299,6 +350,12 @@ class PackWriter:
     references (then every :meth:`append` gives them). Counts and positive fractions are
     computed from what is appended. :meth:`finish` writes the root attributes (called at the end
     of the block with no extras if the caller did not).
+
+    A full disk is an :class:`InputError` naming the pack, never a half-written file: an
+    uncompressed pack's size is known from ``capacity``, so free space is checked before the
+    temporary file is made, and before each block; a write that still fails (another process
+    filled the disk) removes the temporary file. HDF5's chunk cache is off (each image is
+    written whole, once), so a failed write surfaces in :meth:`append`, not in a destructor.
     """
 
     def __init__(self, path: str | os.PathLike, size: int, capacity: Mapping[str, int] | None = None, *,
@@ -311,10 +368,13 @@ class PackWriter:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "PackWriter":
+        rows = sum(self._capacity.values())
+        check_space(self.path, rows * self._row_bytes() if self.compression is None else 0, "the pack")
         with self._stack as stack:
             tmp = stack.enter_context(atomic_path(self.path))
-            self._file = stack.enter_context(h5py.File(tmp, "w"))
-            self._create()
+            self._file = stack.enter_context(open_for_writing(tmp, self.path))
+            with writing(self.path):
+                self._create()
             self._stack = stack.pop_all()
         return self
 
@@ -328,10 +388,14 @@ class PackWriter:
                 return False
         return self._stack.__exit__(exc_type, exc, tb)
 
+    def _row_bytes(self) -> int:  # an upper bound on one image's bytes on disk, metadata included
+        return 2 * self.size * self.size + _ROW_OVERHEAD
+
     def _fields(self) -> dict[str, tuple[tuple[int, ...], Any]]:  # dataset prefix -> (row shape, dtype)
         s, text = self.size, h5py.string_dtype()
         fields = {_IMAGES: ((s, s, 1), np.uint8), _MASKS: ((s, s, 1), np.uint8), _IDS: ((), text)}
-        return {**fields, _PATHS: ((), text), _HW: ((2,), np.int32)} if self.with_sources else fields
+        identity = {_FILE_SIZE: ((), np.int64), _FILE_MTIME: ((), np.int64), _FILE_SHA: ((), "S64")}
+        return {**fields, _PATHS: ((), text), _HW: ((2,), np.int32), **identity} if self.with_sources else fields
 
     def _create(self) -> None:
         pixels = {"chunks": (1, self.size, self.size, 1), "compression": self.compression}  # one image per chunk
@@ -353,13 +417,18 @@ class PackWriter:
         values = {_IMAGES: images.reshape(k, s, s, 1), _MASKS: masks.reshape(k, s, s, 1), _IDS: list(ids)}
         if sources is not None:
             values.update({_PATHS: [r.path for r in sources],
-                           _HW: np.array([(r.height, r.width) for r in sources], np.int32).reshape(k, 2)})
+                           _HW: np.array([(r.height, r.width) for r in sources], np.int32).reshape(k, 2),
+                           _FILE_SIZE: np.array([-1 if r.size is None else r.size for r in sources], np.int64),
+                           _FILE_MTIME: np.array([-1 if r.mtime_ns is None else r.mtime_ns for r in sources], np.int64),
+                           _FILE_SHA: np.array([(r.sha256 or "").encode("ascii") for r in sources], "S64")})
         a, b = self.counts[_check_split(split)], self.counts[split] + k
-        for prefix, value in values.items():
-            ds = self._file[_key(prefix, split)]
-            if b > ds.shape[0]:
-                ds.resize(b, axis=0)
-            ds[a:b] = value
+        check_space(self.path, k * self._row_bytes(), f"{k} more images")
+        with writing(self.path):
+            for prefix, value in values.items():
+                ds = self._file[_key(prefix, split)]
+                if b > ds.shape[0]:
+                    ds.resize(b, axis=0)
+                ds[a:b] = value
         self.counts[split] = b
         self._positives[split] += int(positive_flags(masks).sum())
 
@@ -369,6 +438,12 @@ class PackWriter:
         ``attrs`` (e.g. ``seed``, ``split``, ``source``), and ``report`` (JSON) with the packed count,
         the ``skipped`` ``(id, reason)`` pairs (all in dataset ``skipped``, the first few in the
         report) and what ``exclusion`` (an :class:`pneumo.exclude.Exclusion`) removed."""
+        with writing(self.path):
+            self._finish(report, skipped, exclusion, attrs)
+        self._finished = True
+
+    def _finish(self, report: Mapping[str, Any] | None, skipped: Sequence[tuple[str, str]], exclusion: Any,
+                attrs: dict[str, Any]) -> None:
         f = self._file
         for split in SPLITS:
             for prefix in self._fields():  # skipped files shrink the split
@@ -396,4 +471,3 @@ class PackWriter:
         for s in SPLITS:
             f.attrs[_key("count", s)] = self.counts[s]
             f.attrs[_key("positive_fraction", s)] = self._positives[s] / self.counts[s] if self.counts[s] else 0.0
-        self._finished = True

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from pneumo import evaluate as ev
-from pneumo._io import (atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_value, load_json,
+from pneumo._io import (atomic_path, atomic_write_json, atomic_write_text, csv_cell, csv_text, csv_value, load_json,
                         now_iso, read_json)
 from pneumo.config import SPLITS
 from pneumo.errors import InputError
@@ -416,16 +415,14 @@ def read_metrics(run_dir: str | os.PathLike, split: str) -> dict[str, Any] | Non
 
 def write_cases(run_dir: str | os.PathLike, split: str, cases: dict[str, np.ndarray]) -> Path:
     """Write ``RUN/cases_<split>.csv`` (columns :data:`CASES_COLUMNS`, one row per image, text
-    cells through :func:`pneumo._io.csv_cell`) atomically; ``cases`` as from
+    cells through :func:`pneumo._io.csv_text`: full quoting, formula guard) atomically; ``cases`` as from
     :func:`pneumo.evaluate.evaluate_stats` with ids."""
     path = cases_path(run_dir, split)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CASES_COLUMNS)
-    for i in range(len(cases["category"])):
-        w.writerow([csv_cell(str(cases["id"][i])), csv_cell(str(cases["category"][i])), f"{cases['dice'][i]:.6f}",
-                    int(cases["true_area"][i]), int(cases["pred_area"][i]), f"{cases['score'][i]:.6f}"])
-    atomic_write_text(path, buf.getvalue())
+    rows = [[csv_cell(str(cases["id"][i])), csv_cell(str(cases["category"][i])), f"{cases['dice'][i]:.6f}",
+             int(cases["true_area"][i]), int(cases["pred_area"][i]), f"{cases['score'][i]:.6f}"]
+            for i in range(len(cases["category"]))]
+    # full quoting; the text cells guarded above, the numbers formatted as text left as numbers
+    atomic_write_text(path, csv_text([CASES_COLUMNS, *rows], guard=False))
     return path
 
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pneumo._io import atomic_path, csv_cell, csv_value, fsync_dir, temp_path_for
+from pneumo._io import CsvWriter, atomic_path, csv_value, fsync_dir, refuse_existing, temp_path_for
 from pneumo.config import SPLITS
 from pneumo.errors import InputError
 
@@ -43,8 +43,7 @@ def write_list(path: str | os.PathLike, rows: Iterable[Sequence[str]], *, force:
         raise InputError(f"{path}: is a folder; give a CSV file name for the relabel list")
     if not path.parent.is_dir():
         raise InputError(f"{path.parent}: folder not found")
-    if path.exists() and not force:
-        raise InputError(f"{path}: already exists; pass --force to replace it")
+    refuse_existing(path, force)
     rows = [tuple(r) for r in rows]
     bad = next((r for r in rows if len(r) != len(RELABEL_COLUMNS)), None)
     if bad is not None:
@@ -60,7 +59,8 @@ def write_list(path: str | os.PathLike, rows: Iterable[Sequence[str]], *, force:
         try:
             os.link(tmp, path)  # fails if the name was taken meanwhile: never clobbers
         except FileExistsError:
-            raise InputError(f"{path}: already exists; pass --force to replace it") from None
+            refuse_existing(path, force)  # raises: the name was taken meanwhile
+            raise
         except OSError:  # a file system without hard links: the check above has to do
             os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -72,10 +72,9 @@ def write_list(path: str | os.PathLike, rows: Iterable[Sequence[str]], *, force:
 
 def _write(tmp: Path, rows: Sequence[Sequence[str]]) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
+        w = CsvWriter(f)  # full quoting and the formula guard
         w.writerow(RELABEL_COLUMNS)
-        for r in rows:
-            w.writerow([csv_cell(x) for x in r])
+        w.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
 

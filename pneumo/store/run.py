@@ -25,8 +25,6 @@ and a ``running`` run of another host is not judged by pids of this one (:func:`
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import time
@@ -38,6 +36,7 @@ from pneumo._io import atomic_write_json, atomic_write_text, load_json, now_iso,
 from pneumo._lock import HolderLock, this_host
 from pneumo._procs import is_ours, process_start
 from pneumo.errors import InputError
+from pneumo.store.run_history import HISTORY_COLUMNS, STAGES, best_row, format_row, history_text, sound_rows
 
 __all__ = [
     "RunFolder", "CHECKPOINTS", "checkpoint_file", "CONFIG", "LOG", "STOP", "EXCLUSION_RECORD", "PACK_RECORD",
@@ -48,8 +47,6 @@ __all__ = [
     "write_exclusion_record", "read_exclusion_record", "this_host",
 ]
 
-HISTORY_COLUMNS = ("epoch", "stage", "loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr", "seconds")
-STAGES = ("train", "fine-tune")
 # "new": prepared, never started; "damaged": status.json unreadable (RunInfo.damaged says why).
 STATES = ("new", "running", "finished", "stopped", "failed", "damaged")
 CHECKPOINTS = ("best", "last")  # best.keras: lowest val_loss; last.keras: the last epoch (and a stop)
@@ -168,12 +165,6 @@ def read_exclusion_record(run_dir: str | os.PathLike) -> tuple[Any, str | None]:
 
 
 # =========================================================================== writing
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.8g}"
-    return "" if v is None else str(v)
-
-
 class RunWriter:
     """Atomic writers for one run folder (what the trainer, and only it, writes).
 
@@ -203,15 +194,11 @@ class RunWriter:
         atomic_write_json(self.files.progress, info)
 
     def _raw_history(self) -> list[dict]:
-        rows, _ = _load_history_rows(self.root)
-        return rows
+        # the sound rows only: a damaged line is not carried into the next write
+        return [raw for raw, _ in sound_rows(self.files.history)[0]]
 
     def _write_history(self, rows: list[dict]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.files.history, buf.getvalue())
+        atomic_write_text(self.files.history, history_text(rows))
 
     def truncate_history(self, epochs_done: int) -> None:
         """Keep rows of epochs 1..epochs_done (a killed run may have logged one more)."""
@@ -220,7 +207,7 @@ class RunWriter:
         self._write_history(rows)
 
     def append_history(self, row: dict) -> None:
-        self._write_history(self._raw_history() + [{k: _fmt(v) for k, v in row.items()}])
+        self._write_history(self._raw_history() + [format_row(row)])
 
     def save_checkpoint(self, model: Any, checkpoint: str) -> None:
         """``model.save`` to a temporary file, then rename it over ``RUN/<checkpoint>.keras`` (durably)."""
@@ -416,58 +403,21 @@ def read_progress(run_dir: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _parse_cell(key: str, value: str | None) -> Any:
-    if key == "stage":
-        return value or ""
-    if value is None or value.strip() == "":
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    if key == "epoch":
-        return int(number) if math.isfinite(number) else None
-    return number
-
-
-def _load_history_rows(run_dir: Path) -> tuple[list[dict], str | None]:
-    try:
-        text = (run_dir / HISTORY).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return [], None
-    except UnicodeDecodeError:
-        return [], "history.csv: not valid UTF-8 text"
-    except OSError as e:
-        return [], f"history.csv: unreadable ({e.strerror or type(e).__name__})"
-    try:
-        return list(csv.DictReader(text.splitlines())), None
-    except csv.Error as e:
-        return [], f"history.csv: not valid CSV ({e})"
-
-
 def load_history(run_dir: str | os.PathLike) -> tuple[list[dict], str | None]:
-    """:func:`read_history` and the reason it gave nothing when ``history.csv`` is damaged."""
-    raw, problem = _load_history_rows(Path(run_dir))
-    rows = []
-    for row in raw:
-        parsed = {k: _parse_cell(k, v) for k, v in row.items() if k is not None}
-        if isinstance(parsed.get("epoch"), int):
-            rows.append(parsed)
-    return rows, problem
+    """:func:`read_history` and what is damaged in ``history.csv`` (None when sound): the
+    file (not UTF-8, not CSV, unreadable) or the lines left out, by line number."""
+    sound, problem = sound_rows(RunFolder(run_dir).history)
+    return [parsed for _, parsed in sound], problem
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict]:
-    """Rows of ``history.csv``: ``epoch`` int, ``stage`` str, the rest floats (None when empty).
+    """Rows of ``history.csv``: ``epoch`` int (1, 2, ... in order), ``stage`` str, the rest
+    floats (None when empty).
 
-    An absent or damaged file gives ``[]``.
+    An absent or damaged file gives ``[]``; damaged lines are left out (:func:`load_history`
+    says which).
     """
     return load_history(run_dir)[0]
-
-
-def best_row(rows: list[dict]) -> dict | None:
-    """The history row with the lowest finite ``val_loss`` (the epoch ``best.keras`` holds)."""
-    scored = [r for r in rows if isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])]
-    return min(scored, key=lambda r: r["val_loss"]) if scored else None
 
 
 def summary(state: str, run_dir: Path, total: int, seconds: float) -> dict:

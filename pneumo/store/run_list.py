@@ -74,6 +74,8 @@ def _run_info(path: Path) -> RunInfo:
                             f"{config.get('fine_tune_epochs', 0)!r} are not whole numbers")
         else:
             epochs = first + second
+    if epochs is not None and len(history) > epochs:  # a row past the end is not this run's
+        problems.append(f"{RunFolder(path).history.name}: {len(history)} epochs for a run of {epochs}")
     text = lambda v: v if isinstance(v, str) else None  # noqa: E731
     return RunInfo(
         path=path, name=path.name, state=str(status["state"]), config=config,
@@ -126,6 +128,7 @@ def new_run_dir(runs_dir: str | os.PathLike | None = None, prefix: str = "run") 
     if not prefix or any(c in prefix for c in "/\\") or prefix.startswith("."):
         raise InputError(f"run name prefix {prefix!r}: use letters, digits, '-' or '_'")
     folder = Path(runs_dir) if runs_dir is not None else settings.runs_dir()
+    settings.check_writable(folder, "no run can start there")  # not a PermissionError traceback
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):

@@ -24,18 +24,20 @@ of a review made without names; calls that list rows (``verdicts``, ``reviewed_i
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
+import json
 import os
 import sqlite3
 import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
-from pneumo._io import atomic_path, csv_cell, now_iso
+from pneumo._io import CsvWriter, atomic_path, now_iso, refuse_existing
 from pneumo.errors import InputError
+from pneumo.settings import write_problem
+from pneumo.store import verdicts_schema as schema
 
 #: Verdict vocabulary per category at the time of review (keys in review order).
 VERDICTS: dict[str, tuple[str, ...]] = {
@@ -61,27 +63,23 @@ UNNAMED_READER = "unnamed"
 MAX_READER_LENGTH = 64  # a name, not a note: fits a table column and a CSV cell
 
 DB_NAME = "reviews.sqlite"
-EXPORT_COLUMNS = ("run", "split", "image_id", "reader", "category", "verdict", "note", "reviewer", "updated")
+#: ``category`` is the case's category when the verdict was given and ``thresholds`` the
+#: post-processing it was computed under (JSON of :meth:`pneumo.evaluate.Triplet.to_dict`;
+#: empty for rows saved before it was recorded): a verdict keeps them when thresholds change.
+EXPORT_COLUMNS = ("run", "split", "image_id", "reader", "category", "verdict", "note", "reviewer", "updated",
+                  "thresholds")
 
-_TABLE_SQL = """
-CREATE TABLE IF NOT EXISTS {name} (
-    run TEXT NOT NULL,
-    split TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    reader TEXT NOT NULL DEFAULT '""" + UNNAMED_READER + """',
-    verdict TEXT,
-    note TEXT NOT NULL DEFAULT '',
-    category TEXT,
-    reviewer TEXT,
-    updated TEXT NOT NULL,
-    PRIMARY KEY (run, split, image_id, reader)
-)
-"""
-_SCHEMA_VERSION = 2  # PRAGMA user_version: 0 = first release (no reader), 2 = readers
 # Rows an older version left with neither verdict nor note (fast Next clicks saved them)
 # are not reviews: every read skips them.
 _HOLDS_SOMETHING = "(verdict IS NOT NULL OR note != '')"
 _KEY = "run=? AND split=? AND image_id=? AND reader=?"
+# An upsert's category and thresholds (the stored row's columns, before the update, are the
+# unqualified names): a new verdict takes the new ones; otherwise a stored verdict keeps the
+# category it was given under, and a row without a verdict (a note) follows the case.
+_KEEP_CATEGORY = """category = CASE WHEN {new_verdict} OR verdict IS NULL
+                                 THEN COALESCE(excluded.category, category) ELSE category END,
+                     thresholds = CASE WHEN ({new_verdict} OR verdict IS NULL) AND excluded.category IS NOT NULL
+                                   THEN excluded.thresholds ELSE thresholds END"""
 # Bidirectional overrides can make a name display as another one; line and paragraph
 # separators break table rows. Control characters (Cc) are refused too.
 _REFUSED_FORMAT = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
@@ -117,6 +115,17 @@ class Verdict:
     note: str
     reviewer: str | None  # free text an earlier API let callers attach; readers are `reader`
     updated: str
+    thresholds: str | None = None  # JSON of the triplet ``category`` was computed under (None: unrecorded)
+
+    def triplet(self) -> dict[str, Any] | None:
+        """:attr:`thresholds` as a dict (a :meth:`pneumo.evaluate.Triplet.to_dict`), None when unrecorded or unreadable."""
+        if not self.thresholds:
+            return None
+        try:
+            value = json.loads(self.thresholds)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
 
 class NoteConflict(InputError):
@@ -132,20 +141,43 @@ class VerdictStore:
     """Verdicts in a SQLite file (``RUN/reviews.sqlite``), keyed by
     ``(run, split, image_id, reader)``; a first-release file is migrated on opening.
 
+    Opening never creates the file: until the first verdict or note is saved, a missing file
+    reads as no reviews (so viewing a run, even a read-only one, leaves its folder as it was).
+
     ``read_only=True`` (export, progress, merging other machines' files): the file must exist
     and is never changed (no table, no WAL switch, no migration: a first-release file is read
-    as it is, every row under :data:`UNNAMED_READER`); the writing methods then fail. SQLite
-    may still leave empty ``-wal``/``-shm`` files beside a WAL-mode file it reads."""
+    as it is, every row under :data:`UNNAMED_READER`); the writing methods then raise
+    :class:`InputError`. A store whose folder cannot be written opens read-only by itself;
+    :attr:`save_problem` says why nothing can be saved (None when it can). SQLite may still
+    leave empty ``-wal``/``-shm`` files beside a WAL-mode file it reads."""
 
     def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 10.0, *, read_only: bool = False):
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
-        self.read_only = read_only
         self._legacy_view: str | None = None  # read-only first-release file: a temp view adds the reader
         if read_only and not self.path.is_file():
             raise InputError(f"{self.path}: review file not found")
-        if not read_only:
+        folder_problem = write_problem(self.path.parent)
+        #: Why verdicts cannot be saved in this store (opened read-only, a read-only folder), or None.
+        self.save_problem: str | None = "opened read-only" if read_only else folder_problem
+        self.read_only = self.save_problem is not None
+        # SQLite's read-only mode still needs to write the -shm file of a WAL database beside it;
+        # in a folder nobody can write, nobody changes the file either: read it as immutable.
+        self._read_mode = "immutable=1" if folder_problem else "mode=ro"
+        self._ready = False  # set up (the file exists): else reads see an empty table
+        if self.path.exists():
+            self._open()
+
+    def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A connection for a change: the file is made (and set up) by the first one."""
+        if self.save_problem is not None:
+            raise InputError(f"{self.path}: verdicts cannot be saved ({self.save_problem})")
+        if not self._ready:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        return self._connect()
+
+    def _open(self) -> None:
         # Switching to WAL and migrating need the write lock; SQLite answers "locked" at once
         # (its busy handler is skipped to avoid deadlocks) when another opener holds it, e.g.
         # two tabs opening a first-release file together, so the whole set-up is retried.
@@ -153,6 +185,7 @@ class VerdictStore:
         while True:
             try:
                 self._set_up()
+                self._ready = True
                 return
             except sqlite3.OperationalError as e:
                 busy = "locked" in str(e) or "busy" in str(e)
@@ -167,14 +200,16 @@ class VerdictStore:
                 raise InputError(f"{self.path}: not a usable review database ({e})") from None
 
     def _set_up(self) -> None:
-        with self._connect() as con:
+        with self._connect(setting_up=True) as con:
             if self.read_only:
-                self._legacy_view = _legacy_view(_columns(con, "verdicts"))
+                self._legacy_view = schema.legacy_view(schema.columns(con, "verdicts"), UNNAMED_READER)
                 return
             con.execute("PRAGMA journal_mode=WAL")
-            if _columns(con, "verdicts") and "reader" not in _columns(con, "verdicts"):
-                _migrate(con)
-            con.execute(_TABLE_SQL.format(name="verdicts"))
+            if schema.columns(con, "verdicts") and "reader" not in schema.columns(con, "verdicts"):
+                schema.migrate(con, VERDICTS, UNNAMED_READER)
+            elif schema.columns(con, "verdicts") and "thresholds" not in schema.columns(con, "verdicts"):
+                schema.add_thresholds(con, VERDICTS)
+            con.execute(schema.table_sql("verdicts", UNNAMED_READER))
 
     @classmethod
     def for_run(cls, run_dir: str | os.PathLike) -> "VerdictStore":
@@ -182,9 +217,12 @@ class VerdictStore:
         return cls(Path(run_dir) / DB_NAME)
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        if self.read_only:
-            con = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True,
+    def _connect(self, *, setting_up: bool = False) -> Iterator[sqlite3.Connection]:
+        if not (self._ready or setting_up) and not self.path.exists():  # nothing saved yet: an empty table
+            con = sqlite3.connect(":memory:", isolation_level=None)
+            con.execute(schema.table_sql("verdicts", UNNAMED_READER))
+        elif self.read_only:
+            con = sqlite3.connect(f"{self.path.absolute().as_uri()}?{self._read_mode}", uri=True,
                                   timeout=self.busy_timeout_s, isolation_level=None)
         else:
             con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
@@ -197,7 +235,7 @@ class VerdictStore:
             con.close()
 
     def journal_mode(self) -> str:
-        """The database's journal mode (``"wal"``)."""
+        """The database's journal mode (``"wal"``; ``"memory"`` before anything is saved)."""
         with self._connect() as con:
             return str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
 
@@ -214,29 +252,33 @@ class VerdictStore:
 
     def set_verdict(self, run: str, split: str, image_id: str, verdict: str | None, *,
                     category: str | None = None, note: str | None = None, reader: str = UNNAMED_READER,
-                    reviewer: str | None = None) -> Verdict | None:
+                    reviewer: str | None = None, thresholds: Mapping[str, Any] | None = None) -> Verdict | None:
         """Insert or update ``reader``'s verdict on a case (and note, when given), committed at once.
 
         ``verdict`` must belong to ``category``'s vocabulary (:data:`VERDICTS`); ``None`` keeps
         the stored verdict. ``note=None`` keeps the stored note. ``reader`` is checked by
-        :func:`check_reader`. Returns the stored row, or None when the case holds neither
-        verdict nor note for this reader (then no row is kept).
+        :func:`check_reader`. ``category`` and ``thresholds`` (the triplet the category was
+        computed under, :meth:`pneumo.evaluate.Triplet.to_dict`) are what a new verdict was
+        given under; a call without a new verdict never moves a stored verdict to another
+        category. Returns the stored row, or None when the case holds neither verdict nor note
+        for this reader (then no row is kept).
         """
         self._check(verdict, category)
         reader = check_reader(reader)
         key = (str(run), str(split), str(image_id), reader)
-        with self._connect() as con:
+        with self._writing() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute(
-                """INSERT INTO verdicts (run, split, image_id, reader, verdict, note, category, reviewer, updated)
-                   VALUES (?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?)
+                f"""INSERT INTO verdicts (run, split, image_id, reader, verdict, note, category, reviewer, updated,
+                                         thresholds)
+                   VALUES (?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?, ?)
                    ON CONFLICT (run, split, image_id, reader) DO UPDATE SET
+                     {_KEEP_CATEGORY.format(new_verdict="excluded.verdict IS NOT NULL")},
                      verdict = COALESCE(excluded.verdict, verdict),
                      note = COALESCE(?, note),
-                     category = COALESCE(excluded.category, category),
                      reviewer = COALESCE(excluded.reviewer, reviewer),
                      updated = excluded.updated""",
-                (*key, verdict, note, category, reviewer, now_iso(), note),
+                (*key, verdict, note, category, reviewer, now_iso(), _thresholds_text(thresholds), note),
             )
             con.execute(f"DELETE FROM verdicts WHERE {_KEY} AND NOT {_HOLDS_SOMETHING}", key)
             con.execute("COMMIT")
@@ -244,19 +286,21 @@ class VerdictStore:
 
     def set_note(self, run: str, split: str, image_id: str, note: str, *, category: str | None = None,
                  reader: str = UNNAMED_READER, reviewer: str | None = None,
-                 expected: str | None = None) -> Verdict | None:
+                 expected: str | None = None, thresholds: Mapping[str, Any] | None = None) -> Verdict | None:
         """Save ``reader``'s free-text note on a case, keeping their verdict; an empty note on a
         case without a verdict removes the row.
 
         With ``expected`` (the note as it was when the reader loaded it), the save is refused
         with :class:`NoteConflict` if the stored note has changed since (another tab of the
         same reader saved one): nothing is overwritten unseen. Check and write are one
-        transaction. Other readers' notes are separate rows and never conflict.
+        transaction. Other readers' notes are separate rows and never conflict. ``category``
+        and ``thresholds`` are recorded only on a row without a verdict (a verdict keeps the
+        category it was given under).
         """
         self._check(None, category)
         reader = check_reader(reader)
         key = (str(run), str(split), str(image_id), reader)
-        with self._connect() as con:
+        with self._writing() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 row = con.execute(f"SELECT note FROM verdicts WHERE {_KEY}", key).fetchone()
@@ -264,14 +308,15 @@ class VerdictStore:
                 if expected is not None and stored != expected and stored != note:
                     raise NoteConflict(str(image_id), stored)
                 con.execute(
-                    """INSERT INTO verdicts (run, split, image_id, reader, verdict, note, category, reviewer, updated)
-                       VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)
+                    f"""INSERT INTO verdicts (run, split, image_id, reader, verdict, note, category, reviewer,
+                                             updated, thresholds)
+                       VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)
                        ON CONFLICT (run, split, image_id, reader) DO UPDATE SET
+                         {_KEEP_CATEGORY.format(new_verdict="0")},
                          note = excluded.note,
-                         category = COALESCE(excluded.category, category),
                          reviewer = COALESCE(excluded.reviewer, reviewer),
                          updated = excluded.updated""",
-                    (*key, str(note), category, reviewer, now_iso()),
+                    (*key, str(note), category, reviewer, now_iso(), _thresholds_text(thresholds)),
                 )
                 con.execute(f"DELETE FROM verdicts WHERE {_KEY} AND NOT {_HOLDS_SOMETHING}", key)
                 con.execute("COMMIT")
@@ -283,7 +328,7 @@ class VerdictStore:
     def clear_verdict(self, run: str, split: str, image_id: str, *, reader: str = UNNAMED_READER) -> Verdict | None:
         """Remove ``reader``'s verdict on a case, keeping their note (the row goes when no note is left)."""
         key = (str(run), str(split), str(image_id), check_reader(reader))
-        with self._connect() as con:
+        with self._writing() as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute(f"UPDATE verdicts SET verdict = NULL, updated = ? WHERE {_KEY}", (now_iso(), *key))
             con.execute(f"DELETE FROM verdicts WHERE {_KEY} AND NOT {_HOLDS_SOMETHING}", key)
@@ -293,7 +338,7 @@ class VerdictStore:
     def clear(self, run: str, split: str, image_id: str, *, reader: str = UNNAMED_READER) -> None:
         """Remove ``reader``'s verdict and note on a case (other readers' rows stay)."""
         key = (str(run), str(split), str(image_id), check_reader(reader))
-        with self._connect() as con:
+        with self._writing() as con:
             con.execute(f"DELETE FROM verdicts WHERE {_KEY}", key)
 
     def get(self, run: str, split: str, image_id: str, *, reader: str = UNNAMED_READER) -> Verdict | None:
@@ -341,11 +386,13 @@ class VerdictStore:
         return [r[0] for r in rows]
 
     def export_csv(self, path_or_buffer: str | os.PathLike | IO[str], run: str, split: str,
-                   reader: str | None = None) -> int:
+                   reader: str | None = None, *, force: bool = False) -> int:
         """Write the reviews of a run and split by ``reader`` (None: every reader) as CSV
         (columns :data:`EXPORT_COLUMNS`, reader included; text cells neutralised against
-        spreadsheet formulas); returns the row count. A path is written atomically; a text
-        buffer is written in place."""
+        spreadsheet formulas); returns the row count. A path is written atomically, and an
+        existing one only replaced with ``force``; a text buffer is written in place."""
+        if isinstance(path_or_buffer, (str, os.PathLike)):
+            refuse_existing(path_or_buffer, force)
         rows = self.verdicts(run, split, reader)
         if isinstance(path_or_buffer, (str, os.PathLike)):
             with atomic_path(path_or_buffer) as tmp:
@@ -362,68 +409,19 @@ class VerdictStore:
         return buf.getvalue()
 
 
-def _columns(con: sqlite3.Connection, table: str) -> list[str]:
-    return [r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()]
-
-
-# a column a hand-made or damaged first-release file lacks becomes its default
-_LEGACY_FILL = {"verdict": "NULL", "note": "''", "category": "NULL", "reviewer": "NULL", "updated": "''"}
-
-
-def _legacy_source(old: list[str]) -> str:
-    """The columns after ``reader`` of a first-release table, as SQL; DatabaseError when a key is missing."""
-    if c := next((k for k in ("run", "split", "image_id") if k not in old), None):
-        raise sqlite3.DatabaseError(f"the verdicts table has no {c} column")
-    return ", ".join(c if c in old else _LEGACY_FILL[c] for c in _LEGACY_FILL)
-
-
-def _legacy_view(old: list[str]) -> str | None:
-    """For a read-only store: None for the current layout; else a TEMP view named ``verdicts``
-    (it shadows the file's table) showing a first-release table in the current layout."""
-    if not old:
-        raise sqlite3.DatabaseError("no verdicts table")
-    if "reader" in old:
+def _thresholds_text(thresholds: Mapping[str, Any] | None) -> str | None:
+    """The stored form of a triplet dict: compact JSON with sorted keys (None stays None)."""
+    if thresholds is None:
         return None
-    cols = ", ".join(f"{c} AS {n}" for c, n in zip(_legacy_source(old).split(", "), _LEGACY_FILL))
-    return (f"CREATE TEMP VIEW verdicts AS SELECT run, split, image_id, '{UNNAMED_READER}' AS reader, {cols} "
-            "FROM main.verdicts")
-
-
-def _migrate(con: sqlite3.Connection) -> None:
-    """First-release ``verdicts`` (key run, split, image_id; no reader) -> keyed by reader too.
-
-    One write transaction: a concurrent opener waits on the lock, then sees the reader column
-    and does nothing. Every row is copied (rows holding nothing included: they are skipped on
-    reading, never lost); the copy's row count is checked before the old table is dropped,
-    and any failure rolls everything back, leaving the file as it was.
-    """
-    con.execute("BEGIN IMMEDIATE")
     try:
-        old = _columns(con, "verdicts")
-        if old and "reader" not in old:
-            con.execute("DROP TABLE IF EXISTS verdicts_migrating")
-            con.execute(_TABLE_SQL.format(name="verdicts_migrating"))
-            source = _legacy_source(old)
-            con.execute(
-                "INSERT INTO verdicts_migrating (run, split, image_id, reader, verdict, note, category, reviewer, updated) "
-                f"SELECT run, split, image_id, ?, {source} FROM verdicts", (UNNAMED_READER,))
-            before = con.execute("SELECT count(*) FROM verdicts").fetchone()[0]
-            after = con.execute("SELECT count(*) FROM verdicts_migrating").fetchone()[0]
-            if before != after:
-                raise sqlite3.DatabaseError(f"migration copied {after} of {before} rows; nothing changed")
-            con.execute("DROP TABLE verdicts")
-            con.execute("ALTER TABLE verdicts_migrating RENAME TO verdicts")
-            con.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        return json.dumps(dict(thresholds), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"thresholds {thresholds!r} cannot be stored ({e})") from None
 
 
 def _write_csv(f: IO[str], rows: Sequence[Verdict]) -> None:
-    w = csv.writer(f, lineterminator="\n")
+    w = CsvWriter(f)  # full quoting and the formula guard
     w.writerow(EXPORT_COLUMNS)
     for r in rows:
-        cells: list[Any] = [r.run, r.split, r.image_id, r.reader, r.category or "", r.verdict or "", r.note,
-                            r.reviewer or "", r.updated]
-        w.writerow([csv_cell(c) for c in cells])
+        w.writerow([r.run, r.split, r.image_id, r.reader, r.category or "", r.verdict or "", r.note,
+                    r.reviewer or "", r.updated, r.thresholds or ""])

@@ -3,32 +3,42 @@
 One pipeline for every split, built from an index stream so that the in-memory and the
 streaming paths give exactly the same batches:
 
-1. indices ``0..N-1`` per epoch (without ``exclude_indices``: then the positions kept, in
-   order), permuted (stateless, from ``seed`` and the epoch number) when shuffling, repeated
-   forever when repeating;
-2. ``batch`` (the last partial batch is kept unless ``drop_remainder``); or, with
-   ``positive_fraction``, two such endless streams, one over the positive images (a
-   non-empty mask) and one over the negatives, each permuted per pass with its own seed,
-   cut into ``round(fraction * B)`` and ``B - that`` per batch and concatenated
-   (positives first);
-3. fetch: numpy indexing into the split held in memory (parallel), or a read from the
-   HDF5 file (one thread: h5py serialises access anyway; one read per run of
-   consecutive indices, so an in-order batch is a single slice);
-4. augment, batched (one projective op per batch, per-sample parameters), with the
-   seed derived from ``(seed, batch number)``, in parallel;
-5. masks to float32 {0, 1}; ``prefetch``.
+0. the positions fed: ``0..N-1`` less ``exclude_indices``; with ``shard=(i, n)`` the i-th of n
+   disjoint shards of them (:func:`shard_positions`: dealt out by a fixed permutation, so a
+   periodic order in the pack cannot put every positive in one shard; sizes differ by one at
+   most; ascending), chosen before any image is read, so a worker reads, decodes and holds only
+   its shard. Steps 1-3 work on the shard's local indices ``0..M-1``;
+1. local indices per epoch, permuted (stateless, from ``seed`` and the epoch number) when
+   shuffling, repeated forever when repeating;
+2. ``batch`` (the last partial batch is kept unless ``drop_remainder``); with ``pad_to_batches=K``
+   exactly ``K`` full batches: the shard's images, then copies of its first image (weight 0);
+   or, with ``positive_fraction``, two endless streams, one over the shard's positive images
+   (a non-empty mask) and one over its negatives, each permuted per pass with its own seed,
+   cut into ``round(fraction * B)`` and ``B - that`` per batch and concatenated (positives
+   first): every batch, so every replica's batch under ``distribute_datasets_from_function``,
+   holds that many positives;
+3. fetch, several batches at once: numpy indexing into the shard held in memory, or a read of
+   the rows from the file through :meth:`pneumo.store.pack.Pack.chunk_reader` (``os.preadv``
+   and zlib outside h5py's global lock, so readers run in parallel; rows lying back to back
+   are one read);
+4. augment, batched (one projective op per batch, per-sample parameters), with the seed
+   derived from ``(seed, batch number)``, in parallel;
+5. masks to float32 {0, 1}, weights when asked; ``prefetch``.
 
-Images stay ``uint8`` to the end: scaling and the gray-to-RGB step live in the model.
+With several shards each folds its index into ``seed``: shards draw different orders and
+transforms. Images stay ``uint8`` to the end: scaling and the gray-to-RGB step live in the model.
 
-Memory rule (``in_memory=None``): a split is loaded when its images and masks together
-take at most half of the memory available now (``MemAvailable`` in ``/proc/meminfo``,
-else free pages from ``os.sysconf``; if neither is known, up to 2 GiB). Otherwise it is
-streamed from the file.
+Memory rule (``in_memory="auto"``): a split is loaded when the images and masks of this
+pipeline's shard (``2 * M * S * S`` bytes) take at most half of the memory available when the
+pipeline is built (``MemAvailable`` in ``/proc/meminfo``, else free pages from ``os.sysconf``;
+up to 2 GiB if neither is known), else streamed. Each split is judged on its own, in the order
+built (the trainer builds train, then dev, which sees what train took). Loading reads the rows
+straight into the final arrays (no second copy); positives are found from those masks, or
+when streaming 256 masks at a time. Streaming holds only the batches in flight and prefetched.
 """
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +46,20 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo.train.augment import augment_batch, check_config, is_identity
-from pneumo.config import SPLITS, AugmentConfig
+from pneumo.config import IN_MEMORY, SPLITS, AugmentConfig
 from pneumo.errors import InputError
 from pneumo.store.pack import Pack, positive_flags
+from pneumo.train.sampling import (balanced_batches, kept_positions, shard_positions, shard_seed,
+                                   uniform_batches)
 
-# Fold-in tags keep the shuffling and augmentation random streams apart for one seed.
-_SHUFFLE_TAG = 0x5348
+# Fold-in tag of the augmentation's random stream (pneumo.train.sampling has the others).
 _AUGMENT_TAG = 0x4147
-_POSITIVE_TAG = 0x504F
-_NEGATIVE_TAG = 0x4E45
 _MEMORY_FRACTION = 0.5
 _FALLBACK_MEMORY = 2 * 1024**3
+_LOAD_THREADS = 8  # at most, readers filling an in-memory split (fewer on fewer cores)
+_OLD_IN_MEMORY = {True: "yes", False: "no", None: "auto"}  # the values before "auto"/"yes"/"no"
 
-__all__ = ["SPLITS", "make_dataset", "memory_available", "fits_in_memory"]
+__all__ = ["SPLITS", "make_dataset", "memory_available", "fits_in_memory", "shard_positions"]
 
 
 # --------------------------------------------------------------------------- pack access
@@ -88,37 +99,56 @@ def fits_in_memory(nbytes: int) -> bool:
     return nbytes <= _MEMORY_FRACTION * available
 
 
-# --------------------------------------------------------------------------- streaming reads
+# --------------------------------------------------------------------------- reads
 class _H5Reader:
-    """Reads batches of samples by index from one split; the pack is opened lazily.
-
-    Called from a single ``tf.numpy_function`` map with no parallelism, so one thread at a
-    time touches the file; the lock makes that explicit.
-    """
+    """Rows of one split, read through :meth:`Pack.chunk_reader`: safe and parallel from several
+    threads, so tf.data's parallel map reads several batches at once. Holds the pack open."""
 
     def __init__(self, path: Path, split: str):
         self.path, self.split = path, split
-        self._pack: Pack | None = None
-        self._lock = threading.Lock()
+        self._pack: Pack | None = Pack(path)
+        try:
+            self._rows = self._pack.chunk_reader(split)
+        except BaseException:
+            self.close()
+            raise
 
-    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            if self._pack is None:
-                self._pack = Pack(self.path)
-            # Pack reads per run of consecutive indices: an in-order batch is one slice.
-            return self._pack.images(self.split, idx), self._pack.masks(self.split, idx)
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, masks)`` ``(k, S, S, 1) uint8`` of pack rows ``rows``."""
+        return self._rows.read(rows)
+
+    def masks(self, rows: np.ndarray) -> np.ndarray:
+        return self._rows.masks.read(rows)
+
+    def load(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whole of ``rows`` in memory, read by several threads straight into the arrays."""
+        return self._rows.read(rows, threads=min(_LOAD_THREADS, os.cpu_count() or 1))
 
     def close(self) -> None:
-        with self._lock:
-            if self._pack is not None:
-                self._pack.close()
-                self._pack = None
+        pack, self._pack = self._pack, None
+        if pack is not None:
+            if hasattr(self, "_rows"):
+                self._rows.close()
+            pack.close()
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+
+class _ShardMasks:
+    """A shard's masks read on slicing, for :func:`positive_flags` (256 at a time, never all)."""
+
+    def __init__(self, reader: _H5Reader, positions: np.ndarray):
+        self._reader, self._positions = reader, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self._reader.masks(self._positions[key])
 
 
 # --------------------------------------------------------------------------- dataset
@@ -139,6 +169,34 @@ def _seed_int(seed: Any) -> int:
     return int(seed) % (2**63)
 
 
+def _count(value: Any, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{option}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _in_memory_mode(value: Any) -> str:
+    """``in_memory`` as one of ``IN_MEMORY``; True/False/None (the old values) as "yes"/"no"/"auto"."""
+    if value is None or isinstance(value, bool):
+        return _OLD_IN_MEMORY[value]
+    if value not in IN_MEMORY:
+        raise InputError(f"in_memory: expected one of {', '.join(IN_MEMORY)}, got {value!r}")
+    return value
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise InputError(f"shard: expected (index, count), got {shard!r}") from None
+    count = _count(count, "shard count")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
+        raise InputError(f"shard: index must be in 0..{count - 1}, got {index!r}")
+    return int(index), count
+
+
 def make_dataset(
     pack_path: str | os.PathLike,
     split: str,
@@ -149,12 +207,16 @@ def make_dataset(
     shuffle: bool | None = None,
     repeat: bool | None = None,
     drop_remainder: bool = False,
-    in_memory: bool | None = None,
+    in_memory: str | bool | None = "auto",
     deterministic: bool = True,
     positive_fraction: float | None = None,
     exclude_indices: np.ndarray | None = None,
+    shard: tuple[int, int] | None = None,
+    pad_to_batches: int | None = None,
+    weights: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of ``(images (B, S, S, 1) uint8, masks (B, S, S, 1) float32 in {0, 1})``.
+    """Batches of ``(images (B, S, S, 1) uint8, masks (B, S, S, 1) float32 in {0, 1})``, with
+    ``weights (B,) float32`` third when ``weights``.
 
     ``split``: "train", "dev" or "test". ``shuffle`` and ``repeat`` default to True for
     train and False otherwise (dev/test: in order, one pass, last partial batch kept
@@ -163,173 +225,134 @@ def make_dataset(
     ``seed`` fixes the shuffling and the augmentation: the same seed gives the same
     stream. ``positive_fraction`` (0..1; needs ``repeat``): every batch holds exactly
     ``round(positive_fraction * batch_size)`` images with a non-empty mask, the rest
-    empty ones (the split must have both when both counts are non-zero); None draws
+    empty ones (the shard must have both when both counts are non-zero); None draws
     uniformly. ``exclude_indices``: positions in the split (int, ``(K,)``) that never enter a
     batch (``train --exclude``); the split is then the ``N - K`` others, in order, with the
-    same shuffling, balancing and step rules. ``in_memory``: None chooses by the memory rule (module docstring), True/False
-    forces it; both give identical batches. ``deterministic=False`` lets parallel
-    augmentation hand batches out of order (each batch's content is still fixed by
-    ``seed``). Errors name the file and split: missing file, foreign or damaged file,
-    missing or empty split.
+    same shuffling, balancing and step rules.
+
+    Several replicas and workers: ``batch_size`` is this pipeline's batch (under
+    ``strategy.distribute_datasets_from_function``, ``ctx.get_per_replica_batch_size``: each
+    batch is one replica's part of a global batch, balanced on its own). ``shard=(index,
+    count)`` feeds only that shard of the kept positions (:func:`shard_positions`; module
+    docstring, step 0), with a seed of its own. ``pad_to_batches=K`` (needs ``repeat=False``): exactly ``K`` batches
+    of ``batch_size``, the shard's images then padding (copies of its first image; zeros for an
+    empty shard), so every replica runs the same number of steps; ``weights`` (1 for an image, 0
+    for padding) keep a score exact. An empty shard is an empty stream (without padding).
+
+    ``in_memory``: "auto" chooses by the memory rule (module docstring), "yes" loads, "no"
+    streams (True, False, None: the same); all give identical batches. ``deterministic=False``
+    lets parallel fetching and augmentation hand batches out of order (each batch's content is
+    still fixed by ``seed``). Errors name the file and split: missing file, foreign or damaged
+    file, missing or empty split, a shard with nothing to repeat.
     """
     path = Path(pack_path)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = _count(batch_size, "batch_size")
     seed = _seed_int(seed)
     config = _resolve_augment(augment)
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     repeat = split == "train" if repeat is None else bool(repeat)
+    mode = _in_memory_mode(in_memory)
+    index, count = _check_shard(shard)
+    pad = None if pad_to_batches is None else _count(pad_to_batches, "pad_to_batches")
+    if pad is not None and repeat:
+        raise InputError("pad_to_batches needs repeat=False (it pads one pass to a fixed number of batches)")
+    if positive_fraction is not None:
+        if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)) \
+                or not 0 <= positive_fraction <= 1:
+            raise InputError(f"positive_fraction: expected a number in 0..1 or None, got {positive_fraction!r}")
+        if not repeat:
+            raise InputError("positive_fraction needs repeat=True (balanced batches have no natural end)")
+    if count > 1:
+        seed = shard_seed(seed, index)
+    where = f"split {split!r}" + (f" (shard {index} of {count})" if count > 1 else "")
 
     with _open_split(path, split) as pack:
         n, size = pack.counts[split], pack.size
         if n == 0:
             raise InputError(f"{path}: split {split!r} is empty (0 samples); nothing to feed")
-        keep = _kept_positions(n, exclude_indices, path, split)
-        nbytes = 2 * n * size * size
-        if in_memory is None:
-            in_memory = fits_in_memory(nbytes)
-        if in_memory:
-            x_all, y_all = pack.images(split), pack.masks(split)
-        if positive_fraction is not None:
-            if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)) \
-                    or not 0 <= positive_fraction <= 1:
-                raise InputError(f"positive_fraction: expected a number in 0..1 or None, got {positive_fraction!r}")
-            if not repeat:
-                raise InputError("positive_fraction needs repeat=True (balanced batches have no natural end)")
-            # chunk by chunk either way: no temporary copy of the whole split's masks
-            flags = positive_flags(y_all) if in_memory else pack.positives(split)
+        keep = kept_positions(n, exclude_indices, path, split)
+    kept = np.arange(n, dtype=np.int64) if keep is None else keep
+    positions = shard_positions(kept, index, count)
+    m = len(positions)
+    if m == 0:
+        if repeat:
+            raise InputError(f"{path}: {where} holds no images ({len(kept)} images for {count} shards); "
+                             "use fewer workers")
+        return _empty_pipeline(size, batch_size, pad or 0, weights)
+    if pad is not None and m > pad * batch_size:
+        raise InputError(f"pad_to_batches={pad}: {where} of {path} has {m} images, more than {pad} "
+                         f"batches of {batch_size}")
 
-    # ---- 1-2. index stream and batches
+    load = mode == "yes" or (mode == "auto" and fits_in_memory(2 * m * size * size))
+    reader = _H5Reader(path, split)
+    try:
+        held = reader.load(positions) if load else None
+        flags = None
+        if positive_fraction is not None:  # chunk by chunk either way: no copy of all the masks
+            flags = positive_flags(held[1] if held is not None else _ShardMasks(reader, positions))
+    except BaseException:
+        reader.close()
+        raise
+    if held is not None:
+        reader.close()
+
+    # ---- 1-2. index stream and batches (local indices 0..m-1; -1 marks padding)
     if positive_fraction is not None:
-        ds = _balanced_batches(flags, float(positive_fraction), batch_size, seed, path, split, keep).enumerate()
+        ds = balanced_batches(flags, float(positive_fraction), batch_size, seed, path, where,
+                              keep is not None).enumerate()
     else:
-        ds = _uniform_batches(n, batch_size, seed, shuffle, repeat, drop_remainder, keep)
-    spec_shape = [batch_size if (drop_remainder or positive_fraction is not None) else None, size, size, 1]
-    return _finish_pipeline(ds, spec_shape, in_memory, x_all if in_memory else None,
-                            y_all if in_memory else None, path, split, config, seed, deterministic)
+        ds = uniform_batches(m, batch_size, seed, shuffle, repeat, drop_remainder, pad)
+    fixed = drop_remainder or positive_fraction is not None or pad is not None
+    spec_shape = [batch_size if fixed else None, size, size, 1]
+    fetch = _memory_fetch(*held) if held is not None else _stream_fetch(reader, positions)
+    return _finish_pipeline(ds, spec_shape, fetch, config, seed, deterministic, weights)
 
 
-def _kept_positions(n: int, exclude: Any, path: Path, split: str) -> np.ndarray | None:
-    """The sorted positions of ``0..n-1`` not in ``exclude`` (int64), or None when nothing is left out."""
-    if exclude is None:
-        return None
-    exclude = np.asarray(exclude)
-    if exclude.size and (exclude.dtype.kind not in "iu" or exclude.min() < 0 or exclude.max() >= n):
-        raise InputError(f"exclude_indices: expected positions in 0..{n - 1} of split {split!r}, "
-                         f"got {exclude.dtype} values {exclude.min()}..{exclude.max()}")
-    if exclude.size == 0:
-        return None
-    keep = np.setdiff1d(np.arange(n, dtype=np.int64), exclude.astype(np.int64))
-    if keep.size == 0:
-        raise InputError(f"{path}: every image of split {split!r} is excluded; nothing to feed")
-    return keep
+def _empty_pipeline(size: int, batch_size: int, batches: int, weights: bool) -> tf.data.Dataset:
+    """An empty shard: ``batches`` batches of zero images, masks and weights (none without padding)."""
+    zeros = (tf.zeros([batch_size, size, size, 1], tf.uint8), tf.zeros([batch_size, size, size, 1], tf.float32))
+    return tf.data.Dataset.from_tensors(zeros + ((tf.zeros([batch_size], tf.float32),) if weights else ())) \
+        .repeat(batches)
 
 
-def _endless_permutations(indices: np.ndarray, seed: int, tag: int) -> tf.data.Dataset:
-    """``indices`` in a fresh stateless permutation per pass, forever (scalars, int64)."""
-    values = tf.constant(indices, tf.int64)
-    m = len(indices)
-    key0 = tf.constant([seed, tag], tf.int64)
-
-    def one_pass(p: tf.Tensor) -> tf.data.Dataset:
-        key = tf.random.experimental.stateless_fold_in(key0, p)
-        order = tf.argsort(tf.random.stateless_uniform([m], seed=key), stable=True)
-        return tf.data.Dataset.from_tensor_slices(tf.gather(values, order))
-
-    return tf.data.Dataset.counter().flat_map(one_pass)
+def _memory_fetch(x_all: np.ndarray, y_all: np.ndarray) -> Any:
+    def fetch(idx: tf.Tensor) -> list[tf.Tensor]:
+        # numpy_function, not a captured constant: a tf constant would copy the whole shard
+        # (and the dataset graph serialises captured constants again).
+        return tf.numpy_function(lambda i: (x_all[i], y_all[i]), [idx], [tf.uint8, tf.uint8], stateful=False)
+    return fetch
 
 
-def _balanced_batches(flags: np.ndarray, fraction: float, batch_size: int, seed: int,
-                      path: Path, split: str, keep: np.ndarray | None = None) -> tf.data.Dataset:
-    """Endless index batches with ``round(fraction * batch_size)`` positives first, then negatives
-    (drawn from the positions in ``keep`` when given)."""
-    k = int(round(fraction * batch_size))
-    kept = np.ones(len(flags), bool)
-    if keep is not None:
-        kept = np.zeros(len(flags), bool)
-        kept[keep] = True
-    positives = np.flatnonzero(flags & kept)
-    negatives = np.flatnonzero(~flags & kept)
-    parts = []
-    for count, idx, tag, what in ((k, positives, _POSITIVE_TAG, "positive"),
-                                  (batch_size - k, negatives, _NEGATIVE_TAG, "empty")):
-        if count == 0:
-            continue
-        if len(idx) == 0:
-            left = " left after the exclusion" if keep is not None else ""
-            raise InputError(f"{path}: split {split!r} has no {what} images{left}, so positive_fraction "
-                             f"{fraction} cannot be met; use positive_fraction=None (uniform)")
-        parts.append(_endless_permutations(idx, seed, tag).batch(count, drop_remainder=True))
-    if len(parts) == 1:
-        return parts[0]
-    return tf.data.Dataset.zip(tuple(parts)).map(lambda a, b: tf.concat([a, b], axis=0))
+def _stream_fetch(reader: _H5Reader, positions: np.ndarray) -> Any:
+    rows_of = tf.constant(positions, tf.int64)
+
+    def fetch(idx: tf.Tensor) -> list[tf.Tensor]:
+        return tf.numpy_function(reader, [tf.gather(rows_of, idx)], [tf.uint8, tf.uint8], stateful=False)
+    return fetch
 
 
-def _uniform_batches(n: int, batch_size: int, seed: int, shuffle: bool, repeat: bool,
-                     drop_remainder: bool, keep: np.ndarray | None = None) -> tf.data.Dataset:
-    """Numbered index batches over ``0..n-1`` (or the positions in ``keep``): permuted per epoch
-    when shuffling, endless when repeating."""
-    # ---- 1. index stream
-    shuffle_key = tf.constant([seed, _SHUFFLE_TAG], tf.int64)
-    positions = None if keep is None else tf.constant(keep, tf.int64)
-    if keep is not None:
-        n = len(keep)
-
-    def epoch_indices(epoch: tf.Tensor) -> tf.data.Dataset:
-        if shuffle:
-            key = tf.random.experimental.stateless_fold_in(shuffle_key, epoch)
-            order = tf.argsort(tf.random.stateless_uniform([n], seed=key), stable=True)
-            order = tf.cast(order, tf.int64)
-        else:
-            order = tf.range(n, dtype=tf.int64)
-        if positions is not None:
-            order = tf.gather(positions, order)
-        return tf.data.Dataset.from_tensor_slices(order)
-
-    epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
-    ds = epochs.flat_map(epoch_indices)
-    # Numbered before any parallel map: with deterministic=False batches may overtake
-    # each other, and each must keep the augmentation seed of its own number.
-    return ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
-
-
-def _finish_pipeline(ds: tf.data.Dataset, spec_shape: list, in_memory: bool, x_all: Any, y_all: Any,
-                     path: Path, split: str, config: AugmentConfig | None, seed: int,
-                     deterministic: bool) -> tf.data.Dataset:
+def _finish_pipeline(ds: tf.data.Dataset, spec_shape: list, fetch: Any, config: AugmentConfig | None,
+                     seed: int, deterministic: bool, weights: bool) -> tf.data.Dataset:
     """Steps 3-5 of the module docstring on numbered index batches."""
 
-    # ---- 3. fetch. Both paths hand numpy batches to TensorFlow through numpy_function:
-    # capturing a whole split as a tf constant would copy it (and the dataset graph
-    # serialises captured constants again), doubling peak memory for large packs.
-    if in_memory:
-        def read(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return x_all[idx], y_all[idx]
-
-        parallel = tf.data.AUTOTUNE
-    else:
-        read = _H5Reader(path, split)
-        parallel = None  # a single reader thread (h5py serialises access anyway)
-
-    def fetch(batch_number: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        x, y = tf.numpy_function(read, [idx], [tf.uint8, tf.uint8], stateful=not in_memory)
+    def read(batch_number: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        w = tf.cast(idx >= 0, tf.float32)  # padding (-1) reads a copy of the first image, weight 0
+        x, y = fetch(tf.maximum(idx, 0))
         x.set_shape(spec_shape)
         y.set_shape(spec_shape)
-        return batch_number, x, y
+        return batch_number, x, y, w
 
-    if parallel is None:
-        ds = ds.map(fetch)
-    else:
-        ds = ds.map(fetch, num_parallel_calls=parallel, deterministic=deterministic)
+    ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
     # ---- 4-5. augment (per-batch seed from the batch number) and finish the masks
     augment_key = tf.constant([seed, _AUGMENT_TAG], tf.int64)
 
-    def finish(batch_number: tf.Tensor, images: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def finish(batch_number: tf.Tensor, images: tf.Tensor, masks: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, ...]:
         if config is not None:
             key = tf.random.experimental.stateless_fold_in(augment_key, batch_number)
             images, masks = augment_batch(images, masks, config, key)
-        return images, tf.cast(masks >= 128, tf.float32)
+        masks = tf.cast(masks >= 128, tf.float32)
+        return (images, masks, w) if weights else (images, masks)
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -17,6 +17,10 @@ browser tab or a restarted app finds a running job, follows it and can stop it.
   overwritten by the launcher's, and a CLI trainer in the folder refuses the start.
 - A recorded pid is only trusted while it is still the same process (pid and start time,
   :mod:`pneumo._procs`): a pid reused by another program is never signalled.
+- The quick demo (:func:`start_quick_demo`) is ``python -m pneumo quickstart`` launched the
+  same way: pack, training and test scores in one process whose stages are recorded in the
+  runs folder (:mod:`pneumo.store.quickstart_job`), so it survives a closed tab and counts as
+  the workspace's job from its first step (making the pack) to its last.
 - Evaluation reports progress in ``RUN/evaluate_<split>.progress.json`` (written by
   :func:`pneumo.predict.evaluate_run`), and a failure as the command's one-line error; raw
   log lines (TensorFlow's C++ chatter) stay in the log file.
@@ -24,9 +28,9 @@ browser tab or a restarted app finds a running job, follows it and can stop it.
 Pages read runs through :mod:`pneumo.store.run` and :mod:`pneumo.store.run_list` themselves.
 No TensorFlow here: the app imports this module on every page.
 
-Test hooks: with ``PNEUMO_TESTING=1`` set, ``$PNEUMO_TRAIN_COMMAND`` and
-``$PNEUMO_EVALUATE_COMMAND`` (split with :func:`shlex.split`) replace the ``python -m pneumo``
-prefix of the commands; without it they are ignored.
+Test hooks: with ``PNEUMO_TESTING=1`` set, ``$PNEUMO_TRAIN_COMMAND``,
+``$PNEUMO_EVALUATE_COMMAND`` and ``$PNEUMO_QUICKSTART_COMMAND`` (split with :func:`shlex.split`)
+replace the ``python -m pneumo`` prefix of the commands; without it they are ignored.
 """
 from __future__ import annotations
 
@@ -48,12 +52,14 @@ from pneumo.store.config_file import save_config
 from pneumo.errors import InputError
 from pneumo.store.predictions import check_checkpoint, check_split, predictions_path
 from pneumo.store.run import (HANDOVER_ENV, RunFolder, checkpoint_file, clear_stop, holds_run, log_tail, read_status,
-                              write_prepared_status, writer_lock)
+                              request_stop, write_prepared_status, writer_lock)
 from pneumo.store.run_list import active_run
+from pneumo.store import quickstart_job
 
 __all__ = [
     "start_training", "start_evaluation", "evaluation_job", "stop_evaluation", "evaluation_command",
     "running_job", "refuse_if_busy", "own_training", "own_evaluation",
+    "start_quick_demo", "own_quick_demo", "quick_demo_job", "stop_quick_demo",
 ]
 
 # --------------------------------------------------------------------------- commands
@@ -97,7 +103,9 @@ def _launch(cmd: list[str], log_path: Path, header: bool, env: dict[str, str] | 
 
 @contextlib.contextmanager
 def _start_lock(folder: Path) -> Iterator[None]:
-    """Serialise starts in ``folder`` so two clicks cannot both pass the one-at-a-time check."""
+    """Serialise starts in ``folder`` so two clicks cannot both pass the one-at-a-time check.
+    A folder that cannot be written (a read-only workspace) is refused first, by name."""
+    settings.check_writable(folder, "no job can start there")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -130,6 +138,10 @@ def running_job(runs_dir: str | os.PathLike | None = None) -> str | None:
                     job = evaluation_job(path, split)
                     if job is not None and job["state"] == "running":
                         return f"evaluation of {path.name} ({split})"
+    quick = quickstart_job.read_job(folder)
+    # the quick demo's own process asks too (before each of its steps): it is not in its own way
+    if quick is not None and quick["state"] == "running" and quick.get("pid") != os.getpid():
+        return f"the quick demo ({_QUICK_STAGES.get(quick['stage'], quick['stage'])})"
     return None
 
 
@@ -349,6 +361,85 @@ def stop_evaluation(run_dir: str | os.PathLike, split: str) -> bool:
     pid = int(job["pid"])
     with contextlib.suppress(ProcessLookupError, PermissionError):
         if os.getpgid(pid) == pid:  # launched with start_new_session: it leads its group
+            os.killpg(pid, signal.SIGTERM)
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- the quick demo
+_QUICK_STAGES = {"pack": "making its pack", "train": "training", "evaluate": "scoring the test split"}
+
+
+def _quickstart_command() -> list[str]:
+    return _test_hook("PNEUMO_QUICKSTART_COMMAND") or [sys.executable, "-m", "pneumo", "quickstart"]
+
+
+def start_quick_demo() -> int:
+    """Launch ``python -m pneumo quickstart`` in the workspace, in its own session; return its pid.
+
+    Its output goes to ``RUNS/.quickstart.log``; the job record (``RUNS/.quickstart.json``,
+    :mod:`pneumo.store.quickstart_job`) is written before this returns, with the child's pid,
+    so any page finds the job at once and the one-job rule holds from the pack onwards.
+    Raises :class:`InputError` while another job runs in the workspace.
+    """
+    folder = settings.runs_dir().expanduser().absolute()
+    # The child reads its workspace from the environment: give it the folders seen here.
+    env = {"PNEUMO_RUNS_DIR": str(folder), "PNEUMO_DATA_DIR": str(settings.data_dir().expanduser().absolute())}
+    with _start_lock(folder):
+        _refuse_if_busy([folder])
+        log = quickstart_job.log_path(folder)
+        proc = _launch(_quickstart_command(), log, header=False, env=env)
+        quickstart_job.QuickstartRecord(folder, proc.pid).claim(log)
+    return proc.pid
+
+
+@contextlib.contextmanager
+def own_quick_demo() -> Iterator[quickstart_job.QuickstartRecord]:
+    """Make the quick demo this process runs the workspace's job (``quickstart``); yields its record.
+
+    Refused while another job runs (:class:`InputError`); a record the app's launcher wrote
+    for this very process is taken over. The caller records the stages and the outcome
+    (:meth:`~pneumo.store.quickstart_job.QuickstartRecord.end`); leaving without one records
+    ``failed`` with the exception's message (``stopped`` for SIGTERM or Ctrl-C).
+    """
+    folder = settings.runs_dir().expanduser().absolute()
+    with _start_lock(folder):
+        _refuse_if_busy([folder])
+        record = quickstart_job.QuickstartRecord(folder, os.getpid()).claim()
+    try:
+        yield record
+    except (KeyboardInterrupt, SystemExit):
+        if not record.ended:
+            stage = record.record.get("stage")
+            record.end("stopped", f"stopped while {_QUICK_STAGES.get(stage, stage)}")
+        raise
+    except BaseException as e:
+        if not record.ended:
+            record.end("failed", str(e) or type(e).__name__)
+        raise
+    if not record.ended:
+        record.end("failed", "ended without a result")
+
+
+def quick_demo_job() -> dict[str, Any] | None:
+    """The workspace's latest quick demo (:func:`pneumo.store.quickstart_job.read_job`), or None."""
+    return quickstart_job.read_job(settings.runs_dir())
+
+
+def stop_quick_demo() -> bool:
+    """Stop the running quick demo; True when asked. While it trains, its run gets a ``STOP``
+    (it ends after the current batch, keeping ``last.keras``); while it makes its pack or
+    scores, its process group gets SIGTERM (a pack is never left half-written). Only a process
+    that is still the recorded one and leads its group is signalled."""
+    job = quick_demo_job()
+    if job is None or job["state"] != "running":
+        return False
+    if job["stage"] == "train" and job["run"] is not None:
+        request_stop(job["run"])
+        return True
+    pid = job.get("pid")
+    with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+        if os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGTERM)
             return True
     return False

@@ -14,8 +14,15 @@ history (one row per epoch), ``best.keras`` (lowest ``val_loss``), ``last.keras`
   order seeded from ``config.seed`` and the epoch (not a replay of the first epochs).
 - Two stages: ``epochs`` as configured, then ``fine_tune_epochs`` with the encoder unfrozen
   and Adam at ``fine_tune_lr``; epoch numbers run on across both.
-- Devices and strategies (several GPUs, ``TF_CONFIG`` workers; only the chief writes the run
-  folder, which must be shared between machines, as must a STOP): :mod:`pneumo.train.distribute`.
+- Devices, clusters and strategies (several GPUs, ``TF_CONFIG`` or Slurm workers; only the chief
+  writes the run folder, which must be shared between machines, as must a STOP):
+  :mod:`pneumo.train.distribute`. Each worker reads its shard of the pack, each replica its part
+  of every batch (balanced when ``positive_fraction`` is set); validation is exact over the dev
+  images whatever the split (:mod:`pneumo.train.validate`). The resolved setup (strategy, workers,
+  replicas, batches, precision, devices) goes to ``status.json`` (``setup``); workers of other
+  pneumo versions or packs are refused at start, and a worker that dies fails the run, named.
+- The model, its precision and compilation: :mod:`pneumo.train.build`; the callback that keeps
+  the run folder: :mod:`pneumo.train.monitor`.
 - One writer: the chief holds :func:`pneumo.store.run.writer_lock` throughout; a second is refused at once.
 - Divergence: a non-finite batch loss ends the run ``failed`` ("diverged at epoch E, step S")
   and no checkpoint is written from non-finite weights.
@@ -34,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import math
 import os
 import shutil
 import sys
@@ -43,37 +49,33 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pneumo.store import run as runs
-from pneumo.store.run import RunFolder
-from pneumo._procs import sigterm_sets
+from pneumo import __version__
 from pneumo._io import now_iso
-from pneumo.train.distribute import cluster_role, make_strategy, symbolic_build_for_multi_worker, with_shard_policy
+from pneumo._procs import sigterm_sets
 from pneumo.config import TrainConfig, config_diff, normalise_train_paths
-from pneumo.plan import RunPlan, check_pack, init_config, plan_run
-from pneumo.store.config_file import load_config, save_config
+from pneumo.errors import InputError, user_message
 from pneumo.exclude import check_recorded
-from pneumo.errors import InputError, PneumoError, user_message
+from pneumo.plan import RunPlan, check_pack, plan_run
+from pneumo.store import run as runs
+from pneumo.store.config_file import load_config, save_config
+from pneumo.store.run import RunFolder
+from pneumo.train.build import build, compile_model, set_precision
+from pneumo.train.cluster import Cluster, RunSetup
+from pneumo.train.distribute import (agree_on_start, distribute_input, make_strategy, per_replica_batch,
+                                     replica_devices, replica_state_sync, resolve_cluster, strategy_name,
+                                     symbolic_build_for_multi_worker, worker_failure)
+from pneumo.train.monitor import PROGRESS_INTERVAL_S, Diverged, RunMonitor, StopRequested, kept_checkpoint
+from pneumo.train.validate import Validation
 
 __all__ = ["train", "PROGRESS_INTERVAL_S"]
 
 log = logging.getLogger("pneumo.train.loop")
-
-PROGRESS_INTERVAL_S = 0.5
-
-
-class _StopRequested(Exception):
-    """Raised from a batch callback: leaves ``fit`` at once (setting ``stop_training`` would
-    still run a whole validation pass before Keras looks at it)."""
-
-
-class _Diverged(PneumoError):
-    """A non-finite loss: the run ends failed and no checkpoint is written from these weights."""
 
 
 # =========================================================================== run folder
@@ -100,160 +102,18 @@ def _resolve_config(config: TrainConfig | None, run_dir: Path, resume: bool, chi
     return normalise_train_paths(config)
 
 
-# =========================================================================== callbacks
-def _float(v: Any) -> float:
-    try:
-        return float(np.asarray(keras.ops.convert_to_numpy(v)))
-    except Exception:
-        return float("nan")
-
-
-class _RunMonitor(keras.callbacks.Callback):
-    """Per batch: stop requests and progress. Per epoch: history, checkpoints, backup, status."""
-
-    def __init__(self, folder: runs.RunWriter, watch_dir: Path, plan: dict, stop_flag: threading.Event,
-                 progress: Callable[[dict], None] | None, best_val_loss: float) -> None:
-        super().__init__()
-        self.folder = folder
-        self.watch_dir = watch_dir
-        self.plan = plan
-        self.stop_flag = stop_flag
-        self.progress_fn = progress
-        self.best = best_val_loss
-        self.stage = "train"
-        self.epochs_done = 0
-        self.last_epoch_seconds: float | None = None
-        self.last_val_seconds: float | None = None
-        self._last_write = 0.0
-        self.pack_stat: tuple[int, float] | None = None  # (size, mtime) the run started with
-
-    # ---- stopping
-    def _check_stop(self) -> None:
-        if self.stop_flag.is_set() or runs.stop_requested(self.watch_dir):
-            self.model.stop_training = True
-            raise _StopRequested()
-
-    # ---- epoch timing
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch + 1  # 1-based across both stages
-        self.t_epoch = time.monotonic()
-        self.t_first = None
-        self.t_val = None
-        self._last_write = 0.0
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = batch + 1
-        now = time.monotonic()
-        if self.t_first is None:
-            self.t_first, self.first_step = now, step  # the first batch carries graph tracing
-        raw = (logs or {}).get("loss")
-        loss = _float(raw) if raw is not None else float("nan")
-        if raw is not None and not math.isfinite(loss):
-            # Checked before a stop request: a stop would save these weights over last.keras.
-            raise _Diverged(f"training diverged at epoch {self.epoch}, step {step}: the loss is {loss} "
-                            f"(try a lower learning rate); last.keras keeps the last good epoch")
-        self._check_stop()
-        if now - self._last_write >= PROGRESS_INTERVAL_S or step == self.plan["steps"]:
-            self._last_write = now
-            self._progress(step, loss, now)
-
-    def _progress(self, step: int, loss: float, now: float) -> None:
-        steps, batch = self.plan["steps"], self.plan["batch_size"]
-        rate = 0.0  # steps per second, from the batches after the first
-        if self.t_first is not None and step > self.first_step and now > self.t_first:
-            rate = (step - self.first_step) / (now - self.t_first)
-        eta = 0.0
-        if rate > 0:
-            val = self.last_val_seconds if self.last_val_seconds is not None else self.plan["validation_steps"] / (3 * rate)
-            per_epoch = self.last_epoch_seconds or (steps / rate + val)
-            eta = (steps - step) / rate + val + (self.plan["epochs"] - self.epoch) * per_epoch
-        info = {
-            "stage": self.stage, "epoch": self.epoch, "epochs": self.plan["epochs"], "step": step,
-            "steps": steps, "loss": loss if math.isfinite(loss) else None,
-            "images_per_s": rate * batch, "eta_s": eta, "updated": now_iso(),
-        }
-        self.folder.write_progress(info)
-        if self.progress_fn is not None:
-            self.progress_fn(info)
-
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        self.t_val = time.monotonic()
-
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._check_stop()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        now = time.monotonic()
-        seconds = now - self.t_epoch
-        self.last_epoch_seconds = seconds
-        if self.t_val is not None:
-            self.last_val_seconds = now - self.t_val
-        loss = _float(logs.get("loss"))
-        if not math.isfinite(loss):
-            raise _Diverged(f"training diverged at epoch {self.epoch}, step {self.plan['steps']}: the loss is "
-                            f"{loss} (try a lower learning rate); last.keras keeps the last good epoch")
-        self._check_pack()
-        row = {
-            "epoch": self.epoch, "stage": self.stage, "loss": loss,
-            "dice": _float(logs.get("dice")), "iou": _float(logs.get("iou")),
-            "val_loss": _float(logs.get("val_loss")), "val_dice": _float(logs.get("val_dice")),
-            "val_iou": _float(logs.get("val_iou")),
-            "lr": _float(self.model.optimizer.learning_rate), "seconds": round(seconds, 3),
-        }
-        # Order matters for resuming: history first, backup last. A kill in between leaves a
-        # history row beyond the backup, which resuming cuts and trains again.
-        self.folder.append_history(row)
-        self.folder.save_checkpoint(self.model, "last")
-        val_loss = row["val_loss"]
-        if math.isfinite(val_loss) and val_loss < self.best:
-            self.best = val_loss
-            self.folder.save_checkpoint(self.model, "best")
-        self.epochs_done = self.epoch
-        self.folder.save_backup(self.epoch, self.stage, self.best)
-        self.folder.set_status(epoch=self.epoch)
-        self._progress(self.plan["steps"], loss, now)
-        log.info("epoch %d/%d (%s): loss %.4f dice %.4f val_loss %.4f val_dice %.4f in %.1f s",
-                 self.epoch, self.plan["epochs"], self.stage, loss, row["dice"], val_loss,
-                 row["val_dice"], seconds)
-
-    def _check_pack(self) -> None:
-        """A pack replaced while it is streamed mixes two datasets: fail before saving the epoch."""
-        pack = Path(self.plan["pack"])
-        try:
-            st = pack.stat()
-            now = (st.st_size, st.st_mtime)
-        except OSError:
-            now = None
-        if self.pack_stat is not None and now != self.pack_stat:
-            raise PneumoError(f"pack {pack} changed during epoch {self.epoch} (replaced or rewritten); the "
-                              f"run stops with the last epoch's checkpoint")
-
-
 # =========================================================================== train
 @dataclass
 class _Setup:
     config: TrainConfig
     info: RunPlan  # its .exclusion: what train --exclude leaves out of train and dev
-    chief: bool
-    workers: int
-    write_dir: Path
+    cluster: Cluster
+    strategy: tf.distribute.Strategy
+    record: RunSetup  # what status.json records under "setup"
     total_epochs: int
-
-
-def _compile(model: keras.Model, lr: float, config: TrainConfig, decay_steps: int | None = None) -> None:
-    """Compile with Adam at ``lr``; with ``decay_steps`` and ``lr_schedule="cosine"``, lr decays to 0 over them."""
-    from pneumo.model.losses import get_loss, get_metrics
-
-    if decay_steps and config.lr_schedule == "cosine":
-        # The schedule reads optimizer.iterations, which a resumed backup restores.
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(decay_steps))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=get_loss(config.loss),
-                  metrics=get_metrics(), jit_compile=bool(config.xla))
-
-
-def _frozen(config: TrainConfig) -> bool:
-    return config.freeze_encoder if config.freeze_encoder is not None else config.encoder_weights is not None
+    done: int  # epochs finished before this start (a resumed run)
+    train_data: object = None  # the distributed train input
+    validation: Validation | None = None
 
 
 def train(
@@ -285,71 +145,160 @@ def train(
         "best_val_loss", "best_val_dice", "last": last history row or None, "seconds"}``.
 
     Raises:
-        InputError: bad config, pack, weights or run folder; raised before anything is
-            written to the run folder (a status.json that :mod:`pneumo.train.jobs` wrote for this
-            process is set to ``failed`` with the message).
-        Exception: anything raised while training, after setting the state ``failed``.
+        InputError: bad config, pack, weights, run folder or cluster (a worker with another
+            pneumo version or pack, a batch that does not split over the replicas); raised
+            before anything is written to the run folder (a status.json that
+            :mod:`pneumo.train.jobs` wrote for this process is set to ``failed`` with the message).
+        Exception: anything raised while training, after setting the state ``failed`` (naming
+            the worker when another worker of the cluster died).
     """
     t_start = time.monotonic()
     started = now_iso()
     run_dir = Path(run_dir).expanduser().absolute()
     stop_flag = threading.Event()
     policy_before = keras.mixed_precision.global_policy()
-    workers, chief = cluster_role()
+    cluster = resolve_cluster()
     # Only the chief writes the run folder; a launcher (pneumo.train.jobs) hands its lock over.
-    lock = runs.writer_lock(run_dir, handover_from=runs.handover_pid()) if chief else contextlib.nullcontext()
+    lock = runs.writer_lock(run_dir, handover_from=runs.handover_pid()) if cluster.chief else contextlib.nullcontext()
     try:
         with sigterm_sets(stop_flag), lock:
             return _train(config, run_dir, resume, progress, verbose, stop_flag, started, t_start,
-                          allow_changed_pack, workers, chief)
+                          allow_changed_pack, cluster)
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
 
 
+def _prepare(config: TrainConfig | None, run_dir: Path, resume: bool, allow_changed_pack: bool,
+             cluster: Cluster) -> tuple[_Setup, keras.Model, dict, dict | None]:
+    """Everything that can fail on bad input, before anything is written: ``(setup, model,
+    the pack's fingerprint, the backup state)``."""
+    # First, before any other TensorFlow op (multi-worker needs it): every worker joins the
+    # cluster, so one refusing its input can tell the others instead of leaving them waiting.
+    strategy = make_strategy(cluster)
+    try:
+        config, info, fingerprint, backup_state = _check_input(config, run_dir, resume, allow_changed_pack, cluster)
+    except InputError:
+        agree_on_start(strategy, cluster, __version__, None)
+        raise
+    agree_on_start(strategy, cluster, __version__, fingerprint)
+    total = config.epochs + config.fine_tune_epochs
+    replicas = strategy.num_replicas_in_sync
+    policy = set_precision(config.mixed_precision)
+    record = RunSetup(
+        strategy=strategy_name(strategy), cluster=cluster.source, workers=cluster.size, replicas=replicas,
+        global_batch=config.batch_size, per_replica_batch=per_replica_batch(config.batch_size, replicas),
+        precision=config.mixed_precision, policy=policy, devices=tuple(replica_devices(strategy)),
+        addresses=tuple(address for _, _, address in cluster.tasks))
+    done = backup_state["epoch"] if backup_state else 0
+    setup = _Setup(config, info, cluster, strategy, record, total, done)
+    # Built before anything is written: a weights file that does not fit is bad input too.
+    model = build(strategy, config, info, run_dir, backup_state)
+    return setup, model, fingerprint, backup_state
+
+
+def _check_input(config: TrainConfig | None, run_dir: Path, resume: bool, allow_changed_pack: bool,
+                 cluster: Cluster) -> tuple[TrainConfig, RunPlan, dict, dict | None]:
+    """The config, its plan, the pack's fingerprint and the backup state (None when not resuming)."""
+    config = _resolve_config(config, run_dir, resume, cluster.chief)
+    info = plan_run(config)
+    fingerprint = check_pack(run_dir, config.pack, allow_changed=allow_changed_pack)
+    if info.exclusion is not None and resume:
+        check_recorded(run_dir, info.exclusion)
+    backup_state = runs.read_backup(run_dir, config.epochs + config.fine_tune_epochs) if resume else None
+    if config.validation_steps is not None and config.validation_steps > info.dev_batches:
+        log.warning("validation_steps %d is more than the dev split holds (%d samples = %d batches "
+                    "of %d); using %d", config.validation_steps, info.dev, info.dev_batches,
+                    config.batch_size, info.validation_steps)
+    return config, info, fingerprint, backup_state
+
+
+def _make_data(setup: _Setup, model: keras.Model) -> None:
+    """The distributed train input and the validation (each worker its shard, each replica its
+    part of a batch). Built once the run folder is written, like a failure while training: an
+    error here (a shard without positives: too many workers) marks the run failed."""
+    from pneumo.train.data import make_dataset
+
+    config, info = setup.config, setup.info
+    dropped = info.exclusion.indices if info.exclusion is not None else {}
+    # After a resume, a fresh shuffling stream instead of replaying the first epochs' order.
+    seed = config.seed + 1_000_003 * setup.done
+
+    def train_part(batch: int, shard: tuple[int, int]):
+        return make_dataset(config.pack, "train", batch, augment=config.augment, seed=seed, shuffle=True,
+                            repeat=True, positive_fraction=config.positive_fraction,
+                            exclude_indices=dropped.get("train"), shard=shard, in_memory=config.in_memory)
+
+    images = min(info.validation_steps * config.batch_size, info.dev)
+    dev_left_out = _dev_left_out(info, dropped.get("dev"), images)
+
+    def dev_part(batch: int, shard: tuple[int, int], batches: int):
+        return make_dataset(config.pack, "dev", batch, exclude_indices=dev_left_out, shard=shard,
+                            pad_to_batches=batches, weights=True, in_memory=config.in_memory)
+
+    setup.train_data = distribute_input(setup.strategy, config.batch_size, train_part)
+    setup.validation = Validation(setup.strategy, model, config.loss, images, config.batch_size,
+                                  setup.cluster.size, dev_part)
+    if config.positive_fraction is not None:
+        per = setup.record.per_replica_batch
+        log.info("balanced batches: %d of %d images positive in every replica's batch of %d",
+                 round(config.positive_fraction * per), per, per)
+
+
+def _dev_left_out(info: RunPlan, excluded: np.ndarray | None, images: int) -> np.ndarray | None:
+    """Dev positions left out of validation: the exclusion list's, then every kept one after the
+    first ``images`` (``validation_steps`` batches, as Keras took them)."""
+    excluded = np.asarray([] if excluded is None else excluded, np.int64)
+    total = info.dev + len(excluded)
+    kept = np.setdiff1d(np.arange(total, dtype=np.int64), excluded)
+    left_out = np.union1d(excluded, kept[images:])
+    return left_out if left_out.size else None
+
+
 def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Callable[[dict], None] | None,
            verbose: int | str, stop_flag: threading.Event, started: str, t_start: float,
-           allow_changed_pack: bool, workers: int, chief: bool) -> dict:
+           allow_changed_pack: bool, cluster: Cluster) -> dict:
+    chief = cluster.chief
     try:
-        config = _resolve_config(config, run_dir, resume, chief)
-        info = plan_run(config)
-        fingerprint = check_pack(run_dir, config.pack, allow_changed=allow_changed_pack)
-        exclusion = info.exclusion
-        if exclusion is not None and resume:
-            check_recorded(run_dir, exclusion)
-        total = config.epochs + config.fine_tune_epochs
-        backup_state = runs.read_backup(run_dir, total) if resume else None
-        if config.validation_steps is not None and config.validation_steps > info.dev_batches:
-            log.warning("validation_steps %d is more than the dev split holds (%d samples = %d batches "
-                        "of %d); using %d", config.validation_steps, info.dev, info.dev_batches,
-                        config.batch_size, info.validation_steps)
-        setup = _Setup(config, info, chief, workers, run_dir if chief else Path(), total)
-        # Built before anything is written: a weights file that does not fit is bad input too.
-        model = _build(setup, run_dir, backup_state)
+        setup, model, fingerprint, backup_state = _prepare(config, run_dir, resume, allow_changed_pack, cluster)
     except BaseException as e:
         runs.fail_prepared_status(run_dir, user_message(e))
         raise
+    config = setup.config
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pneumo-worker-"))
+    try:
+        folder = runs.RunWriter(write_dir, started, setup.total_epochs, resumed=resume)
+        if chief:
+            save_config(config, RunFolder(run_dir).config)
+            runs.write_pack_record(run_dir, fingerprint)
+            if setup.info.exclusion is not None:
+                runs.write_exclusion_record(run_dir, setup.info.exclusion.record())
+            if resume:
+                runs.clear_stop(run_dir)  # left from the stop being resumed from
+        folder.truncate_history(setup.done)
+        folder.set_status(epoch=setup.done, setup=setup.record.record())
+        state = _run(setup, model, folder, run_dir, fingerprint, backup_state, progress, verbose, stop_flag)
+        summary = runs.summary(state, folder.root, setup.total_epochs, time.monotonic() - t_start)
+    finally:
+        if not chief:  # also after a failure: no worker temp folder is left behind
+            shutil.rmtree(write_dir, ignore_errors=True)
+    summary["run_dir"] = str(run_dir)
+    return summary
 
-    setup.write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pneumo-worker-"))
-    folder = runs.RunWriter(setup.write_dir, started, total, resumed=resume)
-    if chief:
-        save_config(config, RunFolder(run_dir).config)
-        runs.write_pack_record(run_dir, fingerprint)
-        if exclusion is not None:
-            runs.write_exclusion_record(run_dir, exclusion.record())
-        if resume:
-            runs.clear_stop(run_dir)  # left from the stop being resumed from
-    done = backup_state["epoch"] if backup_state else 0
-    folder.truncate_history(done)
-    folder.set_status(epoch=done)
 
+def _run(setup: _Setup, model: keras.Model, folder: runs.RunWriter, run_dir: Path, fingerprint: dict,
+         backup_state: dict | None, progress: Callable[[dict], None] | None, verbose: int | str,
+         stop_flag: threading.Event) -> str:
+    """Fit both stages with the monitor; the final state ("finished" or "stopped"), written."""
+    config, info = setup.config, setup.info
     best = float("inf")
     if backup_state is not None and backup_state.get("best_val_loss") is not None:
         best = float(backup_state["best_val_loss"])
     plan = {"steps": info.steps, "validation_steps": info.validation_steps,
-            "batch_size": config.batch_size, "epochs": total, "pack": config.pack}
-    monitor = _RunMonitor(folder, run_dir, plan, stop_flag, progress, best)
+            "batch_size": config.batch_size, "epochs": setup.total_epochs, "pack": config.pack}
+    settle = replica_state_sync(model, setup.strategy)
+    monitor = RunMonitor(folder, run_dir, plan, stop_flag, progress, best, settle=settle)
     monitor.pack_stat = (fingerprint["size"], fingerprint["mtime"])
-    monitor.epochs_done = done
+    monitor.epochs_done = setup.done
     if backup_state is not None:
         monitor.stage = backup_state["stage"]
     callbacks: list = [monitor]
@@ -361,111 +310,50 @@ def _train(config: TrainConfig | None, run_dir: Path, resume: bool, progress: Ca
                     "(pip install tensorboard)")
 
     try:
-        state = _fit_stages(setup, model, monitor, callbacks, done, verbose)
-    except (_StopRequested, KeyboardInterrupt):
+        _make_data(setup, model)
+        monitor.validate = setup.validation.run
+        state = _fit_stages(setup, model, monitor, callbacks, verbose)
+    except (StopRequested, KeyboardInterrupt):
         state = "stopped"
         try:
             # Mid-epoch weights, filed under the last finished epoch: resuming trains the
             # interrupted epoch again from here, so nothing is lost. Never non-finite ones.
+            if settle is not None and setup.cluster.size == 1:
+                settle()  # (workers may not all have stopped: no collective op then)
             if not _weights_finite(model):
-                raise _Diverged(f"training diverged in epoch {monitor.epochs_done + 1} before the stop: "
-                                f"non-finite weights were not saved; last.keras keeps the last good epoch")
+                raise Diverged(f"training diverged in epoch {monitor.epochs_done + 1} before the stop: "
+                               f"non-finite weights were not saved; {kept_checkpoint(folder)}")
             folder.save_checkpoint(model, "last")
             folder.save_backup(monitor.epochs_done, monitor.stage, monitor.best)
             _close_tensorboard(callbacks)
-            if chief:
+            if setup.cluster.chief:
                 runs.clear_stop(run_dir)
             log.info("stopped after %d finished epoch(s); continue with --resume", monitor.epochs_done)
         except BaseException as e:
             folder.set_status(state="failed", ended=now_iso(), error=f"stopping failed: {user_message(e)}")
             raise
     except BaseException as e:
-        folder.set_status(state="failed", ended=now_iso(), error=user_message(e))
+        named = worker_failure(e, setup.cluster)
+        if named:
+            log.error("%s", named)
+        folder.set_status(state="failed", ended=now_iso(), error=named or user_message(e))
         raise
     folder.set_status(state=state, ended=now_iso(), epoch=monitor.epochs_done)
-    summary = runs.summary(state, folder.root, total, time.monotonic() - t_start)
-    summary["run_dir"] = str(run_dir)
-    if not chief:
-        shutil.rmtree(setup.write_dir, ignore_errors=True)
-    return summary
+    return state
 
 
-def _build(setup: _Setup, run_dir: Path, backup_state: dict | None) -> keras.Model:
-    """Strategy, then the compiled model (restored from the backup when resuming)."""
-    from pneumo.model.networks import build_model, set_encoder_trainable, warm_start
+def _fit_stages(setup: _Setup, model: keras.Model, monitor: RunMonitor, callbacks: list,
+                verbose: int | str) -> str:
+    from pneumo.model.networks import encoder_layers, set_encoder_trainable
 
-    config, info = setup.config, setup.info
-    strategy = make_strategy(setup.workers)
-    gpus = tf.config.list_physical_devices("GPU")
-    if config.mixed_precision:
-        if not gpus:
-            log.warning("mixed precision on a CPU is slow (float16 is emulated); it pays on GPUs")
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        log.info("mixed precision: float16 compute, float32 weights")
-    if config.xla:
-        log.info("XLA: the train step is jit-compiled")
-
-    with strategy.scope():
-        if backup_state is None:
-            # A warm start overwrites every weight: no encoder weights to load (or download).
-            model = build_model(config.variant, input_size=info.size,
-                                encoder_weights=None if config.init_from else config.encoder_weights,
-                                freeze_encoder=_frozen(config), width=config.width)
-            if config.init_from:
-                init_config(config)
-                warm_start(model, RunFolder(config.init_from).checkpoint("best"), info.size)
-                log.info("warm start: weights from %s", config.init_from)
-            _compile(model, config.lr, config, config.epochs * info.steps)
-        else:
-            # The backup holds every weight: skip loading (or downloading) the encoder's.
-            model = build_model(config.variant, input_size=info.size, encoder_weights=None,
-                                freeze_encoder=_frozen(config), width=config.width)
-            if backup_state["stage"] == "fine-tune":
-                set_encoder_trainable(model, True)
-                _compile(model, config.fine_tune_lr, config)
-            else:
-                _compile(model, config.lr, config, config.epochs * info.steps)
-            model.optimizer.build(model.trainable_variables)
-            try:
-                model.load_weights(run_dir / backup_state["weights"])
-            except Exception as e:
-                raise InputError(f"{run_dir / backup_state['weights']}: cannot resume from it "
-                                 f"({user_message(e)})") from None
-            log.info("resuming after epoch %d (%s stage) from %s", backup_state["epoch"],
-                     backup_state["stage"], backup_state["weights"])
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    if setup.info.exclusion is not None:
-        log.info("%s", setup.info.exclusion.describe())
-    log.info("model %s: %s parameters, %s trainable; pack %s (%d px, train %d, dev %d); %d steps "
-             "+ %d validation steps per epoch", config.variant, f"{model.count_params():,}",
-             f"{trainable:,}", config.pack, info.size, info.train, info.dev, info.steps,
-             info.validation_steps)
-    return model
-
-
-def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbacks: list,
-                done: int, verbose: int | str) -> str:
-    from pneumo.train.data import make_dataset
-    from pneumo.model.networks import set_encoder_trainable
-
-    config, info = setup.config, setup.info
+    config, info, done = setup.config, setup.info, setup.done
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    # After a resume, a fresh shuffling stream instead of replaying the first epochs' order.
-    seed = config.seed + 1_000_003 * done
-    dropped = setup.info.exclusion.indices if setup.info.exclusion is not None else {}
-    train_ds = make_dataset(config.pack, "train", config.batch_size, augment=config.augment, seed=seed,
-                            shuffle=True, repeat=True, positive_fraction=config.positive_fraction,
-                            exclude_indices=dropped.get("train"))
-    dev_ds = make_dataset(config.pack, "dev", config.batch_size, exclude_indices=dropped.get("dev"))
-    train_ds = with_shard_policy(train_ds, setup.workers)
-    dev_ds = with_shard_policy(dev_ds, setup.workers)
 
     def fit(first: int, last: int) -> None:
-        if setup.workers > 1:
-            symbolic_build_for_multi_worker(model, info.size, config.batch_size)
-        model.fit(train_ds, epochs=last, initial_epoch=first, steps_per_epoch=info.steps,
-                  validation_data=dev_ds, validation_steps=info.validation_steps,
+        if setup.cluster.size > 1:
+            symbolic_build_for_multi_worker(model, info.size, setup.record.per_replica_batch)
+        model.fit(setup.train_data, epochs=last, initial_epoch=first, steps_per_epoch=info.steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
 
     if done < config.epochs:
@@ -473,13 +361,11 @@ def _fit_stages(setup: _Setup, model: keras.Model, monitor: _RunMonitor, callbac
         fit(done, config.epochs)
     if config.fine_tune_epochs and done < setup.total_epochs:
         if monitor.stage != "fine-tune":
-            from pneumo.model.networks import encoder_layers
-
             if all(layer.trainable for layer in encoder_layers(model)):
                 log.info("fine-tune stage: the encoder was already trainable; only the learning rate changes")
             with model.distribute_strategy.scope():
                 set_encoder_trainable(model, True)
-                _compile(model, config.fine_tune_lr, config)
+                compile_model(model, config.fine_tune_lr, config)
             monitor.stage = "fine-tune"
             log.info("fine-tune stage: encoder unfrozen, Adam at %g for %d epochs", config.fine_tune_lr,
                      config.fine_tune_epochs)
