@@ -284,8 +284,8 @@ def predict_files(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike
     Each image is read as gray, resized to the model's size (area averaging), predicted;
     the run's tuned triplet (:func:`run_triplet`) decides presence at the model's size and
     the mask is drawn at the input's own resolution. Writes ``OUT/<stem>_mask.png``
-    (``(H, W) uint8`` 0/255) and, with ``overlays``, ``OUT/<stem>_overlay.png`` (RGB, red fill
-    and outline); a repeated stem gets ``_2``, ``_3``... With ``siim_csv``, writes a Kaggle
+    (``(H, W) uint8`` 0/255) and, with ``overlays``, ``OUT/<stem>_overlay.png`` (RGB with
+    a red fill and outline where a mask was found; the gray input itself where none was); a repeated stem gets ``_2``, ``_3``... With ``siim_csv``, writes a Kaggle
     submission ``ImageId,EncodedPixels`` (ImageId = DICOM SOPInstanceUID, else the stem, through
     the CSV formula guard; ``-1`` for empty) at the original resolution. Returns one dict per
     input: ``input``, ``id``, ``present``, ``score``, ``area`` (mask pixels at the input's

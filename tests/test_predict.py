@@ -237,7 +237,11 @@ def test_predict_files_outputs_and_submission_round_trip(run_copy, inputs, tmp_p
         assert (r["height"], r["width"]) == (h, w)
         mask = np.asarray(Image.open(r["mask"]))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
-        assert np.asarray(Image.open(r["overlay"])).shape == (h, w, 3)
+        ov = np.asarray(Image.open(r["overlay"]))
+        if r["present"]:
+            assert ov.shape == (h, w, 3)
+        else:  # a negative's overlay is the gray input itself
+            assert ov.shape == (h, w) and Image.open(r["overlay"]).mode == "L"
         assert r["area"] == int((mask > 0).sum()) and r["present"] == (r["area"] > 0)
         assert 0.0 <= r["score"] <= 1.0 and r["triplet_source"] == "metrics_test.json"
     assert Path(res[2]["mask"]).name == "b_mask.png" and res[2]["id"] == "1.2.3.99"

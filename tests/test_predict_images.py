@@ -91,6 +91,25 @@ def test_mask_at_resolution_skips_upsampling_only_when_nothing_can_pass():
             np.testing.assert_array_equal(mask > 0, pi._upsample_levels(lv, h, w) > level)
 
 
+def test_a_negatives_overlay_is_the_gray_input_and_a_positives_is_drawn_in_rgb(tmp_path):
+    image = np.random.default_rng(3).integers(0, 256, (40, 30), dtype=np.uint8)
+    t = ev.Triplet(0.5, 0.5, 0)
+    empty = np.zeros((8, 8), np.uint8)
+    found = empty.copy()
+    found[2:5, 3:6] = 255
+    for name, levels in (("neg", empty), ("pos", found)):
+        result, rle = pi._finish(tmp_path / f"{name}.png", image, name, levels, t, tmp_path, name, True, True)
+        with Image.open(result["overlay"]) as ov:
+            mode, pixels = ov.mode, np.asarray(ov)
+        if name == "neg":
+            assert not result["present"] and rle is None and mode == "L"
+            np.testing.assert_array_equal(pixels, image)
+        else:
+            mask = np.asarray(Image.open(result["mask"])) > 0
+            assert result["present"] and rle and mode == "RGB" and mask.any()
+            np.testing.assert_array_equal(pixels, pi.overlay_image(image, mask.astype(np.uint8) * 255))
+
+
 # --------------------------------------------------------------------------- ordered map
 def test_ordered_map_keeps_order_and_a_bounded_window():
     pulled = []

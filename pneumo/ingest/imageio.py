@@ -32,6 +32,7 @@ row blocks, so no full-size float64 copy is ever made (a 4000x4000 16-bit PNG co
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,11 @@ def open_pillow(path: Path, max_pixels: int | None, *, load: bool = True):
     from PIL import Image
 
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            # pneumo's own budget (check_pixels below) speaks for oversized images, naming
+            # --max-pixels; Pillow's warning would print a second, misleading message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
     except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused at open
         size = _header_size(path)
         if size is not None:
