@@ -141,6 +141,20 @@ def _screenshot_dir(tmp_path: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _screenshot_on_failure(page, tmp_path: Path):
+    """Run a test's steps on ``page``; a failure leaves ``tmp_path/failure.png`` (its path is
+    printed); the page is closed either way."""
+    try:
+        yield page
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"))
+        print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
+        raise
+    finally:
+        page.close()
+
+
 def _wait_until_idle(page, timeout_s: float = 90.0) -> None:
     """Wait until the script has stopped running (the status widget shows nothing) for a moment."""
     deadline = time.monotonic() + timeout_s
@@ -161,7 +175,7 @@ def _wait_until_idle(page, timeout_s: float = 90.0) -> None:
 @pytest.mark.parametrize("path, heading, content", PAGES, ids=[p[1].lower() for p in PAGES])
 def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, content):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         page.goto(f"{server}/{path}", wait_until="domcontentloaded")
         page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
         page.locator(content).first.wait_for(timeout=120_000)
@@ -177,12 +191,6 @@ def test_page_renders_in_chromium(server, browser, tmp_path, path, heading, cont
         page.wait_for_timeout(1000)
         name = path or "home"
         page.screenshot(path=str(_screenshot_dir(tmp_path) / f"{name}.png"))
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
-        raise
-    finally:
-        page.close()
 
 
 @pytest.mark.skipif(bool(os.environ.get("PNEUMO_BROWSER_WORKSPACE")), reason="would add a run to a given workspace")
@@ -192,7 +200,7 @@ def test_training_live_view_follows_a_run_without_reloading(server, browser, tra
     the gate until the page has shown it running, and then lasts far longer than the test."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = page.get_by_role("button", name="Start training")
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         page.goto(f"{server}/training", wait_until="domcontentloaded")
         page.get_by_role("heading", name="Training", exact=True).first.wait_for(timeout=60_000)
         _wait_until_idle(page)
@@ -209,11 +217,6 @@ def test_training_live_view_follows_a_run_without_reloading(server, browser, tra
         _wait_until_idle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(tmp_path / "training-stopped.png"))
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        raise
-    finally:
-        page.close()
 
 
 def test_first_launch_from_a_bookmarked_page(browser, tmp_path):
@@ -389,7 +392,7 @@ def test_the_case_fits_a_1440x900_screen_with_its_verdicts(review_server, browse
     position and the category. With PNEUMO_SAVE_SCREENSHOTS=1 this is the README's picture."""
     url, ws = review_server
     page = _open_review(browser, url)
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         pic = _box(_picture(page))
         assert pic["height"] >= 400 and pic["y"] >= 0 and pic["y"] + pic["height"] <= SCREEN["height"], pic
         assert _picture(page).evaluate("i => [i.naturalWidth, i.naturalHeight]") == [620, 620]
@@ -404,11 +407,6 @@ def test_the_case_fits_a_1440x900_screen_with_its_verdicts(review_server, browse
                                            r"score")).count() == 1
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(_screenshot_dir(tmp_path) / "review.png"))
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        raise
-    finally:
-        page.close()
 
 
 def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_path):
@@ -416,7 +414,7 @@ def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_pat
     order = _expected_order(ws, "all")
     assert len(order) >= 10
     page = _open_review(browser, url)
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         _filter(page, "all")
         _expect_case(page, order[0])
         nxt = page.locator('[data-testid="rvNavNext"]')
@@ -433,11 +431,6 @@ def test_fast_clicks_and_keys_each_move_one_case(review_server, browser, tmp_pat
         assert _review_rows(ws) == []
         assert page.get_by_text(f"0 of {len(order)} cases reviewed").count() == 1
         assert page.locator('[data-testid="stException"]').count() == 0
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        raise
-    finally:
-        page.close()
 
 
 def test_keys_give_verdicts_and_drive_the_view(review_server, browser, tmp_path):
@@ -446,7 +439,7 @@ def test_keys_give_verdicts_and_drive_the_view(review_server, browser, tmp_path)
     url, ws = review_server
     fp = _expected_order(ws, "FP")
     page = _open_review(browser, url, "?reader=keys")
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         main = page.locator('[data-testid="stMain"]')
         _expect_case(page, fp[0])
         page.keyboard.press("2")
@@ -483,11 +476,6 @@ def test_keys_give_verdicts_and_drive_the_view(review_server, browser, tmp_path)
         page.keyboard.press("f")
         expect(main.get_by_text(re.compile("^Full resolution unavailable"))).to_have_count(0, timeout=90_000)
         assert page.locator('[data-testid="stException"]').count() == 0
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        raise
-    finally:
-        page.close()
 
 
 def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review_server, browser, tmp_path):
@@ -554,7 +542,7 @@ def test_threshold_sweep_keeps_fp_and_a_verdict_and_note_survive_a_reload(review
 def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browser, tmp_path):
     url, ws = review_server
     page = _open_review(browser, url)  # the server has cached this pack's predictions
-    try:
+    with _screenshot_on_failure(page, tmp_path):
         before = _shown_case_id(page)
         from pneumo.config import SplitConfig
         from pneumo.ingest import packer
@@ -569,11 +557,6 @@ def test_repack_under_an_open_page_is_not_shown_as_current(review_server, browse
         assert before not in page.locator('[data-testid="stMain"]').inner_text()
         assert page.get_by_role("button", name="Recompute with best.keras").count() == 1
         assert page.locator('[data-testid="stException"]').count() == 0
-    except BaseException:
-        page.screenshot(path=str(tmp_path / "failure.png"))
-        raise
-    finally:
-        page.close()
 
 
 # --------------------------------------------------------------------------- full resolution (issue 14, 19)
@@ -608,7 +591,7 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
     big = next(i for i, r in refs.items() if r.height == 2048)
     with _serve(ws, tmp_path / "streamlit.log") as url:
         page = _open_review(browser, url)
-        try:
+        with _screenshot_on_failure(page, tmp_path):
             main = page.locator('[data-testid="stMain"]')
             _filter(page, "TP")
             _expect_case(page, big)  # the designed predictions: the 2048 px image is the TP
@@ -638,11 +621,6 @@ def test_full_resolution_review_of_a_siim_pack_shows_native_pixels(browser, tmp_
             moved = main.get_by_text(re.compile(rf"Shown: x {max(0, left + 2 - 310)}\.\."))
             expect(moved).to_have_count(1, timeout=90_000)
             assert page.locator('[data-testid="stException"]').count() == 0
-        except BaseException:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            raise
-        finally:
-            page.close()
     # the same drawing from the library: the source at 2048 px, its window, both masks at 2048 px
     left, right, top, bottom = (int(v) for v in m.groups())
     k = ids.index(big)
