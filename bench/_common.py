@@ -40,11 +40,25 @@ def demo_pack(path: Path, count: int, size: int, seed: int = 0, proportions=(250
 
 
 def write_section(section: str, text: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace the markdown section that starts with the heading ``section`` by ``text``."""
+    """Replace the markdown section that starts with the heading ``section`` by ``text``
+    (which starts with that heading); a section not there yet is added at the end."""
     from pneumo._io import atomic_write_text
 
     doc = path.read_text(encoding="utf-8")
+    if section not in doc:
+        atomic_write_text(path, doc.rstrip() + "\n\n" + text.rstrip() + "\n")
+        return
     start = doc.index(section)
     nxt = doc.find("\n## ", start + len(section))
     end = len(doc) if nxt < 0 else nxt + 1
     atomic_write_text(path, doc[:start] + text.rstrip() + "\n\n" + doc[end:])
+
+
+def publish(section: str, lines: list[str], write_docs: bool) -> str:
+    """Print a bench's section (``lines``, from its heading) and, with ``write_docs``, put it in
+    docs/benchmarks.md in place of the section's previous figures. Returns the text."""
+    text = "\n".join(lines)
+    print(text)
+    if write_docs:
+        write_section(section, text)
+    return text

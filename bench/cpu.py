@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import ROOT, cpu_model, demo_pack, machine_line, write_section  # noqa: E402
+from _common import ROOT, demo_pack, machine_line, publish  # noqa: E402
 
 SECTION = "## The quick demo on this CPU (bench/cpu.py)"
 SETTINGS = {  # name -> (environment, options for _step_rate)
@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         total = p["train_s"] + p["val_s"] + p["save_s"]
         lines.append(f"| {name} | {p['train_s']:.1f} s | {max(0.0, p['train_s'] - ideal):.1f} s | "
                      f"{p['val_s']:.1f} s | {p['save_s']:.2f} s | {p['steps'] * p['batch'] / total:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write_docs:
-        write_section(SECTION, text)
+    publish(SECTION, lines, args.write_docs)
     return 0
 
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCHMARKS_MD, ROOT, machine_line, write_section
+from _common import ROOT, machine_line, publish
 
 import numpy as np
 
@@ -180,13 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "partly a temporary boolean copy of all masks (the issue's figure).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_docs:
-        if SECTION not in BENCHMARKS_MD.read_text(encoding="utf-8"):
-            with open(BENCHMARKS_MD, "a", encoding="utf-8") as fh:
-                fh.write(f"\n{SECTION}\n")
-        write_section(SECTION, text)
+    publish(SECTION, lines, args.write_docs)
     return 0 if all(code == 0 for *_, (_, _, code) in rows) else 1
 
 

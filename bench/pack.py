@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from _common import ROOT, machine_line, write_section  # noqa: E402
+from _common import ROOT, machine_line, publish  # noqa: E402
 
 SECTION = "## Packing (bench/pack.py)"
 
@@ -125,10 +125,7 @@ def main() -> None:
               "| images | seconds | peak RSS MiB |", "|---:|---:|---:|"]
     for n, (t, rss) in mem.items():
         lines.append(f"| {n} | {t:.1f} | {rss:.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    if a.write_docs:
-        write_section(SECTION, text)
+    publish(SECTION, lines, a.write_docs)
 
 if __name__ == "__main__":
     main()

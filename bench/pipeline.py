@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import ROOT, cpu_model, demo_pack, write_section  # noqa: E402
+from _common import ROOT, cpu_model, demo_pack, publish  # noqa: E402
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -368,10 +368,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
         "chunks (both release the GIL).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_docs:
-        write_section(SECTION, text)
+    publish(SECTION, lines, args.write_docs)
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import ROOT, machine_line, write_section  # noqa: E402
+from _common import ROOT, machine_line, publish  # noqa: E402
 
 SECTION = "## Prediction on every core (bench/predict.py)"
 SIZE = 128  # the quick demo's model size
@@ -197,10 +197,7 @@ def main() -> None:
               f"a positive one (an ellipse over ~5% of the film: mask upsampling, overlay drawing, RLE) "
               f"{1000 * positive:.1f} ms; at SIIM's 22% positives that adds {220 * (positive - negative):.1f} ms "
               "per image on average."]
-    text = "\n".join(lines)
-    print(text)
-    if a.write_docs:
-        write_section(SECTION, text)
+    publish(SECTION, lines, a.write_docs)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from _common import cpu_model, demo_pack, write_section  # noqa: E402
+from _common import cpu_model, demo_pack, publish  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -304,10 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                   "`python bench/train.py --gpu --write-docs` (256 px, `mixed_float16` + XLA, batch "
                   "32/64/128, images/s and mean GPU utilisation from `nvidia-smi`) and compare the "
                   "achieved TFLOP/s with the card's dense fp16 peak.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_docs:
-        write_section(SECTION, text)
+    publish(SECTION, lines, args.write_docs)
     return 0
 
 
